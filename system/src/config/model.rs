@@ -1,0 +1,348 @@
+//! The validated configuration. Values of these types only come out of
+//! validation, so the rest of the orchestrator can rely on every constraint
+//! listed in the raw schema without checking it again.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use url::Url;
+
+pub use super::raw::{Jitter, LogFormat, Permission, PiiType};
+
+/// The whole validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// The HTTP server.
+    pub server: ServerConfig,
+    /// LLM providers, at least one, names unique.
+    pub llm: LlmConfig,
+    /// Token budgets.
+    pub budget: BudgetConfig,
+    /// The job queue.
+    pub jobs: JobsConfig,
+    /// Where state lives.
+    pub storage: StorageConfig,
+    /// Security settings.
+    pub security: SecurityConfig,
+    /// Task limits.
+    pub tasks: TasksConfig,
+    /// Metrics and logs.
+    pub observability: ObservabilityConfig,
+    /// Health thresholds.
+    pub degradation: DegradationConfig,
+}
+
+/// The HTTP server.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerConfig {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Whether an unspecified listen address was explicitly allowed.
+    pub allow_public_listen: bool,
+    /// Longest request, greater than zero.
+    pub request_timeout: Duration,
+    /// Largest request body in bytes, greater than zero.
+    pub body_limit_bytes: u64,
+    /// Grace period for in-flight requests on shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+/// LLM providers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlmConfig {
+    /// At least one provider; names are unique.
+    pub providers: Vec<ProviderConfig>,
+}
+
+/// One provider.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProviderConfig {
+    /// Unique name.
+    pub name: String,
+    /// `http` or `https` base URL.
+    pub base_url: Url,
+    /// Model name.
+    pub model: String,
+    /// Environment variable holding the API key.
+    pub api_key_env: Option<String>,
+    /// Timeout of one attempt, greater than zero.
+    pub attempt_timeout: Duration,
+    /// Deadline of all attempts, at least `attempt_timeout`.
+    pub deadline: Duration,
+    /// Retry policy.
+    pub retry: RetryConfig,
+    /// Circuit breaker.
+    pub circuit_breaker: CircuitBreakerConfig,
+}
+
+/// Retry policy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetryConfig {
+    /// Attempts in all, 1 to 10.
+    pub attempts: u32,
+    /// First delay, at most `max_delay`.
+    pub initial_delay: Duration,
+    /// Longest delay.
+    pub max_delay: Duration,
+    /// Delay growth, 1.0 to 10.0.
+    pub multiplier: f64,
+    /// Delay randomisation.
+    pub jitter: Jitter,
+}
+
+/// Circuit breaker.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CircuitBreakerConfig {
+    /// Consecutive failures that open it, 1 to 1000.
+    pub failure_threshold: u32,
+    /// Time open before probing, greater than zero.
+    pub recovery_timeout: Duration,
+    /// Probes while half-open, 1 to 100.
+    pub half_open_max_calls: u32,
+}
+
+/// Token budgets.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BudgetConfig {
+    /// Limit of tenants without their own.
+    pub default_limit_tokens: u64,
+    /// Limits of named tenants.
+    pub tenants: BTreeMap<String, u64>,
+}
+
+/// The job queue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobsConfig {
+    /// Concurrent workers, 1 to 256.
+    pub workers: u32,
+    /// Most queued jobs, 1 to 1000000.
+    pub queue_capacity: u32,
+    /// Attempts before the dead-letter queue, 1 to 100.
+    pub max_attempts: u32,
+    /// Lease length, greater than zero.
+    pub lease: Duration,
+    /// Heartbeat period, greater than zero and shorter than `lease`.
+    pub heartbeat_interval: Duration,
+}
+
+/// Where state lives.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StorageConfig {
+    /// SQLite at this path.
+    Sqlite {
+        /// Database file.
+        path: PathBuf,
+    },
+    /// Redis at this `redis://` or `rediss://` URL.
+    Redis {
+        /// Server URL.
+        url: Url,
+    },
+}
+
+/// Security settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SecurityConfig {
+    /// API keys; ids unique, every role defined.
+    pub api_keys: Vec<ApiKeyConfig>,
+    /// Role name to permissions.
+    pub roles: BTreeMap<String, Vec<Permission>>,
+    /// Rate limits by role; every role defined.
+    pub rate_limits: BTreeMap<String, RateLimitConfig>,
+    /// Rate limit of roles without their own.
+    pub default_rate_limit: RateLimitConfig,
+    /// CORS origins; `*` only when `allow_wildcard_cors` or not strict.
+    pub cors_allowed_origins: Vec<String>,
+    /// Whether `*` was explicitly allowed.
+    pub allow_wildcard_cors: bool,
+    /// PII redaction.
+    pub pii_redaction: PiiRedactionConfig,
+    /// Allowed outbound URL prefixes.
+    pub outbound_url_allowlist: Vec<Url>,
+}
+
+/// One API key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiKeyConfig {
+    /// Unique id.
+    pub id: String,
+    /// SHA-256 of the key.
+    pub sha256: [u8; 32],
+    /// Tenant.
+    pub tenant: String,
+    /// Role, defined in `roles`.
+    pub role: String,
+    /// Expiry.
+    pub expires_at: Option<SystemTime>,
+}
+
+/// A rate limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    /// Sustained rate, 1 to 100000.
+    pub requests_per_second: u32,
+    /// Burst, 1 to 100000.
+    pub burst: u32,
+}
+
+/// PII redaction.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PiiRedactionConfig {
+    /// Whether to redact.
+    pub enabled: bool,
+    /// What to redact, without repeats.
+    pub types: Vec<PiiType>,
+}
+
+/// Task limits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TasksConfig {
+    /// Allowed tools, 1 to 64 unique names.
+    pub allowed_tools: Vec<String>,
+    /// Largest prompt in bytes.
+    pub max_prompt_bytes: u64,
+    /// Largest provider output in bytes.
+    pub max_output_bytes: u64,
+}
+
+/// Observability.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObservabilityConfig {
+    /// Whether metrics are served.
+    pub metrics: bool,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// Health thresholds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DegradationConfig {
+    /// Error rate for degraded, 0.0 to 1.0.
+    pub degraded_error_rate: f64,
+    /// Error rate for unhealthy, 0.0 to 1.0, at least `degraded_error_rate`.
+    pub unhealthy_error_rate: f64,
+    /// Measurement window, greater than zero.
+    pub window: Duration,
+}
+
+/// The roles that apply when the configuration defines none.
+pub fn default_roles() -> BTreeMap<String, Vec<Permission>> {
+    use Permission::*;
+    BTreeMap::from([
+        ("admin".to_owned(), Permission::ALL.to_vec()),
+        (
+            "operator".to_owned(),
+            vec![TasksCreate, JobsCreate, JobsRead, DlqRead, DlqReplay, BudgetRead],
+        ),
+        ("viewer".to_owned(), vec![JobsRead, AuditRead, BudgetRead]),
+    ])
+}
+
+/// The raw form of a config, which validates back to it.
+pub(super) fn to_raw(c: &Config) -> super::raw::RawConfig {
+    use super::raw::*;
+    use super::units::{format_duration, format_size};
+    let duration = |d: Duration| Some(DurationText(format_duration(d)));
+    let size = |n: u64| Some(SizeText(format_size(n)));
+    let rate_limit = |r: &RateLimitConfig| RawRateLimit {
+        requests_per_second: Some(r.requests_per_second),
+        burst: Some(r.burst),
+    };
+    let providers = c
+        .llm
+        .providers
+        .iter()
+        .map(|p| RawProvider {
+            name: Some(p.name.clone()),
+            base_url: Some(p.base_url.to_string()),
+            model: Some(p.model.clone()),
+            api_key_env: p.api_key_env.clone(),
+            attempt_timeout: duration(p.attempt_timeout),
+            deadline: duration(p.deadline),
+            retry: Some(RawRetry {
+                attempts: Some(p.retry.attempts),
+                initial_delay: duration(p.retry.initial_delay),
+                max_delay: duration(p.retry.max_delay),
+                multiplier: Some(p.retry.multiplier),
+                jitter: Some(p.retry.jitter),
+            }),
+            circuit_breaker: Some(RawCircuitBreaker {
+                failure_threshold: Some(p.circuit_breaker.failure_threshold),
+                recovery_timeout: duration(p.circuit_breaker.recovery_timeout),
+                half_open_max_calls: Some(p.circuit_breaker.half_open_max_calls),
+            }),
+        })
+        .collect();
+    let storage = match &c.storage {
+        StorageConfig::Sqlite { path } => RawStorage {
+            sqlite: Some(RawSqlite { path: Some(path.to_string_lossy().into_owned()) }),
+            redis: None,
+        },
+        StorageConfig::Redis { url } => {
+            RawStorage { sqlite: None, redis: Some(RawRedis { url: Some(url.to_string()) }) }
+        }
+    };
+    let s = &c.security;
+    RawConfig {
+        server: Some(RawServer {
+            listen: Some(c.server.listen.to_string()),
+            allow_public_listen: Some(c.server.allow_public_listen),
+            request_timeout: duration(c.server.request_timeout),
+            body_limit: size(c.server.body_limit_bytes),
+            shutdown_timeout: duration(c.server.shutdown_timeout),
+        }),
+        llm: Some(RawLlm { providers: Some(providers) }),
+        budget: Some(RawBudget {
+            default_limit_tokens: Some(c.budget.default_limit_tokens),
+            tenants: Some(c.budget.tenants.clone()),
+        }),
+        jobs: Some(RawJobs {
+            workers: Some(c.jobs.workers),
+            queue_capacity: Some(c.jobs.queue_capacity),
+            max_attempts: Some(c.jobs.max_attempts),
+            lease: duration(c.jobs.lease),
+            heartbeat_interval: duration(c.jobs.heartbeat_interval),
+        }),
+        storage: Some(storage),
+        security: Some(RawSecurity {
+            api_keys: Some(
+                s.api_keys
+                    .iter()
+                    .map(|k| RawApiKey {
+                        id: Some(k.id.clone()),
+                        sha256: Some(k.sha256.iter().map(|b| format!("{b:02x}")).collect()),
+                        tenant: Some(k.tenant.clone()),
+                        role: Some(k.role.clone()),
+                        expires_at: k.expires_at.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                    })
+                    .collect(),
+            ),
+            roles: Some(s.roles.clone()),
+            rate_limits: Some(s.rate_limits.iter().map(|(role, r)| (role.clone(), rate_limit(r))).collect()),
+            default_rate_limit: Some(rate_limit(&s.default_rate_limit)),
+            cors_allowed_origins: Some(s.cors_allowed_origins.clone()),
+            allow_wildcard_cors: Some(s.allow_wildcard_cors),
+            pii_redaction: Some(RawPiiRedaction {
+                enabled: Some(s.pii_redaction.enabled),
+                types: Some(s.pii_redaction.types.clone()),
+            }),
+            outbound_url_allowlist: Some(s.outbound_url_allowlist.iter().map(Url::to_string).collect()),
+        }),
+        tasks: Some(RawTasks {
+            allowed_tools: Some(c.tasks.allowed_tools.clone()),
+            max_prompt_size: size(c.tasks.max_prompt_bytes),
+            max_output_size: size(c.tasks.max_output_bytes),
+        }),
+        observability: Some(RawObservability {
+            metrics: Some(c.observability.metrics),
+            log_format: Some(c.observability.log_format),
+        }),
+        degradation: Some(RawDegradation {
+            degraded_error_rate: Some(c.degradation.degraded_error_rate),
+            unhealthy_error_rate: Some(c.degradation.unhealthy_error_rate),
+            window: duration(c.degradation.window),
+        }),
+    }
+}

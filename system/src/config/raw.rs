@@ -1,0 +1,450 @@
+//! The configuration file as written: raw serde structs, every field optional
+//! so that decoding never stops at a missing one. Validation (validate.rs)
+//! turns them into the typed `Config`. Doc comments here become the JSON
+//! Schema's descriptions, so they are written for users.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+/// A duration written as a whole number and a unit: `ms`, `s`, `m` or `h`, like `500ms` or `20s`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DurationText(pub String);
+
+impl JsonSchema for DurationText {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": "^[0-9]+(ms|s|m|h)$",
+            "description": "A whole number and a unit (ms, s, m, h), like `500ms` or `20s`.",
+        })
+    }
+}
+
+/// A size written as a whole number and a unit: `B`, `KiB`, `MiB`, `GiB`, `KB`, `MB` or `GB`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SizeText(pub String);
+
+impl JsonSchema for SizeText {
+    fn schema_name() -> Cow<'static, str> {
+        "Size".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": "^[0-9]+(B|KiB|MiB|GiB|KB|MB|GB)$",
+            "description": "A whole number and a unit (B, KiB, MiB, GiB, KB, MB, GB), like `10MiB`.",
+        })
+    }
+}
+
+/// The orchestrator's configuration file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Orchestrator configuration")]
+pub struct RawConfig {
+    /// The HTTP server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<RawServer>,
+    /// The LLM providers tasks are sent to. Required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm: Option<RawLlm>,
+    /// Token budgets per tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<RawBudget>,
+    /// The durable job queue and its workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<RawJobs>,
+    /// Where state lives: exactly one of `sqlite` or `redis`. Required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<RawStorage>,
+    /// Authentication, authorisation, rate limits, CORS, PII redaction and outbound URLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<RawSecurity>,
+    /// What an action plan may contain, and size limits on prompts and outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<RawTasks>,
+    /// Metrics and logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observability: Option<RawObservability>,
+    /// When the service reports itself degraded or unhealthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degradation: Option<RawDegradation>,
+}
+
+/// The HTTP server.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Address and port to listen on, like `127.0.0.1:8080` (the default). An unspecified
+    /// address (`0.0.0.0`, `[::]`) needs `allow_public_listen: true` under strict validation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Allows listening on an unspecified address under strict validation. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_public_listen: Option<bool>,
+    /// A request that takes longer is answered 504. Default `30s`, at most `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<DurationText>,
+    /// A larger request body is answered 413. Default `1MiB`, at most `64MiB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_limit: Option<SizeText>,
+    /// On SIGTERM, in-flight requests get this long to finish. Default `10s`, at most `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_timeout: Option<DurationText>,
+}
+
+/// The LLM providers.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLlm {
+    /// OpenAI-compatible providers, tried in order. At least one, at most 16, names unique.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub providers: Option<Vec<RawProvider>>,
+}
+
+/// One OpenAI-compatible provider.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    /// Unique name: 1 to 64 characters of `a-z`, `0-9`, `_` and `-`. Required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Base URL; requests go to `{base_url}/chat/completions`. `http` or `https`. Required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// Model name sent in each request. Required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Environment variable holding the API key, like `OPENAI_API_KEY`. Optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// Timeout of one attempt. Default `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_timeout: Option<DurationText>,
+    /// Deadline for all attempts together, at least `attempt_timeout`. Default `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<DurationText>,
+    /// Retries of failed attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RawRetry>,
+    /// The circuit breaker that stops calling a failing provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<RawCircuitBreaker>,
+}
+
+/// Retries with exponential backoff.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Attempts in all, the first included: 1 to 10. Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// Delay before the first retry, at most `max_delay`. Default `500ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_delay: Option<DurationText>,
+    /// Longest delay between attempts, `Retry-After` included. Default `20s`, at most `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_delay: Option<DurationText>,
+    /// Growth of the delay per attempt: 1.0 to 10.0. Default 2.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiplier: Option<f64>,
+    /// How delays are randomised. Default `full`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<Jitter>,
+}
+
+/// How retry delays are randomised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Jitter {
+    /// A uniform delay between zero and the computed delay.
+    Full,
+    /// Half the computed delay plus a uniform share of the other half.
+    Equal,
+    /// Exactly the computed delay.
+    None,
+}
+
+/// The circuit breaker.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCircuitBreaker {
+    /// Consecutive failures that open the circuit: 1 to 1000. Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<u32>,
+    /// How long the circuit stays open before probing. Default `30s`, at most `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_timeout: Option<DurationText>,
+    /// Probe calls let through while half-open: 1 to 100. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub half_open_max_calls: Option<u32>,
+}
+
+/// Token budgets.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    /// Tokens a tenant without its own limit may spend: 1 to 10^12. Default 100000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_limit_tokens: Option<u64>,
+    /// Limits for named tenants, in tokens: tenant name to limit, 1 to 10^12 each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<BTreeMap<String, u64>>,
+}
+
+/// The durable job queue.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawJobs {
+    /// Concurrent workers: 1 to 256. Default 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<u32>,
+    /// Queued jobs beyond which submissions get 503: 1 to 1000000. Default 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_capacity: Option<u32>,
+    /// Attempts before a job goes to the dead-letter queue: 1 to 100. Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// How long a worker holds a job without a heartbeat. Default `30s`, at most `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<DurationText>,
+    /// How often a worker renews its lease, shorter than `lease`. Default `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval: Option<DurationText>,
+}
+
+/// Where state lives: exactly one of `sqlite` or `redis`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorage {
+    /// An embedded SQLite database (WAL mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqlite: Option<RawSqlite>,
+    /// A Redis server, for several replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RawRedis>,
+}
+
+/// SQLite storage.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSqlite {
+    /// Database file, relative to the working directory unless absolute. Required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// Redis storage.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// Server URL, `redis://` or `rediss://`, like `redis://127.0.0.1:6379/0`. Required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// Security settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecurity {
+    /// API keys, stored as SHA-256 hashes. At most 1000, ids unique.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_keys: Option<Vec<RawApiKey>>,
+    /// Role name to permissions. When absent, the built-in roles `admin`, `operator` and
+    /// `viewer` apply; when present, it replaces them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<BTreeMap<String, Vec<Permission>>>,
+    /// Per-key request rate limit by role name; each role must exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<BTreeMap<String, RawRateLimit>>,
+    /// The rate limit of roles without an entry in `rate_limits`. Default 20 per second, burst 40.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_rate_limit: Option<RawRateLimit>,
+    /// Origins allowed by CORS, like `https://app.example.com`. `*` needs
+    /// `allow_wildcard_cors: true` under strict validation. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors_allowed_origins: Option<Vec<String>>,
+    /// Allows the CORS origin `*` under strict validation. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_wildcard_cors: Option<bool>,
+    /// Redaction of personal data in logs and audit details.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pii_redaction: Option<RawPiiRedaction>,
+    /// URL prefixes outbound webhooks may call, like `https://hooks.example.com/`. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_url_allowlist: Option<Vec<String>>,
+}
+
+/// One API key.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKey {
+    /// Unique id of the key, named in logs and audit entries. Required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// SHA-256 of the key, 64 lowercase hexadecimal digits. Required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// The tenant the key acts for. Required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// The key's role, one of `security.roles`. Required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// When the key stops working, RFC 3339 UTC, like `2030-01-01T00:00:00Z`. Optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+/// A permission a role can grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum Permission {
+    /// Run a task: `POST /v1/tasks`.
+    #[serde(rename = "tasks.create")]
+    TasksCreate,
+    /// Submit a job: `POST /v1/jobs`.
+    #[serde(rename = "jobs.create")]
+    JobsCreate,
+    /// Read jobs: `GET /v1/jobs`.
+    #[serde(rename = "jobs.read")]
+    JobsRead,
+    /// List the dead-letter queue.
+    #[serde(rename = "dlq.read")]
+    DlqRead,
+    /// Replay a dead job.
+    #[serde(rename = "dlq.replay")]
+    DlqReplay,
+    /// Read and verify the audit log.
+    #[serde(rename = "audit.read")]
+    AuditRead,
+    /// Read budgets and usage.
+    #[serde(rename = "budget.read")]
+    BudgetRead,
+}
+
+impl Permission {
+    /// Every permission, in declaration order.
+    pub const ALL: [Permission; 7] = [
+        Permission::TasksCreate,
+        Permission::JobsCreate,
+        Permission::JobsRead,
+        Permission::DlqRead,
+        Permission::DlqReplay,
+        Permission::AuditRead,
+        Permission::BudgetRead,
+    ];
+}
+
+/// A rate limit (generic cell rate algorithm).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    /// Sustained requests per second: 1 to 100000. Required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<u32>,
+    /// Requests a key may send at once before the sustained rate applies: 1 to 100000.
+    /// Default twice `requests_per_second`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+/// PII redaction.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPiiRedaction {
+    /// Whether to redact. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// What to redact. Default all types.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub types: Option<Vec<PiiType>>,
+}
+
+/// A kind of personal data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PiiType {
+    /// Email addresses.
+    Email,
+    /// Phone numbers.
+    Phone,
+    /// Payment card numbers.
+    CreditCard,
+    /// US social security numbers.
+    Ssn,
+    /// IPv4 and IPv6 addresses.
+    IpAddress,
+    /// Strings that look like API keys or bearer tokens.
+    ApiKey,
+}
+
+impl PiiType {
+    /// Every type, in declaration order.
+    pub const ALL: [PiiType; 6] =
+        [PiiType::Email, PiiType::Phone, PiiType::CreditCard, PiiType::Ssn, PiiType::IpAddress, PiiType::ApiKey];
+}
+
+/// Task limits.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTasks {
+    /// Tools an action plan may use: 1 to 64 unique names of `a-z`, `0-9` and `_`, starting
+    /// with a letter. Default `search`, `http_get`, `summarize`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_tools: Option<Vec<String>>,
+    /// Largest prompt accepted. Default `32KiB`, at most `1MiB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_prompt_size: Option<SizeText>,
+    /// Largest provider output accepted. Default `64KiB`, at most `4MiB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_size: Option<SizeText>,
+}
+
+/// Observability.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawObservability {
+    /// Whether `/metrics` serves Prometheus metrics. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<bool>,
+    /// Log line format. Default `json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// Health thresholds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawDegradation {
+    /// Error rate over `window` above which the service reports degraded and sheds optional
+    /// work: 0.0 to 1.0. Default 0.25.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded_error_rate: Option<f64>,
+    /// Error rate over `window` above which the service reports unhealthy, at least
+    /// `degraded_error_rate`: 0.0 to 1.0. Default 0.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_error_rate: Option<f64>,
+    /// The sliding window error rates are measured over. Default `30s`, at most `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<DurationText>,
+}

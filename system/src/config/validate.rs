@@ -1,0 +1,783 @@
+//! Raw config to typed config. Every finding is collected; the typed config
+//! is returned only when there is no error.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use url::Url;
+
+use super::Level;
+use super::model::*;
+use super::raw::*;
+use super::units::{parse_duration, parse_size};
+use crate::yaml::{Code, Diagnostic, Node, Severity, child_path, index_path, is_path_prefix};
+
+/// How a broken rule is reported at each level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rule {
+    /// Structure and format: absent required fields, unparsable durations,
+    /// sizes, URLs and names. An error at every level.
+    Format,
+    /// Ranges, references, uniqueness, consistency. An error under strict and
+    /// moderate; under permissive a warning, and the default (or a safe
+    /// correction) is used instead.
+    Constraint,
+    /// Valid but unsafe settings. An error under strict, else a warning.
+    Policy,
+}
+
+pub(super) struct Validator<'a> {
+    level: Level,
+    root: Option<&'a Node>,
+    /// Paths whose decoding failed: findings at or under them would only repeat the failure.
+    failed: &'a [String],
+    pub(super) diagnostics: Vec<Diagnostic>,
+}
+
+impl<'a> Validator<'a> {
+    pub(super) fn new(level: Level, root: Option<&'a Node>, failed: &'a [String]) -> Self {
+        Validator { level, root, failed, diagnostics: Vec::new() }
+    }
+
+    fn report(&mut self, rule: Rule, code: Code, path: &str, message: impl Into<String>) {
+        if self.failed.iter().any(|f| f == path || is_path_prefix(f, path)) {
+            return;
+        }
+        let severity = match (rule, self.level) {
+            (Rule::Format, _) => Severity::Error,
+            (Rule::Constraint, Level::Permissive) => Severity::Warning,
+            (Rule::Constraint, _) => Severity::Error,
+            (Rule::Policy, Level::Strict) => Severity::Error,
+            (Rule::Policy, _) => Severity::Warning,
+        };
+        let (location, env_var) = match self.root {
+            Some(root) => {
+                let node = root.locate(path);
+                let env = if node.path == path { node.env_var.clone() } else { None };
+                (node.location, env)
+            }
+            None => (crate::yaml::Location::START, None),
+        };
+        self.diagnostics.push(Diagnostic {
+            severity,
+            code,
+            location,
+            path: path.to_owned(),
+            message: message.into(),
+            env_var,
+        });
+    }
+
+    fn required<T>(&mut self, parent: &str, field: &str, value: Option<T>) -> Option<T> {
+        if value.is_none() {
+            let what = if parent.is_empty() { "the configuration" } else { parent };
+            self.report(
+                Rule::Format,
+                Code::MissingField,
+                &child_path(parent, field),
+                format!("missing required field `{field}` in {what}"),
+            );
+        }
+        value
+    }
+
+    fn duration(&mut self, path: &str, text: Option<&DurationText>, default: Duration, max: Duration) -> Duration {
+        let Some(text) = text else { return default };
+        match parse_duration(&text.0) {
+            Err(message) => {
+                self.report(Rule::Format, Code::Format, path, message);
+                default
+            }
+            Ok(d) if d.is_zero() || d > max => {
+                self.report(
+                    Rule::Constraint,
+                    Code::Range,
+                    path,
+                    format!(
+                        "duration `{}` must be greater than zero and at most {}{}",
+                        text.0,
+                        super::units::format_duration(max),
+                        self.fallback(super::units::format_duration(default)),
+                    ),
+                );
+                default
+            }
+            Ok(d) => d,
+        }
+    }
+
+    fn size(&mut self, path: &str, text: Option<&SizeText>, default: u64, max: u64) -> u64 {
+        let Some(text) = text else { return default };
+        match parse_size(&text.0) {
+            Err(message) => {
+                self.report(Rule::Format, Code::Format, path, message);
+                default
+            }
+            Ok(n) if n == 0 || n > max => {
+                self.report(
+                    Rule::Constraint,
+                    Code::Range,
+                    path,
+                    format!(
+                        "size `{}` must be greater than zero and at most {}{}",
+                        text.0,
+                        super::units::format_size(max),
+                        self.fallback(super::units::format_size(default)),
+                    ),
+                );
+                default
+            }
+            Ok(n) => n,
+        }
+    }
+
+    fn range<T: PartialOrd + Display + Copy>(&mut self, path: &str, value: Option<T>, min: T, max: T, default: T) -> T {
+        match value {
+            None => default,
+            Some(v) if v >= min && v <= max => v,
+            Some(v) => {
+                self.report(
+                    Rule::Constraint,
+                    Code::Range,
+                    path,
+                    format!("{v} is out of range, expected {min} to {max}{}", self.fallback(default)),
+                );
+                default
+            }
+        }
+    }
+
+    /// The note added to a constraint finding under permissive validation.
+    fn fallback(&self, default: impl Display) -> String {
+        if self.level == Level::Permissive { format!("; using {default}") } else { String::new() }
+    }
+
+    fn name(&mut self, path: &str, value: &str, what: &str) -> bool {
+        let ok = !value.is_empty()
+            && value.len() <= 64
+            && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !ok {
+            self.report(
+                Rule::Format,
+                Code::Format,
+                path,
+                format!("invalid {what} `{value}`: expected 1 to 64 characters of a-z, 0-9, `_` and `-`"),
+            );
+        }
+        ok
+    }
+
+    fn url(&mut self, path: &str, text: &str, schemes: &[&str]) -> Option<Url> {
+        match Url::parse(text) {
+            Err(e) => {
+                self.report(Rule::Format, Code::Format, path, format!("invalid URL `{text}`: {e}"));
+                None
+            }
+            Ok(url) if !schemes.contains(&url.scheme()) => {
+                self.report(
+                    Rule::Format,
+                    Code::Format,
+                    path,
+                    format!("URL `{text}` has scheme `{}`, expected {}", url.scheme(), schemes.join(" or ")),
+                );
+                None
+            }
+            Ok(url) if url.host().is_none() => {
+                self.report(Rule::Format, Code::Format, path, format!("URL `{text}` has no host"));
+                None
+            }
+            Ok(url) => Some(url),
+        }
+    }
+
+    pub(super) fn config(&mut self, raw: &RawConfig) -> Config {
+        let llm = self.required("", "llm", raw.llm.as_ref());
+        let storage = self.required("", "storage", raw.storage.as_ref());
+        let security = self.security(raw.security.as_ref().unwrap_or(&RawSecurity::default()));
+        Config {
+            server: self.server(raw.server.as_ref().unwrap_or(&RawServer::default())),
+            llm: self.llm(llm),
+            budget: self.budget(raw.budget.as_ref().unwrap_or(&RawBudget::default())),
+            jobs: self.jobs(raw.jobs.as_ref().unwrap_or(&RawJobs::default())),
+            storage: self.storage(storage),
+            security,
+            tasks: self.tasks(raw.tasks.as_ref().unwrap_or(&RawTasks::default())),
+            observability: ObservabilityConfig {
+                metrics: raw.observability.as_ref().and_then(|o| o.metrics).unwrap_or(true),
+                log_format: raw.observability.as_ref().and_then(|o| o.log_format).unwrap_or(LogFormat::Json),
+            },
+            degradation: self.degradation(raw.degradation.as_ref().unwrap_or(&RawDegradation::default())),
+        }
+    }
+
+    fn server(&mut self, raw: &RawServer) -> ServerConfig {
+        let default_listen = SocketAddr::from(([127, 0, 0, 1], 8080));
+        let allow_public_listen = raw.allow_public_listen.unwrap_or(false);
+        let listen = match raw.listen.as_deref().map(str::parse::<SocketAddr>) {
+            None => default_listen,
+            Some(Ok(addr)) => addr,
+            Some(Err(_)) => {
+                let text = raw.listen.as_deref().unwrap_or_default();
+                self.report(
+                    Rule::Format,
+                    Code::Format,
+                    "server.listen",
+                    format!("invalid listen address `{text}`: expected IP:PORT, like `127.0.0.1:8080`"),
+                );
+                default_listen
+            }
+        };
+        if listen.ip().is_unspecified() && !allow_public_listen {
+            self.report(
+                Rule::Policy,
+                Code::Policy,
+                "server.listen",
+                format!(
+                    "listening on `{listen}` exposes the service on every interface; \
+                     set `server.allow_public_listen: true` if that is intended"
+                ),
+            );
+        }
+        ServerConfig {
+            listen,
+            allow_public_listen,
+            request_timeout: self.duration(
+                "server.request_timeout",
+                raw.request_timeout.as_ref(),
+                Duration::from_secs(30),
+                Duration::from_secs(600),
+            ),
+            body_limit_bytes: self.size("server.body_limit", raw.body_limit.as_ref(), 1 << 20, 64 << 20),
+            shutdown_timeout: self.duration(
+                "server.shutdown_timeout",
+                raw.shutdown_timeout.as_ref(),
+                Duration::from_secs(10),
+                Duration::from_secs(300),
+            ),
+        }
+    }
+
+    fn llm(&mut self, raw: Option<&RawLlm>) -> LlmConfig {
+        let Some(raw) = raw else { return LlmConfig { providers: Vec::new() } };
+        let Some(list) = self.required("llm", "providers", raw.providers.as_ref()) else {
+            return LlmConfig { providers: Vec::new() };
+        };
+        if list.is_empty() {
+            self.report(Rule::Format, Code::MissingField, "llm.providers", "at least one provider is required");
+        }
+        if list.len() > 16 {
+            self.report(
+                Rule::Constraint,
+                Code::Range,
+                "llm.providers",
+                format!("{} providers configured, at most 16 are allowed", list.len()),
+            );
+        }
+        let mut providers: Vec<ProviderConfig> = Vec::new();
+        for (i, raw) in list.iter().enumerate().take(16) {
+            let path = index_path("llm.providers", i);
+            let Some(provider) = self.provider(&path, raw) else { continue };
+            if providers.iter().any(|p| p.name == provider.name) {
+                self.report(
+                    Rule::Constraint,
+                    Code::Duplicate,
+                    &child_path(&path, "name"),
+                    format!("provider name `{}` is used twice{}", provider.name, self.drop_note()),
+                );
+                continue;
+            }
+            providers.push(provider);
+        }
+        LlmConfig { providers }
+    }
+
+    fn drop_note(&self) -> &'static str {
+        if self.level == Level::Permissive { "; ignoring this entry" } else { "" }
+    }
+
+    fn provider(&mut self, path: &str, raw: &RawProvider) -> Option<ProviderConfig> {
+        let name = self.required(path, "name", raw.name.clone());
+        let base_url = self.required(path, "base_url", raw.base_url.as_deref());
+        let model = self.required(path, "model", raw.model.clone());
+        let name_ok = name.as_deref().is_some_and(|n| self.name(&child_path(path, "name"), n, "provider name"));
+        let base_url = base_url.and_then(|u| self.url(&child_path(path, "base_url"), u, &["http", "https"]));
+        if model.as_deref() == Some("") {
+            self.report(Rule::Format, Code::Format, &child_path(path, "model"), "model name must not be empty");
+        }
+        if let Some(var) = &raw.api_key_env {
+            let ok = var.len() <= 128
+                && var.bytes().next().is_some_and(|b| b.is_ascii_uppercase() || b == b'_')
+                && var.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+            if !ok {
+                self.report(
+                    Rule::Format,
+                    Code::Format,
+                    &child_path(path, "api_key_env"),
+                    format!("invalid environment variable name `{var}`: expected A-Z, 0-9 and `_`, not starting with a digit"),
+                );
+            }
+        }
+        let hour = Duration::from_secs(3600);
+        let attempt_timeout = self.duration(
+            &child_path(path, "attempt_timeout"),
+            raw.attempt_timeout.as_ref(),
+            Duration::from_secs(10),
+            hour,
+        );
+        let mut deadline =
+            self.duration(&child_path(path, "deadline"), raw.deadline.as_ref(), Duration::from_secs(30), hour);
+        if deadline < attempt_timeout {
+            self.report(
+                Rule::Constraint,
+                Code::Conflict,
+                &child_path(path, "deadline"),
+                format!(
+                    "deadline {} is shorter than attempt_timeout {}{}",
+                    super::units::format_duration(deadline),
+                    super::units::format_duration(attempt_timeout),
+                    self.fallback(super::units::format_duration(attempt_timeout)),
+                ),
+            );
+            deadline = attempt_timeout;
+        }
+        let retry = self.retry(&child_path(path, "retry"), raw.retry.as_ref().unwrap_or(&RawRetry::default()));
+        let cb_path = child_path(path, "circuit_breaker");
+        let cb = raw.circuit_breaker.clone().unwrap_or_default();
+        let circuit_breaker = CircuitBreakerConfig {
+            failure_threshold: self.range(&child_path(&cb_path, "failure_threshold"), cb.failure_threshold, 1, 1000, 5),
+            recovery_timeout: self.duration(
+                &child_path(&cb_path, "recovery_timeout"),
+                cb.recovery_timeout.as_ref(),
+                Duration::from_secs(30),
+                hour,
+            ),
+            half_open_max_calls: self.range(
+                &child_path(&cb_path, "half_open_max_calls"),
+                cb.half_open_max_calls,
+                1,
+                100,
+                1,
+            ),
+        };
+        Some(ProviderConfig {
+            name: name.filter(|_| name_ok)?,
+            base_url: base_url?,
+            model: model.filter(|m| !m.is_empty())?,
+            api_key_env: raw.api_key_env.clone(),
+            attempt_timeout,
+            deadline,
+            retry,
+            circuit_breaker,
+        })
+    }
+
+    fn retry(&mut self, path: &str, raw: &RawRetry) -> RetryConfig {
+        let attempts = self.range(&child_path(path, "attempts"), raw.attempts, 1, 10, 3);
+        let mut initial_delay = self.duration(
+            &child_path(path, "initial_delay"),
+            raw.initial_delay.as_ref(),
+            Duration::from_millis(500),
+            Duration::from_secs(600),
+        );
+        let max_delay = self.duration(
+            &child_path(path, "max_delay"),
+            raw.max_delay.as_ref(),
+            Duration::from_secs(20),
+            Duration::from_secs(600),
+        );
+        if initial_delay > max_delay {
+            self.report(
+                Rule::Constraint,
+                Code::Conflict,
+                &child_path(path, "initial_delay"),
+                format!(
+                    "initial_delay {} is longer than max_delay {}{}",
+                    super::units::format_duration(initial_delay),
+                    super::units::format_duration(max_delay),
+                    self.fallback(super::units::format_duration(max_delay)),
+                ),
+            );
+            initial_delay = max_delay;
+        }
+        let multiplier_path = child_path(path, "multiplier");
+        let multiplier = match raw.multiplier {
+            Some(m) if !m.is_finite() => {
+                self.report(Rule::Format, Code::Format, &multiplier_path, format!("{m} is not a finite number"));
+                2.0
+            }
+            m => self.range(&multiplier_path, m, 1.0, 10.0, 2.0),
+        };
+        RetryConfig { attempts, initial_delay, max_delay, multiplier, jitter: raw.jitter.unwrap_or(Jitter::Full) }
+    }
+
+    fn budget(&mut self, raw: &RawBudget) -> BudgetConfig {
+        const MAX_TOKENS: u64 = 1_000_000_000_000;
+        let default_limit_tokens =
+            self.range("budget.default_limit_tokens", raw.default_limit_tokens, 1, MAX_TOKENS, 100_000);
+        let mut tenants = BTreeMap::new();
+        for (tenant, &limit) in raw.tenants.iter().flatten() {
+            let path = child_path("budget.tenants", tenant);
+            if self.name(&path, tenant, "tenant name") {
+                let limit = self.range(&path, Some(limit), 1, MAX_TOKENS, default_limit_tokens);
+                tenants.insert(tenant.clone(), limit);
+            }
+        }
+        BudgetConfig { default_limit_tokens, tenants }
+    }
+
+    fn jobs(&mut self, raw: &RawJobs) -> JobsConfig {
+        let hour = Duration::from_secs(3600);
+        let lease = self.duration("jobs.lease", raw.lease.as_ref(), Duration::from_secs(30), hour);
+        let mut heartbeat_interval =
+            self.duration("jobs.heartbeat_interval", raw.heartbeat_interval.as_ref(), Duration::from_secs(10), hour);
+        if heartbeat_interval >= lease {
+            let corrected = lease / 3;
+            self.report(
+                Rule::Constraint,
+                Code::Conflict,
+                "jobs.heartbeat_interval",
+                format!(
+                    "heartbeat_interval {} must be shorter than lease {}, or leases expire under live workers{}",
+                    super::units::format_duration(heartbeat_interval),
+                    super::units::format_duration(lease),
+                    self.fallback(super::units::format_duration(corrected)),
+                ),
+            );
+            heartbeat_interval = corrected.max(Duration::from_millis(1));
+        }
+        JobsConfig {
+            workers: self.range("jobs.workers", raw.workers, 1, 256, 4),
+            queue_capacity: self.range("jobs.queue_capacity", raw.queue_capacity, 1, 1_000_000, 1000),
+            max_attempts: self.range("jobs.max_attempts", raw.max_attempts, 1, 100, 5),
+            lease,
+            heartbeat_interval,
+        }
+    }
+
+    fn storage(&mut self, raw: Option<&RawStorage>) -> StorageConfig {
+        let fallback = StorageConfig::Sqlite { path: PathBuf::from("data/orchestrator.db") };
+        let Some(raw) = raw else { return fallback };
+        match (&raw.sqlite, &raw.redis) {
+            (Some(_), Some(_)) => {
+                self.report(Rule::Format, Code::Conflict, "storage", "set exactly one of `sqlite` and `redis`, not both");
+                fallback
+            }
+            (None, None) => {
+                self.report(Rule::Format, Code::MissingField, "storage", "set exactly one of `sqlite` and `redis`");
+                fallback
+            }
+            (Some(sqlite), None) => match self.required("storage.sqlite", "path", sqlite.path.as_deref()) {
+                Some("") => {
+                    self.report(Rule::Format, Code::Format, "storage.sqlite.path", "path must not be empty");
+                    fallback
+                }
+                Some(path) => StorageConfig::Sqlite { path: PathBuf::from(path) },
+                None => fallback,
+            },
+            (None, Some(redis)) => match self.required("storage.redis", "url", redis.url.as_deref()) {
+                Some(url) => match self.url("storage.redis.url", url, &["redis", "rediss"]) {
+                    Some(url) => StorageConfig::Redis { url },
+                    None => fallback,
+                },
+                None => fallback,
+            },
+        }
+    }
+
+    fn security(&mut self, raw: &RawSecurity) -> SecurityConfig {
+        let roles = match &raw.roles {
+            None => default_roles(),
+            Some(roles) => {
+                let mut out = BTreeMap::new();
+                for (name, permissions) in roles {
+                    let path = child_path("security.roles", name);
+                    if self.name(&path, name, "role name") {
+                        let unique: BTreeSet<Permission> = permissions.iter().copied().collect();
+                        out.insert(name.clone(), unique.into_iter().collect());
+                    }
+                }
+                out
+            }
+        };
+        let mut api_keys: Vec<ApiKeyConfig> = Vec::new();
+        let keys = raw.api_keys.as_deref().unwrap_or_default();
+        if keys.len() > 1000 {
+            self.report(
+                Rule::Constraint,
+                Code::Range,
+                "security.api_keys",
+                format!("{} API keys configured, at most 1000 are allowed", keys.len()),
+            );
+        }
+        for (i, key) in keys.iter().enumerate().take(1000) {
+            let path = index_path("security.api_keys", i);
+            let Some(key) = self.api_key(&path, key, &roles) else { continue };
+            if api_keys.iter().any(|k| k.id == key.id) {
+                self.report(
+                    Rule::Constraint,
+                    Code::Duplicate,
+                    &child_path(&path, "id"),
+                    format!("API key id `{}` is used twice{}", key.id, self.drop_note()),
+                );
+                continue;
+            }
+            if api_keys.iter().any(|k| k.sha256 == key.sha256) {
+                self.report(
+                    Rule::Constraint,
+                    Code::Duplicate,
+                    &child_path(&path, "sha256"),
+                    format!("API key `{}` has the same hash as another key{}", key.id, self.drop_note()),
+                );
+                continue;
+            }
+            api_keys.push(key);
+        }
+        let mut rate_limits = BTreeMap::new();
+        for (role, limit) in raw.rate_limits.iter().flatten() {
+            let path = child_path("security.rate_limits", role);
+            if !roles.contains_key(role) {
+                self.report(
+                    Rule::Constraint,
+                    Code::Reference,
+                    &path,
+                    format!("rate limit for unknown role `{role}`; known roles: {}{}", known(&roles), self.drop_note()),
+                );
+                continue;
+            }
+            rate_limits.insert(role.clone(), self.rate_limit(&path, limit));
+        }
+        let default_rate_limit = match &raw.default_rate_limit {
+            Some(limit) => self.rate_limit("security.default_rate_limit", limit),
+            None => RateLimitConfig { requests_per_second: 20, burst: 40 },
+        };
+        let allow_wildcard_cors = raw.allow_wildcard_cors.unwrap_or(false);
+        let mut cors_allowed_origins = Vec::new();
+        for (i, origin) in raw.cors_allowed_origins.iter().flatten().enumerate() {
+            let path = index_path("security.cors_allowed_origins", i);
+            if origin == "*" {
+                if !allow_wildcard_cors {
+                    self.report(
+                        Rule::Policy,
+                        Code::Policy,
+                        &path,
+                        "CORS origin `*` lets any web page call the API; \
+                         list origins, or set `security.allow_wildcard_cors: true` if that is intended",
+                    );
+                }
+                cors_allowed_origins.push(origin.clone());
+                continue;
+            }
+            if let Some(url) = self.url(&path, origin, &["http", "https"]) {
+                if url.path() != "/" || url.query().is_some() || url.fragment().is_some() || origin.ends_with('/') {
+                    self.report(
+                        Rule::Format,
+                        Code::Format,
+                        &path,
+                        format!("CORS origin `{origin}` must be scheme://host[:port] with no path"),
+                    );
+                } else {
+                    cors_allowed_origins.push(origin.clone());
+                }
+            }
+        }
+        let mut outbound_url_allowlist = Vec::new();
+        for (i, prefix) in raw.outbound_url_allowlist.iter().flatten().enumerate() {
+            let path = index_path("security.outbound_url_allowlist", i);
+            if let Some(url) = self.url(&path, prefix, &["http", "https"]) {
+                outbound_url_allowlist.push(url);
+            }
+        }
+        let pii = raw.pii_redaction.clone().unwrap_or_default();
+        let types = match pii.types {
+            Some(types) => types.into_iter().collect::<BTreeSet<_>>().into_iter().collect(),
+            None => PiiType::ALL.to_vec(),
+        };
+        SecurityConfig {
+            api_keys,
+            roles,
+            rate_limits,
+            default_rate_limit,
+            cors_allowed_origins,
+            allow_wildcard_cors,
+            pii_redaction: PiiRedactionConfig { enabled: pii.enabled.unwrap_or(true), types },
+            outbound_url_allowlist,
+        }
+    }
+
+    fn api_key(
+        &mut self,
+        path: &str,
+        raw: &RawApiKey,
+        roles: &BTreeMap<String, Vec<Permission>>,
+    ) -> Option<ApiKeyConfig> {
+        let id = self.required(path, "id", raw.id.clone());
+        let sha256 = self.required(path, "sha256", raw.sha256.as_deref());
+        let tenant = self.required(path, "tenant", raw.tenant.clone());
+        let role = self.required(path, "role", raw.role.clone());
+        let id_ok = id.as_deref().is_some_and(|v| self.name(&child_path(path, "id"), v, "key id"));
+        let tenant_ok = tenant.as_deref().is_some_and(|v| self.name(&child_path(path, "tenant"), v, "tenant name"));
+        let hash = sha256.and_then(|h| {
+            let bytes = decode_sha256(h);
+            if bytes.is_none() {
+                self.report(
+                    Rule::Format,
+                    Code::Format,
+                    &child_path(path, "sha256"),
+                    format!("invalid SHA-256 `{h}`: expected 64 lowercase hexadecimal digits"),
+                );
+            }
+            bytes
+        });
+        let role_ok = match role.as_deref() {
+            Some(r) if !roles.contains_key(r) => {
+                self.report(
+                    Rule::Constraint,
+                    Code::Reference,
+                    &child_path(path, "role"),
+                    format!("unknown role `{r}`; known roles: {}{}", known(roles), self.drop_note()),
+                );
+                false
+            }
+            Some(_) => true,
+            None => false,
+        };
+        let expires_at = raw.expires_at.as_deref().and_then(|text| match humantime::parse_rfc3339(text) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.report(
+                    Rule::Format,
+                    Code::Format,
+                    &child_path(path, "expires_at"),
+                    format!("invalid timestamp `{text}`: {e}; expected RFC 3339 UTC, like `2030-01-01T00:00:00Z`"),
+                );
+                None
+            }
+        });
+        if !(id_ok && tenant_ok && role_ok) {
+            return None;
+        }
+        Some(ApiKeyConfig { id: id?, sha256: hash?, tenant: tenant?, role: role?, expires_at })
+    }
+
+    fn rate_limit(&mut self, path: &str, raw: &RawRateLimit) -> RateLimitConfig {
+        let rps = self.required(path, "requests_per_second", raw.requests_per_second).unwrap_or(20);
+        let requests_per_second = self.range(&child_path(path, "requests_per_second"), Some(rps), 1, 100_000, 20);
+        let burst = self.range(
+            &child_path(path, "burst"),
+            raw.burst,
+            1,
+            100_000,
+            requests_per_second.saturating_mul(2).min(100_000),
+        );
+        RateLimitConfig { requests_per_second, burst }
+    }
+
+    fn tasks(&mut self, raw: &RawTasks) -> TasksConfig {
+        let default_tools = || ["search", "http_get", "summarize"].map(String::from).to_vec();
+        let mut allowed_tools = Vec::new();
+        match &raw.allowed_tools {
+            None => allowed_tools = default_tools(),
+            Some(tools) => {
+                if tools.is_empty() || tools.len() > 64 {
+                    self.report(
+                        Rule::Constraint,
+                        Code::Range,
+                        "tasks.allowed_tools",
+                        format!("{} tools listed, expected 1 to 64", tools.len()),
+                    );
+                }
+                for (i, tool) in tools.iter().enumerate().take(64) {
+                    let path = index_path("tasks.allowed_tools", i);
+                    let ok = tool.len() <= 64
+                        && tool.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+                        && tool.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                    if !ok {
+                        self.report(
+                            Rule::Format,
+                            Code::Format,
+                            &path,
+                            format!("invalid tool name `{tool}`: expected a-z, 0-9 and `_`, starting with a letter"),
+                        );
+                    } else if allowed_tools.contains(tool) {
+                        self.report(Rule::Constraint, Code::Duplicate, &path, format!("tool `{tool}` is listed twice"));
+                    } else {
+                        allowed_tools.push(tool.clone());
+                    }
+                }
+                if allowed_tools.is_empty() {
+                    allowed_tools = default_tools();
+                }
+            }
+        }
+        TasksConfig {
+            allowed_tools,
+            max_prompt_bytes: self.size("tasks.max_prompt_size", raw.max_prompt_size.as_ref(), 32 << 10, 1 << 20),
+            max_output_bytes: self.size("tasks.max_output_size", raw.max_output_size.as_ref(), 64 << 10, 4 << 20),
+        }
+    }
+
+    fn degradation(&mut self, raw: &RawDegradation) -> DegradationConfig {
+        let rate = |v: &mut Self, field: &str, value: Option<f64>, default: f64| {
+            let path = child_path("degradation", field);
+            match value {
+                Some(x) if x.is_nan() => {
+                    v.report(Rule::Format, Code::Format, &path, "NaN is not an error rate");
+                    default
+                }
+                x => v.range(&path, x, 0.0, 1.0, default),
+            }
+        };
+        let degraded_error_rate = rate(self, "degraded_error_rate", raw.degraded_error_rate, 0.25);
+        let mut unhealthy_error_rate = rate(self, "unhealthy_error_rate", raw.unhealthy_error_rate, 0.5);
+        if unhealthy_error_rate < degraded_error_rate {
+            self.report(
+                Rule::Constraint,
+                Code::Conflict,
+                "degradation.unhealthy_error_rate",
+                format!(
+                    "unhealthy_error_rate {unhealthy_error_rate} is below degraded_error_rate {degraded_error_rate}{}",
+                    self.fallback(degraded_error_rate)
+                ),
+            );
+            unhealthy_error_rate = degraded_error_rate;
+        }
+        DegradationConfig {
+            degraded_error_rate,
+            unhealthy_error_rate,
+            window: self.duration(
+                "degradation.window",
+                raw.window.as_ref(),
+                Duration::from_secs(30),
+                Duration::from_secs(3600),
+            ),
+        }
+    }
+}
+
+fn known(roles: &BTreeMap<String, Vec<Permission>>) -> String {
+    if roles.is_empty() {
+        return "none".to_owned();
+    }
+    roles.keys().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(", ")
+}
+
+/// Decodes 64 lowercase hex digits.
+pub(super) fn decode_sha256(text: &str) -> Option<[u8; 32]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let digit = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
+}

@@ -1,0 +1,67 @@
+//! `orchestrator`: the service and its tools.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use orchestrator::cli::{self, Format, ValidateArgs};
+use orchestrator::config::Level;
+
+/// The hardened LLM agent orchestration service that Gauntlet battle-tests.
+#[derive(Parser)]
+#[command(name = "orchestrator", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check configuration files and print their schema.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate configuration files. Exits 0 when all are valid (warnings allowed),
+    /// 2 when any is invalid or unreadable. `ORCHESTRATOR__SECTION__FIELD=value`
+    /// environment variables override fields before validation.
+    Validate {
+        /// The files to validate.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// How demanding validation is.
+        #[arg(long, value_enum, default_value_t = Level::Strict)]
+        level: Level,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Print the JSON Schema of the configuration file.
+    Schema,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let stdout = io::stdout();
+    let stderr = io::stderr();
+    let result = match cli.command {
+        Command::Config { command: ConfigCommand::Validate { files, level, format } } => {
+            let args = ValidateArgs { files, level, format, env: std::env::vars().collect() };
+            cli::config_validate(&args, &mut stdout.lock(), &mut stderr.lock())
+        }
+        Command::Config { command: ConfigCommand::Schema } => cli::config_schema(&mut stdout.lock()),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(stderr.lock(), "error: cannot write output: {e}");
+            ExitCode::from(cli::EXIT_BAD_INPUT)
+        }
+    }
+}
