@@ -69,7 +69,7 @@ pub fn config_validate(args: &ValidateArgs, out: &mut dyn Write, err: &mut dyn W
         }
     }
     if args.format == Format::Json {
-        let doc = serde_json::json!({ "level": format!("{:?}", args.level).to_lowercase(), "files": reports });
+        let doc = serde_json::json!({ "level": args.level.as_str(), "files": reports });
         serde_json::to_writer_pretty(&mut *out, &doc)?;
         writeln!(out)?;
     }

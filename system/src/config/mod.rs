@@ -34,6 +34,15 @@ pub enum Level {
 impl Level {
     /// Every level, strictest first.
     pub const ALL: [Level; 3] = [Level::Strict, Level::Moderate, Level::Permissive];
+
+    /// The name used on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Strict => "strict",
+            Level::Moderate => "moderate",
+            Level::Permissive => "permissive",
+        }
+    }
 }
 
 /// The prefix of environment overrides: `ORCHESTRATOR__SERVER__LISTEN=127.0.0.1:9000`.

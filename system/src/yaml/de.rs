@@ -39,6 +39,7 @@ pub fn decode<T: DeserializeOwned>(
 ) -> Option<T> {
     let root = doc.root.as_mut()?;
     let ctx = Ctx { options, unknown: RefCell::new(Vec::new()), seen: RefCell::new(HashSet::new()) };
+    let before = diags.len();
     for _ in 0..MAX_PASSES {
         let result = T::deserialize(NodeDe { node: root, ctx: &ctx });
         match result {
@@ -77,6 +78,16 @@ pub fn decode<T: DeserializeOwned>(
                 break;
             }
         }
+    }
+    if diags.len() - before >= MAX_PASSES {
+        diags.push(Diagnostic {
+            severity: Severity::Error,
+            code: Code::Limit,
+            location: root.location,
+            path: String::new(),
+            message: format!("decoding stopped after {MAX_PASSES} errors; fix these and run again"),
+            env_var: None,
+        });
     }
     diags.extend(ctx.unknown.into_inner());
     None
