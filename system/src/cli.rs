@@ -39,7 +39,11 @@ pub struct ValidateArgs {
 
 /// Validates every file and reports. Returns [`EXIT_OK`] when all are valid
 /// (warnings allowed) and [`EXIT_BAD_INPUT`] otherwise.
-pub fn config_validate(args: &ValidateArgs, out: &mut dyn Write, err: &mut dyn Write) -> io::Result<u8> {
+pub fn config_validate(
+    args: &ValidateArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> io::Result<u8> {
     let options = ValidateOptions {
         level: args.level,
         overrides: config::env_overrides(args.env.iter().cloned()),
@@ -50,7 +54,11 @@ pub fn config_validate(args: &ValidateArgs, out: &mut dyn Write, err: &mut dyn W
     for file in &args.files {
         let name = file.display().to_string();
         let outcome = config::validate_file(file, &options);
-        let errors = outcome.diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
+        let errors = outcome
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count();
         let warnings = outcome.diagnostics.len() - errors;
         all_valid &= outcome.config.is_some();
         match args.format {
@@ -58,8 +66,17 @@ pub fn config_validate(args: &ValidateArgs, out: &mut dyn Write, err: &mut dyn W
                 for d in &outcome.diagnostics {
                     writeln!(err, "{}", d.display_with_file(&name))?;
                 }
-                let verdict = if outcome.config.is_some() { "valid" } else { "invalid" };
-                writeln!(out, "{name}: {verdict} ({}, {})", plural(errors, "error"), plural(warnings, "warning"))?;
+                let verdict = if outcome.config.is_some() {
+                    "valid"
+                } else {
+                    "invalid"
+                };
+                writeln!(
+                    out,
+                    "{name}: {verdict} ({}, {})",
+                    plural(errors, "error"),
+                    plural(warnings, "warning")
+                )?;
             }
             Format::Json => reports.push(serde_json::json!({
                 "file": name,
@@ -77,7 +94,11 @@ pub fn config_validate(args: &ValidateArgs, out: &mut dyn Write, err: &mut dyn W
 }
 
 fn plural(n: usize, word: &str) -> String {
-    if n == 1 { format!("1 {word}") } else { format!("{n} {word}s") }
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
 }
 
 /// Prints the configuration's JSON Schema.

@@ -50,11 +50,25 @@ fn main() -> ExitCode {
     let stdout = io::stdout();
     let stderr = io::stderr();
     let result = match cli.command {
-        Command::Config { command: ConfigCommand::Validate { files, level, format } } => {
-            let args = ValidateArgs { files, level, format, env: std::env::vars().collect() };
+        Command::Config {
+            command:
+                ConfigCommand::Validate {
+                    files,
+                    level,
+                    format,
+                },
+        } => {
+            let args = ValidateArgs {
+                files,
+                level,
+                format,
+                env: std::env::vars().collect(),
+            };
             cli::config_validate(&args, &mut stdout.lock(), &mut stderr.lock())
         }
-        Command::Config { command: ConfigCommand::Schema } => cli::config_schema(&mut stdout.lock()),
+        Command::Config {
+            command: ConfigCommand::Schema,
+        } => cli::config_schema(&mut stdout.lock()),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -38,14 +38,21 @@ fn valid_fixtures_exit_zero() {
     let mut args = vec!["config", "validate"];
     args.extend(files.iter().map(String::as_str));
     let out = run(&args, &[]);
-    assert_eq!(out.status.code(), Some(0), "stdout:\n{}\nstderr:\n{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     assert_eq!(text(&out.stderr), "");
     assert_eq!(text(&out.stdout).lines().count(), files.len());
 }
 
 #[test]
 fn every_invalid_fixture_exits_two_with_well_formed_lines() {
-    let line = regex::Regex::new(r"^.+:[0-9]+:[0-9]+: (error|warning)\[[A-Za-z0-9_-]+\]: ").expect("regex");
+    let line = regex::Regex::new(r"^.+:[0-9]+:[0-9]+: (error|warning)\[[A-Za-z0-9_-]+\]: ")
+        .expect("regex");
     let mut problems = Vec::new();
     for file in files_in("fixtures/configs/invalid") {
         let out = run(&["config", "validate", &file], &[]);
@@ -66,7 +73,12 @@ fn every_invalid_fixture_exits_two_with_well_formed_lines() {
 #[test]
 fn one_invalid_file_among_valid_ones_fails_the_run() {
     let out = run(
-        &["config", "validate", "fixtures/configs/valid/minimal.yaml", "fixtures/configs/invalid/empty.yaml"],
+        &[
+            "config",
+            "validate",
+            "fixtures/configs/valid/minimal.yaml",
+            "fixtures/configs/invalid/empty.yaml",
+        ],
         &[],
     );
     assert_eq!(out.status.code(), Some(2));
@@ -78,14 +90,30 @@ fn one_invalid_file_among_valid_ones_fails_the_run() {
 
 #[test]
 fn warnings_alone_exit_zero() {
-    let out = run(&["config", "validate", "--level", "moderate", "fixtures/configs/invalid/public-listen.yaml"], &[]);
+    let out = run(
+        &[
+            "config",
+            "validate",
+            "--level",
+            "moderate",
+            "fixtures/configs/invalid/public-listen.yaml",
+        ],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains(": warning[policy]: server.listen: "), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(": warning[policy]: server.listen: "),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
 fn unreadable_file_exits_two() {
-    let out = run(&["config", "validate", "fixtures/configs/no-such-file.yaml"], &[]);
+    let out = run(
+        &["config", "validate", "fixtures/configs/no-such-file.yaml"],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(2));
     insta::assert_snapshot!(text(&out.stderr), @"fixtures/configs/no-such-file.yaml:1:1: error[io]: <root>: cannot read file: no such file or directory (os error 2)");
 }
@@ -103,7 +131,13 @@ fn environment_overrides_apply_and_are_named() {
 #[test]
 fn json_format_reports_every_diagnostic() {
     let out = run(
-        &["config", "validate", "--format", "json", "fixtures/configs/invalid/duplicate-key.yaml"],
+        &[
+            "config",
+            "validate",
+            "--format",
+            "json",
+            "fixtures/configs/invalid/duplicate-key.yaml",
+        ],
         &[],
     );
     assert_eq!(out.status.code(), Some(2));
@@ -116,7 +150,11 @@ fn json_format_reports_every_diagnostic() {
 fn bad_arguments_exit_two() {
     let out = run(&["config", "validate", "--level", "lenient", "x.yaml"], &[]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("invalid value 'lenient'"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("invalid value 'lenient'"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = run(&["config", "validate"], &[]);
     assert_eq!(out.status.code(), Some(2));
 }
@@ -130,7 +168,9 @@ fn schema_is_json_with_documented_fields() {
     assert_eq!(schema["additionalProperties"], false);
     let retry = &schema["$defs"]["RawRetry"]["properties"]["attempts"];
     assert!(
-        retry["description"].as_str().is_some_and(|d| d.contains("1 to 10")),
+        retry["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("1 to 10")),
         "field doc comments become descriptions: {retry}"
     );
 }

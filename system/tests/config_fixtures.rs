@@ -15,11 +15,25 @@ fn fixtures() -> PathBuf {
 /// Validates `path` at every level and renders what a user would see, with the
 /// file named relative to fixtures/configs so snapshots do not depend on the checkout.
 fn check(path: &Path) -> String {
-    let name = path.strip_prefix(fixtures()).unwrap_or(path).display().to_string();
+    let name = path
+        .strip_prefix(fixtures())
+        .unwrap_or(path)
+        .display()
+        .to_string();
     let mut out = String::new();
     for level in Level::ALL {
-        let outcome = config::validate_file(path, &ValidateOptions { level, ..ValidateOptions::default() });
-        let verdict = if outcome.config.is_some() { "valid" } else { "invalid" };
+        let outcome = config::validate_file(
+            path,
+            &ValidateOptions {
+                level,
+                ..ValidateOptions::default()
+            },
+        );
+        let verdict = if outcome.config.is_some() {
+            "valid"
+        } else {
+            "invalid"
+        };
         out.push_str(&format!("--- {}: {verdict}\n", level.as_str()));
         for d in &outcome.diagnostics {
             out.push_str(&format!("{}\n", d.display_with_file(&name)));
@@ -33,9 +47,16 @@ fn invalid_fixtures_report_located_errors() {
     insta::glob!("../../fixtures/configs/invalid", "*.yaml", |path| {
         let report = check(path);
         let strict = config::validate_file(path, &ValidateOptions::default());
-        assert!(strict.config.is_none(), "{} must be invalid under strict:\n{report}", path.display());
         assert!(
-            strict.diagnostics.iter().any(|d| d.severity == Severity::Error),
+            strict.config.is_none(),
+            "{} must be invalid under strict:\n{report}",
+            path.display()
+        );
+        assert!(
+            strict
+                .diagnostics
+                .iter()
+                .any(|d| d.severity == Severity::Error),
             "{} must have an error:\n{report}",
             path.display()
         );
@@ -51,22 +72,34 @@ fn valid_fixtures_validate_without_diagnostics_at_every_level() {
         .collect();
     files.push(fixtures().join("base.yaml"));
     files.sort();
-    assert!(files.len() >= 5, "expected the valid fixtures and base.yaml, found {files:?}");
+    assert!(
+        files.len() >= 5,
+        "expected the valid fixtures and base.yaml, found {files:?}"
+    );
     let mut failures = Vec::new();
     for file in &files {
         let report = check(file);
-        if report.lines().any(|l| !l.starts_with("--- ") || l.ends_with("invalid")) {
+        if report
+            .lines()
+            .any(|l| !l.starts_with("--- ") || l.ends_with("invalid"))
+        {
             failures.push(report);
         }
     }
-    assert!(failures.is_empty(), "valid fixtures reported diagnostics:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "valid fixtures reported diagnostics:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn invalid_fixtures_cover_every_failure_class() {
     let mut codes = std::collections::BTreeSet::new();
     let mut count = 0;
-    for entry in std::fs::read_dir(fixtures().join("invalid")).expect("fixtures/configs/invalid exists") {
+    for entry in
+        std::fs::read_dir(fixtures().join("invalid")).expect("fixtures/configs/invalid exists")
+    {
         let path = entry.expect("readable directory entry").path();
         count += 1;
         for d in config::validate_file(&path, &ValidateOptions::default()).diagnostics {
@@ -91,21 +124,43 @@ fn invalid_fixtures_cover_every_failure_class() {
         Code::Conflict,
     ];
     let missing: Vec<_> = expected.iter().filter(|c| !codes.contains(c)).collect();
-    assert!(missing.is_empty(), "no invalid fixture produces {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "no invalid fixture produces {missing:?}"
+    );
 }
 
 #[test]
 fn base_config_holds_the_documented_dev_key() {
     let outcome = config::validate_file(&fixtures().join("base.yaml"), &ValidateOptions::default());
     let config = outcome.config.expect("base.yaml is valid");
-    let key = config.security.api_keys.iter().find(|k| k.id == "dev").expect("a key with id `dev`");
+    let key = config
+        .security
+        .api_keys
+        .iter()
+        .find(|k| k.id == "dev")
+        .expect("a key with id `dev`");
     let expected: [u8; 32] = Sha256::digest(b"gauntlet-dev-key").into();
-    assert_eq!(key.sha256, expected, "the README documents the plaintext `gauntlet-dev-key`");
+    assert_eq!(
+        key.sha256, expected,
+        "the README documents the plaintext `gauntlet-dev-key`"
+    );
     assert_eq!((key.tenant.as_str(), key.role.as_str()), ("dev", "admin"));
     assert_eq!(config.llm.providers[0].name, "primary");
-    assert_eq!(config.llm.providers[0].base_url.as_str(), "http://127.0.0.1:8081/v1");
-    assert_eq!(config.storage, config::StorageConfig::Sqlite { path: "data/orchestrator.db".into() });
-    assert_eq!(config.tasks.allowed_tools, ["search", "http_get", "summarize"]);
+    assert_eq!(
+        config.llm.providers[0].base_url.as_str(),
+        "http://127.0.0.1:8081/v1"
+    );
+    assert_eq!(
+        config.storage,
+        config::StorageConfig::Sqlite {
+            path: "data/orchestrator.db".into()
+        }
+    );
+    assert_eq!(
+        config.tasks.allowed_tools,
+        ["search", "http_get", "summarize"]
+    );
 }
 
 #[test]
@@ -113,7 +168,15 @@ fn levels_differ_as_documented() {
     let public = fixtures().join("invalid/public-listen.yaml");
     let unknown = fixtures().join("invalid/unknown-field.yaml");
     let range = fixtures().join("invalid/retry-attempts-out-of-range.yaml");
-    let at = |path: &Path, level| config::validate_file(path, &ValidateOptions { level, ..ValidateOptions::default() });
+    let at = |path: &Path, level| {
+        config::validate_file(
+            path,
+            &ValidateOptions {
+                level,
+                ..ValidateOptions::default()
+            },
+        )
+    };
 
     // Policy: an error only under strict.
     assert!(at(&public, Level::Strict).config.is_none());
@@ -128,7 +191,16 @@ fn levels_differ_as_documented() {
     // Constraints: errors under strict and moderate; under permissive the default is used.
     assert!(at(&range, Level::Moderate).config.is_none());
     let permissive = at(&range, Level::Permissive);
-    let config = permissive.config.expect("permissive accepts a broken constraint");
-    assert_eq!(config.llm.providers[0].retry.attempts, 3, "the default replaces the out-of-range value");
-    assert!(permissive.diagnostics[0].message.ends_with("; using 3"), "{:?}", permissive.diagnostics);
+    let config = permissive
+        .config
+        .expect("permissive accepts a broken constraint");
+    assert_eq!(
+        config.llm.providers[0].retry.attempts, 3,
+        "the default replaces the out-of-range value"
+    );
+    assert!(
+        permissive.diagnostics[0].message.ends_with("; using 3"),
+        "{:?}",
+        permissive.diagnostics
+    );
 }

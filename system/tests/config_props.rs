@@ -40,14 +40,31 @@ fn mutations(config: &Config) -> Vec<Mutation> {
         Mutation::OutOfRange(seg(&[json!("jobs"), json!("workers")]), json!(257)),
         Mutation::OutOfRange(seg(&[json!("jobs"), json!("queue_capacity")]), json!(0)),
         Mutation::OutOfRange(seg(&[json!("jobs"), json!("max_attempts")]), json!(101)),
-        Mutation::OutOfRange(seg(&[json!("budget"), json!("default_limit_tokens")]), json!(0)),
-        Mutation::OutOfRange(seg(&[json!("degradation"), json!("unhealthy_error_rate")]), json!(1.5)),
-        Mutation::OutOfRange(seg(&[json!("security"), json!("default_rate_limit"), json!("burst")]), json!(0)),
+        Mutation::OutOfRange(
+            seg(&[json!("budget"), json!("default_limit_tokens")]),
+            json!(0),
+        ),
+        Mutation::OutOfRange(
+            seg(&[json!("degradation"), json!("unhealthy_error_rate")]),
+            json!(1.5),
+        ),
+        Mutation::OutOfRange(
+            seg(&[
+                json!("security"),
+                json!("default_rate_limit"),
+                json!("burst"),
+            ]),
+            json!(0),
+        ),
         Mutation::Unknown(vec![]),
         Mutation::Unknown(seg(&[json!("server")])),
         Mutation::Unknown(seg(&[json!("jobs")])),
         Mutation::Unknown(seg(&[json!("security"), json!("pii_redaction")])),
-        Mutation::Dangle(seg(&[json!("security"), json!("rate_limits"), json!("no-such-role")])),
+        Mutation::Dangle(seg(&[
+            json!("security"),
+            json!("rate_limits"),
+            json!("no-such-role"),
+        ])),
     ];
     for (i, _) in config.llm.providers.iter().enumerate() {
         let p = |rest: &[&str]| {
@@ -60,9 +77,18 @@ fn mutations(config: &Config) -> Vec<Mutation> {
         out.push(Mutation::Drop(p(&["model"])));
         out.push(Mutation::OutOfRange(p(&["retry", "attempts"]), json!(0)));
         out.push(Mutation::OutOfRange(p(&["retry", "attempts"]), json!(11)));
-        out.push(Mutation::OutOfRange(p(&["retry", "multiplier"]), json!(0.5)));
-        out.push(Mutation::OutOfRange(p(&["circuit_breaker", "failure_threshold"]), json!(0)));
-        out.push(Mutation::OutOfRange(p(&["circuit_breaker", "half_open_max_calls"]), json!(101)));
+        out.push(Mutation::OutOfRange(
+            p(&["retry", "multiplier"]),
+            json!(0.5),
+        ));
+        out.push(Mutation::OutOfRange(
+            p(&["circuit_breaker", "failure_threshold"]),
+            json!(0),
+        ));
+        out.push(Mutation::OutOfRange(
+            p(&["circuit_breaker", "half_open_max_calls"]),
+            json!(101),
+        ));
         out.push(Mutation::Unknown(p(&["retry"])));
         out.push(Mutation::Unknown(p(&[])));
     }
@@ -98,7 +124,9 @@ fn apply(config: &Config, mutation: &Mutation) -> (String, String) {
     let path = match mutation {
         Mutation::Drop(segments) => {
             let (last, parent) = segments.split_last().expect("non-empty");
-            let map = parent_mut(&mut value, parent).as_object_mut().expect("a mapping");
+            let map = parent_mut(&mut value, parent)
+                .as_object_mut()
+                .expect("a mapping");
             map.remove(last.as_str().expect("a field name"));
             path_of(segments)
         }
@@ -125,32 +153,75 @@ fn apply(config: &Config, mutation: &Mutation) -> (String, String) {
             child_path(&path_of(segments), "unexpected_field")
         }
     };
-    (serde_saphyr::to_string(&value).expect("YAML serialises"), path)
+    (
+        serde_saphyr::to_string(&value).expect("YAML serialises"),
+        path,
+    )
 }
 
 /// Arbitrary YAML-like values that use the schema's own field names, so that
 /// generated documents reach deep into validation instead of stopping at the root.
 fn arb_document() -> impl Strategy<Value = Value> {
     let names = prop::sample::select(vec![
-        "server", "llm", "providers", "name", "base_url", "model", "retry", "attempts", "multiplier",
-        "storage", "sqlite", "redis", "path", "url", "security", "api_keys", "roles", "role", "rate_limits",
-        "jobs", "workers", "lease", "heartbeat_interval", "tasks", "allowed_tools", "degradation", "listen",
-        "cors_allowed_origins", "pii_redaction", "types", "budget", "tenants", "x",
+        "server",
+        "llm",
+        "providers",
+        "name",
+        "base_url",
+        "model",
+        "retry",
+        "attempts",
+        "multiplier",
+        "storage",
+        "sqlite",
+        "redis",
+        "path",
+        "url",
+        "security",
+        "api_keys",
+        "roles",
+        "role",
+        "rate_limits",
+        "jobs",
+        "workers",
+        "lease",
+        "heartbeat_interval",
+        "tasks",
+        "allowed_tools",
+        "degradation",
+        "listen",
+        "cors_allowed_origins",
+        "pii_redaction",
+        "types",
+        "budget",
+        "tenants",
+        "x",
     ]);
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|n| json!(n)),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| json!(f)),
         "[a-z0-9:/._* -]{0,24}".prop_map(Value::String),
-        prop::sample::select(vec!["30s", "0ms", "10MiB", "http://127.0.0.1:1/v1", "0.0.0.0:80", "*", "admin"])
-            .prop_map(|s| json!(s)),
+        prop::sample::select(vec![
+            "30s",
+            "0ms",
+            "10MiB",
+            "http://127.0.0.1:1/v1",
+            "0.0.0.0:80",
+            "*",
+            "admin"
+        ])
+        .prop_map(|s| json!(s)),
     ];
     leaf.prop_recursive(6, 64, 8, move |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-            prop::collection::btree_map(names.clone(), inner, 0..6)
-                .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())),
+            prop::collection::btree_map(names.clone(), inner, 0..6).prop_map(|m| Value::Object(
+                m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+            )),
         ]
     })
 }

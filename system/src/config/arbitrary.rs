@@ -17,13 +17,17 @@ const TOOL_CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789_";
 
 fn name(u: &mut Unstructured<'_>) -> Result<String> {
     let len = u.int_in_range(1..=12)?;
-    (0..len).map(|_| u.choose(NAME_CHARS).map(|&b| b as char)).collect()
+    (0..len)
+        .map(|_| u.choose(NAME_CHARS).map(|&b| b as char))
+        .collect()
 }
 
 fn tool(u: &mut Unstructured<'_>) -> Result<String> {
     let first = *u.choose(b"abcdefghijklmnopqrstuvwxyz")? as char;
     let len = u.int_in_range(0..=10)?;
-    let rest: Result<String> = (0..len).map(|_| u.choose(TOOL_CHARS).map(|&b| b as char)).collect();
+    let rest: Result<String> = (0..len)
+        .map(|_| u.choose(TOOL_CHARS).map(|&b| b as char))
+        .collect();
     Ok(format!("{first}{}", rest?))
 }
 
@@ -59,7 +63,10 @@ fn subset<T: Copy + Ord>(u: &mut Unstructured<'_>, all: &[T]) -> Result<Vec<T>> 
 }
 
 fn rate_limit(u: &mut Unstructured<'_>) -> Result<RateLimitConfig> {
-    Ok(RateLimitConfig { requests_per_second: u.int_in_range(1..=100_000)?, burst: u.int_in_range(1..=100_000)? })
+    Ok(RateLimitConfig {
+        requests_per_second: u.int_in_range(1..=100_000)?,
+        burst: u.int_in_range(1..=100_000)?,
+    })
 }
 
 fn provider(u: &mut Unstructured<'_>, name: String) -> Result<ProviderConfig> {
@@ -74,9 +81,18 @@ fn provider(u: &mut Unstructured<'_>, name: String) -> Result<ProviderConfig> {
     }
     Ok(ProviderConfig {
         name,
-        base_url: url(u, &["http://127.0.0.1:8081/v1", "https://api.openai.com/v1", "http://[::1]:9000/"])?,
+        base_url: url(
+            u,
+            &[
+                "http://127.0.0.1:8081/v1",
+                "https://api.openai.com/v1",
+                "http://[::1]:9000/",
+            ],
+        )?,
         model,
-        api_key_env: u.choose(&[None, Some("OPENAI_API_KEY"), Some("_KEY_2")])?.map(String::from),
+        api_key_env: u
+            .choose(&[None, Some("OPENAI_API_KEY"), Some("_KEY_2")])?
+            .map(String::from),
         attempt_timeout,
         deadline,
         retry: RetryConfig {
@@ -110,7 +126,10 @@ impl<'a> Arbitrary<'a> for Config {
             body_limit_bytes: u.int_in_range(1..=64 << 20)?,
             shutdown_timeout: millis(u, 1, 300_000)?,
         };
-        let providers = names(u, 1, 3)?.into_iter().map(|n| provider(u, n)).collect::<Result<Vec<_>>>()?;
+        let providers = names(u, 1, 3)?
+            .into_iter()
+            .map(|n| provider(u, n))
+            .collect::<Result<Vec<_>>>()?;
         let mut tenants = BTreeMap::new();
         for tenant in names(u, 0, 3)? {
             tenants.insert(tenant, u.int_in_range(1..=1_000_000_000_000)?);
@@ -124,14 +143,24 @@ impl<'a> Arbitrary<'a> for Config {
             heartbeat_interval: millis(u, 1, lease.as_millis() as u64 - 1)?,
         };
         let storage = if u.arbitrary()? {
-            StorageConfig::Sqlite { path: PathBuf::from(format!("data/{}.db", name(u)?)) }
+            StorageConfig::Sqlite {
+                path: PathBuf::from(format!("data/{}.db", name(u)?)),
+            }
         } else {
-            StorageConfig::Redis { url: url(u, &["redis://127.0.0.1:6379/0", "rediss://cache.internal:6380"])? }
+            StorageConfig::Redis {
+                url: url(
+                    u,
+                    &["redis://127.0.0.1:6379/0", "rediss://cache.internal:6380"],
+                )?,
+            }
         };
         let roles: BTreeMap<String, Vec<Permission>> = if u.arbitrary()? {
             default_roles()
         } else {
-            names(u, 1, 4)?.into_iter().map(|r| Ok((r, subset(u, &Permission::ALL)?))).collect::<Result<_>>()?
+            names(u, 1, 4)?
+                .into_iter()
+                .map(|r| Ok((r, subset(u, &Permission::ALL)?)))
+                .collect::<Result<_>>()?
         };
         let role_names: Vec<String> = roles.keys().cloned().collect();
         let mut api_keys: Vec<ApiKeyConfig> = Vec::new();
@@ -141,7 +170,10 @@ impl<'a> Arbitrary<'a> for Config {
                 continue;
             }
             let expires_at = if u.arbitrary()? {
-                Some(SystemTime::UNIX_EPOCH + Duration::from_secs(u.int_in_range(0..=4_102_444_800)?))
+                Some(
+                    SystemTime::UNIX_EPOCH
+                        + Duration::from_secs(u.int_in_range(0..=4_102_444_800)?),
+                )
             } else {
                 None
             };
@@ -159,13 +191,24 @@ impl<'a> Arbitrary<'a> for Config {
                 rate_limits.insert(role.clone(), rate_limit(u)?);
             }
         }
-        let cors_allowed_origins: Vec<String> =
-            subset(u, &["*", "http://localhost:3000", "https://app.example.com"])?.into_iter().map(String::from).collect();
+        let cors_allowed_origins: Vec<String> = subset(
+            u,
+            &["*", "http://localhost:3000", "https://app.example.com"],
+        )?
+        .into_iter()
+        .map(String::from)
+        .collect();
         let allow_wildcard_cors = cors_allowed_origins.iter().any(|o| o == "*") || u.arbitrary()?;
-        let outbound_url_allowlist = subset(u, &["https://hooks.example.com/", "https://api.example.org/hooks/"])?
-            .into_iter()
-            .map(|t| Url::parse(t).map_err(|_| arbitrary::Error::IncorrectFormat))
-            .collect::<Result<_>>()?;
+        let outbound_url_allowlist = subset(
+            u,
+            &[
+                "https://hooks.example.com/",
+                "https://api.example.org/hooks/",
+            ],
+        )?
+        .into_iter()
+        .map(|t| Url::parse(t).map_err(|_| arbitrary::Error::IncorrectFormat))
+        .collect::<Result<_>>()?;
         let mut allowed_tools = Vec::new();
         for _ in 0..u.int_in_range(1..=5)? {
             let t = tool(u)?;
@@ -178,7 +221,10 @@ impl<'a> Arbitrary<'a> for Config {
         Ok(Config {
             server,
             llm: LlmConfig { providers },
-            budget: BudgetConfig { default_limit_tokens: u.int_in_range(1..=1_000_000_000_000)?, tenants },
+            budget: BudgetConfig {
+                default_limit_tokens: u.int_in_range(1..=1_000_000_000_000)?,
+                tenants,
+            },
             jobs,
             storage,
             security: SecurityConfig {
@@ -188,7 +234,10 @@ impl<'a> Arbitrary<'a> for Config {
                 default_rate_limit: rate_limit(u)?,
                 cors_allowed_origins,
                 allow_wildcard_cors,
-                pii_redaction: PiiRedactionConfig { enabled: u.arbitrary()?, types: subset(u, &PiiType::ALL)? },
+                pii_redaction: PiiRedactionConfig {
+                    enabled: u.arbitrary()?,
+                    types: subset(u, &PiiType::ALL)?,
+                },
                 outbound_url_allowlist,
             },
             tasks: TasksConfig {

@@ -73,7 +73,10 @@ pub struct Outcome {
 
 impl Outcome {
     fn failed(diagnostic: Diagnostic) -> Self {
-        Outcome { config: None, diagnostics: vec![diagnostic] }
+        Outcome {
+            config: None,
+            diagnostics: vec![diagnostic],
+        }
     }
 }
 
@@ -98,10 +101,21 @@ pub fn validate(bytes: &[u8], options: &ValidateOptions) -> Outcome {
         });
         return finish(None, diagnostics);
     }
-    let unknown_fields = if options.level == Level::Strict { Severity::Error } else { Severity::Warning };
+    let unknown_fields = if options.level == Level::Strict {
+        Severity::Error
+    } else {
+        Severity::Warning
+    };
     let mut failed = Vec::new();
-    let raw: Option<RawConfig> = yaml::decode(&mut doc, DecodeOptions { unknown_fields }, &mut diagnostics, &mut failed);
-    let Some(raw) = raw else { return finish(None, diagnostics) };
+    let raw: Option<RawConfig> = yaml::decode(
+        &mut doc,
+        DecodeOptions { unknown_fields },
+        &mut diagnostics,
+        &mut failed,
+    );
+    let Some(raw) = raw else {
+        return finish(None, diagnostics);
+    };
     let mut validator = validate::Validator::new(options.level, doc.root.as_ref(), &failed);
     let config = validator.config(&raw);
     diagnostics.append(&mut validator.diagnostics);
@@ -123,7 +137,10 @@ fn finish(config: Option<Config>, mut diagnostics: Vec<Diagnostic>) -> Outcome {
         });
     }
     let config = config.filter(|_| !yaml::has_errors(&diagnostics));
-    Outcome { config, diagnostics }
+    Outcome {
+        config,
+        diagnostics,
+    }
 }
 
 /// Reads and validates a file. An unreadable file yields one `io` error.
@@ -152,7 +169,11 @@ pub fn env_overrides(vars: impl IntoIterator<Item = (String, String)>) -> Vec<Ov
             if segments.iter().any(String::is_empty) {
                 return None;
             }
-            Some(Override { source: name, segments, value })
+            Some(Override {
+                source: name,
+                segments,
+                value,
+            })
         })
         .collect();
     overrides.sort_by(|a, b| a.source.cmp(&b.source));
@@ -186,7 +207,13 @@ pub mod check {
     /// and no error.
     pub fn config_bytes(bytes: &[u8]) {
         for level in Level::ALL {
-            let outcome = validate(bytes, &ValidateOptions { level, ..ValidateOptions::default() });
+            let outcome = validate(
+                bytes,
+                &ValidateOptions {
+                    level,
+                    ..ValidateOptions::default()
+                },
+            );
             assert_eq!(
                 outcome.config.is_some(),
                 !yaml::has_errors(&outcome.diagnostics),
@@ -200,9 +227,23 @@ pub mod check {
     pub fn config_roundtrip(config: &Config) {
         let text = config.to_yaml();
         for level in Level::ALL {
-            let outcome = validate(text.as_bytes(), &ValidateOptions { level, ..ValidateOptions::default() });
-            assert!(outcome.diagnostics.is_empty(), "{level:?}: unexpected diagnostics {:#?}\n{text}", outcome.diagnostics);
-            assert_eq!(outcome.config.as_ref(), Some(config), "{level:?}: round trip changed the config\n{text}");
+            let outcome = validate(
+                text.as_bytes(),
+                &ValidateOptions {
+                    level,
+                    ..ValidateOptions::default()
+                },
+            );
+            assert!(
+                outcome.diagnostics.is_empty(),
+                "{level:?}: unexpected diagnostics {:#?}\n{text}",
+                outcome.diagnostics
+            );
+            assert_eq!(
+                outcome.config.as_ref(),
+                Some(config),
+                "{level:?}: round trip changed the config\n{text}"
+            );
         }
     }
 }

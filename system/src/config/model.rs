@@ -234,7 +234,14 @@ pub fn default_roles() -> BTreeMap<String, Vec<Permission>> {
         ("admin".to_owned(), Permission::ALL.to_vec()),
         (
             "operator".to_owned(),
-            vec![TasksCreate, JobsCreate, JobsRead, DlqRead, DlqReplay, BudgetRead],
+            vec![
+                TasksCreate,
+                JobsCreate,
+                JobsRead,
+                DlqRead,
+                DlqReplay,
+                BudgetRead,
+            ],
         ),
         ("viewer".to_owned(), vec![JobsRead, AuditRead, BudgetRead]),
     ])
@@ -277,12 +284,17 @@ pub(super) fn to_raw(c: &Config) -> super::raw::RawConfig {
         .collect();
     let storage = match &c.storage {
         StorageConfig::Sqlite { path } => RawStorage {
-            sqlite: Some(RawSqlite { path: Some(path.to_string_lossy().into_owned()) }),
+            sqlite: Some(RawSqlite {
+                path: Some(path.to_string_lossy().into_owned()),
+            }),
             redis: None,
         },
-        StorageConfig::Redis { url } => {
-            RawStorage { sqlite: None, redis: Some(RawRedis { url: Some(url.to_string()) }) }
-        }
+        StorageConfig::Redis { url } => RawStorage {
+            sqlite: None,
+            redis: Some(RawRedis {
+                url: Some(url.to_string()),
+            }),
+        },
     };
     let s = &c.security;
     RawConfig {
@@ -293,7 +305,9 @@ pub(super) fn to_raw(c: &Config) -> super::raw::RawConfig {
             body_limit: size(c.server.body_limit_bytes),
             shutdown_timeout: duration(c.server.shutdown_timeout),
         }),
-        llm: Some(RawLlm { providers: Some(providers) }),
+        llm: Some(RawLlm {
+            providers: Some(providers),
+        }),
         budget: Some(RawBudget {
             default_limit_tokens: Some(c.budget.default_limit_tokens),
             tenants: Some(c.budget.tenants.clone()),
@@ -315,12 +329,19 @@ pub(super) fn to_raw(c: &Config) -> super::raw::RawConfig {
                         sha256: Some(k.sha256.iter().map(|b| format!("{b:02x}")).collect()),
                         tenant: Some(k.tenant.clone()),
                         role: Some(k.role.clone()),
-                        expires_at: k.expires_at.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                        expires_at: k
+                            .expires_at
+                            .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
                     })
                     .collect(),
             ),
             roles: Some(s.roles.clone()),
-            rate_limits: Some(s.rate_limits.iter().map(|(role, r)| (role.clone(), rate_limit(r))).collect()),
+            rate_limits: Some(
+                s.rate_limits
+                    .iter()
+                    .map(|(role, r)| (role.clone(), rate_limit(r)))
+                    .collect(),
+            ),
             default_rate_limit: Some(rate_limit(&s.default_rate_limit)),
             cors_allowed_origins: Some(s.cors_allowed_origins.clone()),
             allow_wildcard_cors: Some(s.allow_wildcard_cors),
@@ -328,7 +349,12 @@ pub(super) fn to_raw(c: &Config) -> super::raw::RawConfig {
                 enabled: Some(s.pii_redaction.enabled),
                 types: Some(s.pii_redaction.types.clone()),
             }),
-            outbound_url_allowlist: Some(s.outbound_url_allowlist.iter().map(Url::to_string).collect()),
+            outbound_url_allowlist: Some(
+                s.outbound_url_allowlist
+                    .iter()
+                    .map(Url::to_string)
+                    .collect(),
+            ),
         }),
         tasks: Some(RawTasks {
             allowed_tools: Some(c.tasks.allowed_tools.clone()),

@@ -307,7 +307,9 @@ pub struct RawApiKey {
 }
 
 /// A permission a role can grant.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 pub enum Permission {
     /// Run a task: `POST /v1/tasks`.
     #[serde(rename = "tasks.create")]
@@ -371,7 +373,9 @@ pub struct RawPiiRedaction {
 }
 
 /// A kind of personal data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum PiiType {
     /// Email addresses.
@@ -390,8 +394,14 @@ pub enum PiiType {
 
 impl PiiType {
     /// Every type, in declaration order.
-    pub const ALL: [PiiType; 6] =
-        [PiiType::Email, PiiType::Phone, PiiType::CreditCard, PiiType::Ssn, PiiType::IpAddress, PiiType::ApiKey];
+    pub const ALL: [PiiType; 6] = [
+        PiiType::Email,
+        PiiType::Phone,
+        PiiType::CreditCard,
+        PiiType::Ssn,
+        PiiType::IpAddress,
+        PiiType::ApiKey,
+    ];
 }
 
 /// Task limits.

@@ -18,17 +18,32 @@ const SIZE_UNITS: [(&str, u64); 7] = [
 ];
 
 /// Parses a whole number followed by one unit. Returns a message on failure.
-fn parse_with_units(text: &str, units: &[(&str, u64)], what: &str, example: &str) -> Result<u64, String> {
+fn parse_with_units(
+    text: &str,
+    units: &[(&str, u64)],
+    what: &str,
+    example: &str,
+) -> Result<u64, String> {
     let text = text.trim();
-    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(digits_end);
     let names = units.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ");
     if digits.is_empty() {
-        return Err(format!("invalid {what} `{text}`: expected a whole number and a unit ({names}), like `{example}`"));
+        return Err(format!(
+            "invalid {what} `{text}`: expected a whole number and a unit ({names}), like `{example}`"
+        ));
     }
     let Some((_, scale)) = units.iter().find(|(n, _)| *n == unit) else {
-        let hint = if unit.is_empty() { "missing unit".to_owned() } else { format!("unknown unit `{unit}`") };
-        return Err(format!("invalid {what} `{text}`: {hint}; expected one of {names}, like `{example}`"));
+        let hint = if unit.is_empty() {
+            "missing unit".to_owned()
+        } else {
+            format!("unknown unit `{unit}`")
+        };
+        return Err(format!(
+            "invalid {what} `{text}`: {hint}; expected one of {names}, like `{example}`"
+        ));
     };
     digits
         .parse::<u64>()
@@ -52,8 +67,11 @@ pub fn format_duration(d: Duration) -> String {
     let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     DURATION_UNITS
         .iter()
-        .find(|(_, scale)| ms != 0 && ms % scale == 0)
-        .map_or_else(|| format!("{ms}ms"), |(unit, scale)| format!("{}{unit}", ms / scale))
+        .find(|(_, scale)| ms != 0 && ms.is_multiple_of(*scale))
+        .map_or_else(
+            || format!("{ms}ms"),
+            |(unit, scale)| format!("{}{unit}", ms / scale),
+        )
 }
 
 /// Prints a size in the largest binary unit that divides it exactly.
@@ -61,8 +79,11 @@ pub fn format_size(bytes: u64) -> String {
     SIZE_UNITS
         .iter()
         .filter(|(unit, _)| unit.ends_with("iB") || *unit == "B")
-        .find(|(_, scale)| bytes != 0 && bytes % scale == 0)
-        .map_or_else(|| format!("{bytes}B"), |(unit, scale)| format!("{}{unit}", bytes / scale))
+        .find(|(_, scale)| bytes != 0 && bytes.is_multiple_of(*scale))
+        .map_or_else(
+            || format!("{bytes}B"),
+            |(unit, scale)| format!("{}{unit}", bytes / scale),
+        )
 }
 
 #[cfg(test)]
@@ -89,9 +110,21 @@ mod tests {
     #[test]
     fn bad_durations_say_why() {
         assert!(parse_duration("20").unwrap_err().contains("missing unit"));
-        assert!(parse_duration("1.5s").unwrap_err().contains("unknown unit `.5s`"));
-        assert!(parse_duration("fast").unwrap_err().contains("expected a whole number"));
-        assert!(parse_duration("99999999999999999999h").unwrap_err().contains("too large"));
+        assert!(
+            parse_duration("1.5s")
+                .unwrap_err()
+                .contains("unknown unit `.5s`")
+        );
+        assert!(
+            parse_duration("fast")
+                .unwrap_err()
+                .contains("expected a whole number")
+        );
+        assert!(
+            parse_duration("99999999999999999999h")
+                .unwrap_err()
+                .contains("too large")
+        );
     }
 
     #[test]
@@ -106,6 +139,10 @@ mod tests {
             assert_eq!(format_size(bytes), printed, "{text}");
         }
         assert!(parse_size("10 MiB").unwrap_err().contains("unknown unit"));
-        assert!(parse_size("10mb").unwrap_err().contains("unknown unit `mb`"));
+        assert!(
+            parse_size("10mb")
+                .unwrap_err()
+                .contains("unknown unit `mb`")
+        );
     }
 }

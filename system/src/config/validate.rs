@@ -39,11 +39,20 @@ pub(super) struct Validator<'a> {
 
 impl<'a> Validator<'a> {
     pub(super) fn new(level: Level, root: Option<&'a Node>, failed: &'a [String]) -> Self {
-        Validator { level, root, failed, diagnostics: Vec::new() }
+        Validator {
+            level,
+            root,
+            failed,
+            diagnostics: Vec::new(),
+        }
     }
 
     fn report(&mut self, rule: Rule, code: Code, path: &str, message: impl Into<String>) {
-        if self.failed.iter().any(|f| f == path || is_path_prefix(f, path)) {
+        if self
+            .failed
+            .iter()
+            .any(|f| f == path || is_path_prefix(f, path))
+        {
             return;
         }
         let severity = match (rule, self.level) {
@@ -56,7 +65,11 @@ impl<'a> Validator<'a> {
         let (location, env_var) = match self.root {
             Some(root) => {
                 let node = root.locate(path);
-                let env = if node.path == path { node.env_var.clone() } else { None };
+                let env = if node.path == path {
+                    node.env_var.clone()
+                } else {
+                    None
+                };
                 (node.location, env)
             }
             None => (crate::yaml::Location::START, None),
@@ -73,7 +86,11 @@ impl<'a> Validator<'a> {
 
     fn required<T>(&mut self, parent: &str, field: &str, value: Option<T>) -> Option<T> {
         if value.is_none() {
-            let what = if parent.is_empty() { "the configuration" } else { parent };
+            let what = if parent.is_empty() {
+                "the configuration"
+            } else {
+                parent
+            };
             self.report(
                 Rule::Format,
                 Code::MissingField,
@@ -84,7 +101,13 @@ impl<'a> Validator<'a> {
         value
     }
 
-    fn duration(&mut self, path: &str, text: Option<&DurationText>, default: Duration, max: Duration) -> Duration {
+    fn duration(
+        &mut self,
+        path: &str,
+        text: Option<&DurationText>,
+        default: Duration,
+        max: Duration,
+    ) -> Duration {
         let Some(text) = text else { return default };
         match parse_duration(&text.0) {
             Err(message) => {
@@ -134,7 +157,14 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn range<T: PartialOrd + Display + Copy>(&mut self, path: &str, value: Option<T>, min: T, max: T, default: T) -> T {
+    fn range<T: PartialOrd + Display + Copy>(
+        &mut self,
+        path: &str,
+        value: Option<T>,
+        min: T,
+        max: T,
+        default: T,
+    ) -> T {
         match value {
             None => default,
             Some(v) if v >= min && v <= max => v,
@@ -143,7 +173,10 @@ impl<'a> Validator<'a> {
                     Rule::Constraint,
                     Code::Range,
                     path,
-                    format!("{v} is out of range, expected {min} to {max}{}", self.fallback(default)),
+                    format!(
+                        "{v} is out of range, expected {min} to {max}{}",
+                        self.fallback(default)
+                    ),
                 );
                 default
             }
@@ -152,19 +185,27 @@ impl<'a> Validator<'a> {
 
     /// The note added to a constraint finding under permissive validation.
     fn fallback(&self, default: impl Display) -> String {
-        if self.level == Level::Permissive { format!("; using {default}") } else { String::new() }
+        if self.level == Level::Permissive {
+            format!("; using {default}")
+        } else {
+            String::new()
+        }
     }
 
     fn name(&mut self, path: &str, value: &str, what: &str) -> bool {
         let ok = !value.is_empty()
             && value.len() <= 64
-            && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
         if !ok {
             self.report(
                 Rule::Format,
                 Code::Format,
                 path,
-                format!("invalid {what} `{value}`: expected 1 to 64 characters of a-z, 0-9, `_` and `-`"),
+                format!(
+                    "invalid {what} `{value}`: expected 1 to 64 characters of a-z, 0-9, `_` and `-`"
+                ),
             );
         }
         ok
@@ -173,7 +214,12 @@ impl<'a> Validator<'a> {
     fn url(&mut self, path: &str, text: &str, schemes: &[&str]) -> Option<Url> {
         match Url::parse(text) {
             Err(e) => {
-                self.report(Rule::Format, Code::Format, path, format!("invalid URL `{text}`: {e}"));
+                self.report(
+                    Rule::Format,
+                    Code::Format,
+                    path,
+                    format!("invalid URL `{text}`: {e}"),
+                );
                 None
             }
             Ok(url) if !schemes.contains(&url.scheme()) => {
@@ -181,12 +227,21 @@ impl<'a> Validator<'a> {
                     Rule::Format,
                     Code::Format,
                     path,
-                    format!("URL `{text}` has scheme `{}`, expected {}", url.scheme(), schemes.join(" or ")),
+                    format!(
+                        "URL `{text}` has scheme `{}`, expected {}",
+                        url.scheme(),
+                        schemes.join(" or ")
+                    ),
                 );
                 None
             }
             Ok(url) if url.host().is_none() => {
-                self.report(Rule::Format, Code::Format, path, format!("URL `{text}` has no host"));
+                self.report(
+                    Rule::Format,
+                    Code::Format,
+                    path,
+                    format!("URL `{text}` has no host"),
+                );
                 None
             }
             Ok(url) => Some(url),
@@ -206,10 +261,22 @@ impl<'a> Validator<'a> {
             security,
             tasks: self.tasks(raw.tasks.as_ref().unwrap_or(&RawTasks::default())),
             observability: ObservabilityConfig {
-                metrics: raw.observability.as_ref().and_then(|o| o.metrics).unwrap_or(true),
-                log_format: raw.observability.as_ref().and_then(|o| o.log_format).unwrap_or(LogFormat::Json),
+                metrics: raw
+                    .observability
+                    .as_ref()
+                    .and_then(|o| o.metrics)
+                    .unwrap_or(true),
+                log_format: raw
+                    .observability
+                    .as_ref()
+                    .and_then(|o| o.log_format)
+                    .unwrap_or(LogFormat::Json),
             },
-            degradation: self.degradation(raw.degradation.as_ref().unwrap_or(&RawDegradation::default())),
+            degradation: self.degradation(
+                raw.degradation
+                    .as_ref()
+                    .unwrap_or(&RawDegradation::default()),
+            ),
         }
     }
 
@@ -225,7 +292,9 @@ impl<'a> Validator<'a> {
                     Rule::Format,
                     Code::Format,
                     "server.listen",
-                    format!("invalid listen address `{text}`: expected IP:PORT, like `127.0.0.1:8080`"),
+                    format!(
+                        "invalid listen address `{text}`: expected IP:PORT, like `127.0.0.1:8080`"
+                    ),
                 );
                 default_listen
             }
@@ -250,7 +319,12 @@ impl<'a> Validator<'a> {
                 Duration::from_secs(30),
                 Duration::from_secs(600),
             ),
-            body_limit_bytes: self.size("server.body_limit", raw.body_limit.as_ref(), 1 << 20, 64 << 20),
+            body_limit_bytes: self.size(
+                "server.body_limit",
+                raw.body_limit.as_ref(),
+                1 << 20,
+                64 << 20,
+            ),
             shutdown_timeout: self.duration(
                 "server.shutdown_timeout",
                 raw.shutdown_timeout.as_ref(),
@@ -261,31 +335,51 @@ impl<'a> Validator<'a> {
     }
 
     fn llm(&mut self, raw: Option<&RawLlm>) -> LlmConfig {
-        let Some(raw) = raw else { return LlmConfig { providers: Vec::new() } };
+        let Some(raw) = raw else {
+            return LlmConfig {
+                providers: Vec::new(),
+            };
+        };
         let Some(list) = self.required("llm", "providers", raw.providers.as_ref()) else {
-            return LlmConfig { providers: Vec::new() };
+            return LlmConfig {
+                providers: Vec::new(),
+            };
         };
         if list.is_empty() {
-            self.report(Rule::Format, Code::MissingField, "llm.providers", "at least one provider is required");
+            self.report(
+                Rule::Format,
+                Code::MissingField,
+                "llm.providers",
+                "at least one provider is required",
+            );
         }
         if list.len() > 16 {
             self.report(
                 Rule::Constraint,
                 Code::Range,
                 "llm.providers",
-                format!("{} providers configured, at most 16 are allowed", list.len()),
+                format!(
+                    "{} providers configured, at most 16 are allowed",
+                    list.len()
+                ),
             );
         }
         let mut providers: Vec<ProviderConfig> = Vec::new();
         for (i, raw) in list.iter().enumerate().take(16) {
             let path = index_path("llm.providers", i);
-            let Some(provider) = self.provider(&path, raw) else { continue };
+            let Some(provider) = self.provider(&path, raw) else {
+                continue;
+            };
             if providers.iter().any(|p| p.name == provider.name) {
                 self.report(
                     Rule::Constraint,
                     Code::Duplicate,
                     &child_path(&path, "name"),
-                    format!("provider name `{}` is used twice{}", provider.name, self.drop_note()),
+                    format!(
+                        "provider name `{}` is used twice{}",
+                        provider.name,
+                        self.drop_note()
+                    ),
                 );
                 continue;
             }
@@ -295,22 +389,39 @@ impl<'a> Validator<'a> {
     }
 
     fn drop_note(&self) -> &'static str {
-        if self.level == Level::Permissive { "; ignoring this entry" } else { "" }
+        if self.level == Level::Permissive {
+            "; ignoring this entry"
+        } else {
+            ""
+        }
     }
 
     fn provider(&mut self, path: &str, raw: &RawProvider) -> Option<ProviderConfig> {
         let name = self.required(path, "name", raw.name.clone());
         let base_url = self.required(path, "base_url", raw.base_url.as_deref());
         let model = self.required(path, "model", raw.model.clone());
-        let name_ok = name.as_deref().is_some_and(|n| self.name(&child_path(path, "name"), n, "provider name"));
-        let base_url = base_url.and_then(|u| self.url(&child_path(path, "base_url"), u, &["http", "https"]));
+        let name_ok = name
+            .as_deref()
+            .is_some_and(|n| self.name(&child_path(path, "name"), n, "provider name"));
+        let base_url =
+            base_url.and_then(|u| self.url(&child_path(path, "base_url"), u, &["http", "https"]));
         if model.as_deref() == Some("") {
-            self.report(Rule::Format, Code::Format, &child_path(path, "model"), "model name must not be empty");
+            self.report(
+                Rule::Format,
+                Code::Format,
+                &child_path(path, "model"),
+                "model name must not be empty",
+            );
         }
         if let Some(var) = &raw.api_key_env {
             let ok = var.len() <= 128
-                && var.bytes().next().is_some_and(|b| b.is_ascii_uppercase() || b == b'_')
-                && var.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+                && var
+                    .bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_uppercase() || b == b'_')
+                && var
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
             if !ok {
                 self.report(
                     Rule::Format,
@@ -327,8 +438,12 @@ impl<'a> Validator<'a> {
             Duration::from_secs(10),
             hour,
         );
-        let mut deadline =
-            self.duration(&child_path(path, "deadline"), raw.deadline.as_ref(), Duration::from_secs(30), hour);
+        let mut deadline = self.duration(
+            &child_path(path, "deadline"),
+            raw.deadline.as_ref(),
+            Duration::from_secs(30),
+            hour,
+        );
         if deadline < attempt_timeout {
             self.report(
                 Rule::Constraint,
@@ -343,11 +458,20 @@ impl<'a> Validator<'a> {
             );
             deadline = attempt_timeout;
         }
-        let retry = self.retry(&child_path(path, "retry"), raw.retry.as_ref().unwrap_or(&RawRetry::default()));
+        let retry = self.retry(
+            &child_path(path, "retry"),
+            raw.retry.as_ref().unwrap_or(&RawRetry::default()),
+        );
         let cb_path = child_path(path, "circuit_breaker");
         let cb = raw.circuit_breaker.clone().unwrap_or_default();
         let circuit_breaker = CircuitBreakerConfig {
-            failure_threshold: self.range(&child_path(&cb_path, "failure_threshold"), cb.failure_threshold, 1, 1000, 5),
+            failure_threshold: self.range(
+                &child_path(&cb_path, "failure_threshold"),
+                cb.failure_threshold,
+                1,
+                1000,
+                5,
+            ),
             recovery_timeout: self.duration(
                 &child_path(&cb_path, "recovery_timeout"),
                 cb.recovery_timeout.as_ref(),
@@ -405,18 +529,34 @@ impl<'a> Validator<'a> {
         let multiplier_path = child_path(path, "multiplier");
         let multiplier = match raw.multiplier {
             Some(m) if !m.is_finite() => {
-                self.report(Rule::Format, Code::Format, &multiplier_path, format!("{m} is not a finite number"));
+                self.report(
+                    Rule::Format,
+                    Code::Format,
+                    &multiplier_path,
+                    format!("{m} is not a finite number"),
+                );
                 2.0
             }
             m => self.range(&multiplier_path, m, 1.0, 10.0, 2.0),
         };
-        RetryConfig { attempts, initial_delay, max_delay, multiplier, jitter: raw.jitter.unwrap_or(Jitter::Full) }
+        RetryConfig {
+            attempts,
+            initial_delay,
+            max_delay,
+            multiplier,
+            jitter: raw.jitter.unwrap_or(Jitter::Full),
+        }
     }
 
     fn budget(&mut self, raw: &RawBudget) -> BudgetConfig {
         const MAX_TOKENS: u64 = 1_000_000_000_000;
-        let default_limit_tokens =
-            self.range("budget.default_limit_tokens", raw.default_limit_tokens, 1, MAX_TOKENS, 100_000);
+        let default_limit_tokens = self.range(
+            "budget.default_limit_tokens",
+            raw.default_limit_tokens,
+            1,
+            MAX_TOKENS,
+            100_000,
+        );
         let mut tenants = BTreeMap::new();
         for (tenant, &limit) in raw.tenants.iter().flatten() {
             let path = child_path("budget.tenants", tenant);
@@ -425,14 +565,26 @@ impl<'a> Validator<'a> {
                 tenants.insert(tenant.clone(), limit);
             }
         }
-        BudgetConfig { default_limit_tokens, tenants }
+        BudgetConfig {
+            default_limit_tokens,
+            tenants,
+        }
     }
 
     fn jobs(&mut self, raw: &RawJobs) -> JobsConfig {
         let hour = Duration::from_secs(3600);
-        let lease = self.duration("jobs.lease", raw.lease.as_ref(), Duration::from_secs(30), hour);
-        let mut heartbeat_interval =
-            self.duration("jobs.heartbeat_interval", raw.heartbeat_interval.as_ref(), Duration::from_secs(10), hour);
+        let lease = self.duration(
+            "jobs.lease",
+            raw.lease.as_ref(),
+            Duration::from_secs(30),
+            hour,
+        );
+        let mut heartbeat_interval = self.duration(
+            "jobs.heartbeat_interval",
+            raw.heartbeat_interval.as_ref(),
+            Duration::from_secs(10),
+            hour,
+        );
         if heartbeat_interval >= lease {
             let corrected = lease / 3;
             self.report(
@@ -450,7 +602,13 @@ impl<'a> Validator<'a> {
         }
         JobsConfig {
             workers: self.range("jobs.workers", raw.workers, 1, 256, 4),
-            queue_capacity: self.range("jobs.queue_capacity", raw.queue_capacity, 1, 1_000_000, 1000),
+            queue_capacity: self.range(
+                "jobs.queue_capacity",
+                raw.queue_capacity,
+                1,
+                1_000_000,
+                1000,
+            ),
             max_attempts: self.range("jobs.max_attempts", raw.max_attempts, 1, 100, 5),
             lease,
             heartbeat_interval,
@@ -458,32 +616,55 @@ impl<'a> Validator<'a> {
     }
 
     fn storage(&mut self, raw: Option<&RawStorage>) -> StorageConfig {
-        let fallback = StorageConfig::Sqlite { path: PathBuf::from("data/orchestrator.db") };
+        let fallback = StorageConfig::Sqlite {
+            path: PathBuf::from("data/orchestrator.db"),
+        };
         let Some(raw) = raw else { return fallback };
         match (&raw.sqlite, &raw.redis) {
             (Some(_), Some(_)) => {
-                self.report(Rule::Format, Code::Conflict, "storage", "set exactly one of `sqlite` and `redis`, not both");
+                self.report(
+                    Rule::Format,
+                    Code::Conflict,
+                    "storage",
+                    "set exactly one of `sqlite` and `redis`, not both",
+                );
                 fallback
             }
             (None, None) => {
-                self.report(Rule::Format, Code::MissingField, "storage", "set exactly one of `sqlite` and `redis`");
+                self.report(
+                    Rule::Format,
+                    Code::MissingField,
+                    "storage",
+                    "set exactly one of `sqlite` and `redis`",
+                );
                 fallback
             }
-            (Some(sqlite), None) => match self.required("storage.sqlite", "path", sqlite.path.as_deref()) {
-                Some("") => {
-                    self.report(Rule::Format, Code::Format, "storage.sqlite.path", "path must not be empty");
-                    fallback
-                }
-                Some(path) => StorageConfig::Sqlite { path: PathBuf::from(path) },
-                None => fallback,
-            },
-            (None, Some(redis)) => match self.required("storage.redis", "url", redis.url.as_deref()) {
-                Some(url) => match self.url("storage.redis.url", url, &["redis", "rediss"]) {
-                    Some(url) => StorageConfig::Redis { url },
+            (Some(sqlite), None) => {
+                match self.required("storage.sqlite", "path", sqlite.path.as_deref()) {
+                    Some("") => {
+                        self.report(
+                            Rule::Format,
+                            Code::Format,
+                            "storage.sqlite.path",
+                            "path must not be empty",
+                        );
+                        fallback
+                    }
+                    Some(path) => StorageConfig::Sqlite {
+                        path: PathBuf::from(path),
+                    },
                     None => fallback,
-                },
-                None => fallback,
-            },
+                }
+            }
+            (None, Some(redis)) => {
+                match self.required("storage.redis", "url", redis.url.as_deref()) {
+                    Some(url) => match self.url("storage.redis.url", url, &["redis", "rediss"]) {
+                        Some(url) => StorageConfig::Redis { url },
+                        None => fallback,
+                    },
+                    None => fallback,
+                }
+            }
         }
     }
 
@@ -509,12 +690,17 @@ impl<'a> Validator<'a> {
                 Rule::Constraint,
                 Code::Range,
                 "security.api_keys",
-                format!("{} API keys configured, at most 1000 are allowed", keys.len()),
+                format!(
+                    "{} API keys configured, at most 1000 are allowed",
+                    keys.len()
+                ),
             );
         }
         for (i, key) in keys.iter().enumerate().take(1000) {
             let path = index_path("security.api_keys", i);
-            let Some(key) = self.api_key(&path, key, &roles) else { continue };
+            let Some(key) = self.api_key(&path, key, &roles) else {
+                continue;
+            };
             if api_keys.iter().any(|k| k.id == key.id) {
                 self.report(
                     Rule::Constraint,
@@ -529,7 +715,11 @@ impl<'a> Validator<'a> {
                     Rule::Constraint,
                     Code::Duplicate,
                     &child_path(&path, "sha256"),
-                    format!("API key `{}` has the same hash as another key{}", key.id, self.drop_note()),
+                    format!(
+                        "API key `{}` has the same hash as another key{}",
+                        key.id,
+                        self.drop_note()
+                    ),
                 );
                 continue;
             }
@@ -543,7 +733,11 @@ impl<'a> Validator<'a> {
                     Rule::Constraint,
                     Code::Reference,
                     &path,
-                    format!("rate limit for unknown role `{role}`; known roles: {}{}", known(&roles), self.drop_note()),
+                    format!(
+                        "rate limit for unknown role `{role}`; known roles: {}{}",
+                        known(&roles),
+                        self.drop_note()
+                    ),
                 );
                 continue;
             }
@@ -551,7 +745,10 @@ impl<'a> Validator<'a> {
         }
         let default_rate_limit = match &raw.default_rate_limit {
             Some(limit) => self.rate_limit("security.default_rate_limit", limit),
-            None => RateLimitConfig { requests_per_second: 20, burst: 40 },
+            None => RateLimitConfig {
+                requests_per_second: 20,
+                burst: 40,
+            },
         };
         let allow_wildcard_cors = raw.allow_wildcard_cors.unwrap_or(false);
         let mut cors_allowed_origins = Vec::new();
@@ -571,7 +768,11 @@ impl<'a> Validator<'a> {
                 continue;
             }
             if let Some(url) = self.url(&path, origin, &["http", "https"]) {
-                if url.path() != "/" || url.query().is_some() || url.fragment().is_some() || origin.ends_with('/') {
+                if url.path() != "/"
+                    || url.query().is_some()
+                    || url.fragment().is_some()
+                    || origin.ends_with('/')
+                {
                     self.report(
                         Rule::Format,
                         Code::Format,
@@ -592,7 +793,11 @@ impl<'a> Validator<'a> {
         }
         let pii = raw.pii_redaction.clone().unwrap_or_default();
         let types = match pii.types {
-            Some(types) => types.into_iter().collect::<BTreeSet<_>>().into_iter().collect(),
+            Some(types) => types
+                .into_iter()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
             None => PiiType::ALL.to_vec(),
         };
         SecurityConfig {
@@ -602,7 +807,10 @@ impl<'a> Validator<'a> {
             default_rate_limit,
             cors_allowed_origins,
             allow_wildcard_cors,
-            pii_redaction: PiiRedactionConfig { enabled: pii.enabled.unwrap_or(true), types },
+            pii_redaction: PiiRedactionConfig {
+                enabled: pii.enabled.unwrap_or(true),
+                types,
+            },
             outbound_url_allowlist,
         }
     }
@@ -617,8 +825,12 @@ impl<'a> Validator<'a> {
         let sha256 = self.required(path, "sha256", raw.sha256.as_deref());
         let tenant = self.required(path, "tenant", raw.tenant.clone());
         let role = self.required(path, "role", raw.role.clone());
-        let id_ok = id.as_deref().is_some_and(|v| self.name(&child_path(path, "id"), v, "key id"));
-        let tenant_ok = tenant.as_deref().is_some_and(|v| self.name(&child_path(path, "tenant"), v, "tenant name"));
+        let id_ok = id
+            .as_deref()
+            .is_some_and(|v| self.name(&child_path(path, "id"), v, "key id"));
+        let tenant_ok = tenant
+            .as_deref()
+            .is_some_and(|v| self.name(&child_path(path, "tenant"), v, "tenant name"));
         let hash = sha256.and_then(|h| {
             let bytes = decode_sha256(h);
             if bytes.is_none() {
@@ -637,7 +849,11 @@ impl<'a> Validator<'a> {
                     Rule::Constraint,
                     Code::Reference,
                     &child_path(path, "role"),
-                    format!("unknown role `{r}`; known roles: {}{}", known(roles), self.drop_note()),
+                    format!(
+                        "unknown role `{r}`; known roles: {}{}",
+                        known(roles),
+                        self.drop_note()
+                    ),
                 );
                 false
             }
@@ -659,12 +875,26 @@ impl<'a> Validator<'a> {
         if !(id_ok && tenant_ok && role_ok) {
             return None;
         }
-        Some(ApiKeyConfig { id: id?, sha256: hash?, tenant: tenant?, role: role?, expires_at })
+        Some(ApiKeyConfig {
+            id: id?,
+            sha256: hash?,
+            tenant: tenant?,
+            role: role?,
+            expires_at,
+        })
     }
 
     fn rate_limit(&mut self, path: &str, raw: &RawRateLimit) -> RateLimitConfig {
-        let rps = self.required(path, "requests_per_second", raw.requests_per_second).unwrap_or(20);
-        let requests_per_second = self.range(&child_path(path, "requests_per_second"), Some(rps), 1, 100_000, 20);
+        let rps = self
+            .required(path, "requests_per_second", raw.requests_per_second)
+            .unwrap_or(20);
+        let requests_per_second = self.range(
+            &child_path(path, "requests_per_second"),
+            Some(rps),
+            1,
+            100_000,
+            20,
+        );
         let burst = self.range(
             &child_path(path, "burst"),
             raw.burst,
@@ -672,11 +902,18 @@ impl<'a> Validator<'a> {
             100_000,
             requests_per_second.saturating_mul(2).min(100_000),
         );
-        RateLimitConfig { requests_per_second, burst }
+        RateLimitConfig {
+            requests_per_second,
+            burst,
+        }
     }
 
     fn tasks(&mut self, raw: &RawTasks) -> TasksConfig {
-        let default_tools = || ["search", "http_get", "summarize"].map(String::from).to_vec();
+        let default_tools = || {
+            ["search", "http_get", "summarize"]
+                .map(String::from)
+                .to_vec()
+        };
         let mut allowed_tools = Vec::new();
         match &raw.allowed_tools {
             None => allowed_tools = default_tools(),
@@ -693,7 +930,9 @@ impl<'a> Validator<'a> {
                     let path = index_path("tasks.allowed_tools", i);
                     let ok = tool.len() <= 64
                         && tool.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
-                        && tool.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                        && tool
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
                     if !ok {
                         self.report(
                             Rule::Format,
@@ -702,7 +941,12 @@ impl<'a> Validator<'a> {
                             format!("invalid tool name `{tool}`: expected a-z, 0-9 and `_`, starting with a letter"),
                         );
                     } else if allowed_tools.contains(tool) {
-                        self.report(Rule::Constraint, Code::Duplicate, &path, format!("tool `{tool}` is listed twice"));
+                        self.report(
+                            Rule::Constraint,
+                            Code::Duplicate,
+                            &path,
+                            format!("tool `{tool}` is listed twice"),
+                        );
                     } else {
                         allowed_tools.push(tool.clone());
                     }
@@ -714,8 +958,18 @@ impl<'a> Validator<'a> {
         }
         TasksConfig {
             allowed_tools,
-            max_prompt_bytes: self.size("tasks.max_prompt_size", raw.max_prompt_size.as_ref(), 32 << 10, 1 << 20),
-            max_output_bytes: self.size("tasks.max_output_size", raw.max_output_size.as_ref(), 64 << 10, 4 << 20),
+            max_prompt_bytes: self.size(
+                "tasks.max_prompt_size",
+                raw.max_prompt_size.as_ref(),
+                32 << 10,
+                1 << 20,
+            ),
+            max_output_bytes: self.size(
+                "tasks.max_output_size",
+                raw.max_output_size.as_ref(),
+                64 << 10,
+                4 << 20,
+            ),
         }
     }
 
@@ -724,14 +978,20 @@ impl<'a> Validator<'a> {
             let path = child_path("degradation", field);
             match value {
                 Some(x) if x.is_nan() => {
-                    v.report(Rule::Format, Code::Format, &path, "NaN is not an error rate");
+                    v.report(
+                        Rule::Format,
+                        Code::Format,
+                        &path,
+                        "NaN is not an error rate",
+                    );
                     default
                 }
                 x => v.range(&path, x, 0.0, 1.0, default),
             }
         };
         let degraded_error_rate = rate(self, "degraded_error_rate", raw.degraded_error_rate, 0.25);
-        let mut unhealthy_error_rate = rate(self, "unhealthy_error_rate", raw.unhealthy_error_rate, 0.5);
+        let mut unhealthy_error_rate =
+            rate(self, "unhealthy_error_rate", raw.unhealthy_error_rate, 0.5);
         if unhealthy_error_rate < degraded_error_rate {
             self.report(
                 Rule::Constraint,
@@ -761,7 +1021,11 @@ fn known(roles: &BTreeMap<String, Vec<Permission>>) -> String {
     if roles.is_empty() {
         return "none".to_owned();
     }
-    roles.keys().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(", ")
+    roles
+        .keys()
+        .map(|r| format!("`{r}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Decodes 64 lowercase hex digits.

@@ -38,16 +38,26 @@ pub fn decode<T: DeserializeOwned>(
     failed: &mut Vec<String>,
 ) -> Option<T> {
     let root = doc.root.as_mut()?;
-    let ctx = Ctx { options, unknown: RefCell::new(Vec::new()), seen: RefCell::new(HashSet::new()) };
+    let ctx = Ctx {
+        options,
+        unknown: RefCell::new(Vec::new()),
+        seen: RefCell::new(HashSet::new()),
+    };
     let before = diags.len();
     for _ in 0..MAX_PASSES {
-        let result = T::deserialize(NodeDe { node: root, ctx: &ctx });
+        let result = T::deserialize(NodeDe {
+            node: root,
+            ctx: &ctx,
+        });
         match result {
             Ok(value) => {
                 diags.extend(ctx.unknown.into_inner());
                 return Some(value);
             }
-            Err(DeError::At { node_id, diagnostic }) => {
+            Err(DeError::At {
+                node_id,
+                diagnostic,
+            }) => {
                 let target = match root.find_mut(node_id) {
                     Some(n) if matches!(n.kind, NodeKind::Tombstone) => root.parent_of(node_id),
                     Some(_) => {
@@ -103,7 +113,10 @@ struct Ctx {
 /// A decoding error: located at a node, or not yet located (raised by a visitor).
 #[derive(Debug)]
 enum DeError {
-    At { node_id: u32, diagnostic: Diagnostic },
+    At {
+        node_id: u32,
+        diagnostic: Diagnostic,
+    },
     Bare(String),
 }
 
@@ -169,7 +182,12 @@ impl NodeDe<'_> {
         }
         let text = self.plain().ok_or_else(|| self.expected("an integer"))?;
         parse_int(text).ok_or_else(|| {
-            if text.trim_start_matches(['+', '-']).bytes().all(|b| b.is_ascii_digit()) && !text.is_empty() {
+            if text
+                .trim_start_matches(['+', '-'])
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                && !text.is_empty()
+            {
                 self.error(format!("number {text} does not fit in {type_name}"))
             } else {
                 self.expected("an integer")
@@ -208,7 +226,11 @@ fn parse_float(text: &str) -> Option<f64> {
                 .bytes()
                 .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
                 && text.bytes().any(|b| b.is_ascii_digit());
-            if looks_numeric { text.parse().ok() } else { None }
+            if looks_numeric {
+                text.parse().ok()
+            } else {
+                None
+            }
         }
     }
 }
@@ -242,7 +264,10 @@ impl<'de> de::Deserializer<'de> for NodeDe<'_> {
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         let result = match &self.node.kind {
             NodeKind::Tombstone => visitor.visit_unit(),
-            NodeKind::Scalar { value, plain: false } => visitor.visit_str(value),
+            NodeKind::Scalar {
+                value,
+                plain: false,
+            } => visitor.visit_str(value),
             NodeKind::Scalar { value, plain: true } => {
                 if is_null(value) {
                     visitor.visit_unit()
@@ -260,7 +285,10 @@ impl<'de> de::Deserializer<'de> for NodeDe<'_> {
                     visitor.visit_str(value)
                 }
             }
-            NodeKind::Seq(items) => visitor.visit_seq(SeqAccess { items: items.iter(), ctx: self.ctx }),
+            NodeKind::Seq(items) => visitor.visit_seq(SeqAccess {
+                items: items.iter(),
+                ctx: self.ctx,
+            }),
             NodeKind::Map(entries) => visitor.visit_map(MapAccess {
                 entries: entries.iter().collect::<Vec<_>>().into_iter(),
                 value: None,
@@ -334,7 +362,9 @@ impl<'de> de::Deserializer<'de> for NodeDe<'_> {
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         match &self.node.kind {
             NodeKind::Tombstone => self.locate(visitor.visit_none()),
-            NodeKind::Scalar { value, plain: true } if is_null(value) => self.locate(visitor.visit_none()),
+            NodeKind::Scalar { value, plain: true } if is_null(value) => {
+                self.locate(visitor.visit_none())
+            }
             _ => visitor.visit_some(self),
         }
     }
@@ -342,7 +372,9 @@ impl<'de> de::Deserializer<'de> for NodeDe<'_> {
     fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         match &self.node.kind {
             NodeKind::Tombstone => self.locate(visitor.visit_unit()),
-            NodeKind::Scalar { value, plain: true } if is_null(value) => self.locate(visitor.visit_unit()),
+            NodeKind::Scalar { value, plain: true } if is_null(value) => {
+                self.locate(visitor.visit_unit())
+            }
             _ => Err(self.expected("null")),
         }
     }
@@ -361,20 +393,33 @@ impl<'de> de::Deserializer<'de> for NodeDe<'_> {
         visitor: V,
     ) -> Result<V::Value, DeError> {
         let node = self.node;
-        let result = visitor.visit_newtype_struct(NodeDe { node, ctx: self.ctx });
+        let result = visitor.visit_newtype_struct(NodeDe {
+            node,
+            ctx: self.ctx,
+        });
         self.locate(result)
     }
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         let result = match &self.node.kind {
-            NodeKind::Tombstone => visitor.visit_seq(SeqAccess { items: [].iter(), ctx: self.ctx }),
-            NodeKind::Seq(items) => visitor.visit_seq(SeqAccess { items: items.iter(), ctx: self.ctx }),
+            NodeKind::Tombstone => visitor.visit_seq(SeqAccess {
+                items: [].iter(),
+                ctx: self.ctx,
+            }),
+            NodeKind::Seq(items) => visitor.visit_seq(SeqAccess {
+                items: items.iter(),
+                ctx: self.ctx,
+            }),
             _ => return Err(self.expected("a sequence")),
         };
         self.locate(result)
     }
 
-    fn deserialize_tuple<V: Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value, DeError> {
+    fn deserialize_tuple<V: Visitor<'de>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
         self.deserialize_seq(visitor)
     }
 
@@ -393,7 +438,11 @@ impl<'de> de::Deserializer<'de> for NodeDe<'_> {
             NodeKind::Map(entries) => entries.iter().collect(),
             _ => return Err(self.expected("a mapping")),
         };
-        let result = visitor.visit_map(MapAccess { entries: entries.into_iter(), value: None, ctx: self.ctx });
+        let result = visitor.visit_map(MapAccess {
+            entries: entries.into_iter(),
+            value: None,
+            ctx: self.ctx,
+        });
         self.locate(result)
     }
 
@@ -418,7 +467,11 @@ impl<'de> de::Deserializer<'de> for NodeDe<'_> {
                 .collect(),
             _ => return Err(self.expected("a mapping")),
         };
-        let result = visitor.visit_map(MapAccess { entries: entries.into_iter(), value: None, ctx: self.ctx });
+        let result = visitor.visit_map(MapAccess {
+            entries: entries.into_iter(),
+            value: None,
+            ctx: self.ctx,
+        });
         self.locate(result)
     }
 
@@ -436,12 +489,17 @@ impl<'de> de::Deserializer<'de> for NodeDe<'_> {
                         list(variants)
                     )));
                 }
-                let access: de::value::StrDeserializer<'_, DeError> = value.as_str().into_deserializer();
+                let access: de::value::StrDeserializer<'_, DeError> =
+                    value.as_str().into_deserializer();
                 self.locate(visitor.visit_enum(access))
             }
             NodeKind::Map(entries) if entries.len() == 1 => {
                 let (key, value) = &entries[0];
-                let result = visitor.visit_enum(EnumAccess { key, value, ctx: self.ctx });
+                let result = visitor.visit_enum(EnumAccess {
+                    key,
+                    value,
+                    ctx: self.ctx,
+                });
                 self.locate(result)
             }
             _ => Err(self.expected(&format!("one of {}", list(variants)))),
@@ -483,7 +541,11 @@ impl NodeDe<'_> {
 
 /// Renders `a`, `b` and `c` as "`a`, `b`, `c`".
 fn list(names: &[&str]) -> String {
-    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 struct SeqAccess<'a> {
@@ -494,9 +556,17 @@ struct SeqAccess<'a> {
 impl<'de> de::SeqAccess<'de> for SeqAccess<'_> {
     type Error = DeError;
 
-    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, DeError> {
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, DeError> {
         match self.items.next() {
-            Some(node) => seed.deserialize(NodeDe { node, ctx: self.ctx }).map(Some),
+            Some(node) => seed
+                .deserialize(NodeDe {
+                    node,
+                    ctx: self.ctx,
+                })
+                .map(Some),
             None => Ok(None),
         }
     }
@@ -515,11 +585,18 @@ struct MapAccess<'a> {
 impl<'de> de::MapAccess<'de> for MapAccess<'_> {
     type Error = DeError;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, DeError> {
         match self.entries.next() {
             Some((key, value)) => {
                 self.value = Some(value);
-                seed.deserialize(NodeDe { node: key, ctx: self.ctx }).map(Some)
+                seed.deserialize(NodeDe {
+                    node: key,
+                    ctx: self.ctx,
+                })
+                .map(Some)
             }
             None => Ok(None),
         }
@@ -527,7 +604,10 @@ impl<'de> de::MapAccess<'de> for MapAccess<'_> {
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, DeError> {
         match self.value.take() {
-            Some(node) => seed.deserialize(NodeDe { node, ctx: self.ctx }),
+            Some(node) => seed.deserialize(NodeDe {
+                node,
+                ctx: self.ctx,
+            }),
             None => Err(DeError::Bare("value requested before key".to_owned())),
         }
     }
@@ -547,9 +627,21 @@ impl<'de, 'a> de::EnumAccess<'de> for EnumAccess<'a> {
     type Error = DeError;
     type Variant = NodeDe<'a>;
 
-    fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, NodeDe<'a>), DeError> {
-        let variant = seed.deserialize(NodeDe { node: self.key, ctx: self.ctx })?;
-        Ok((variant, NodeDe { node: self.value, ctx: self.ctx }))
+    fn variant_seed<V: DeserializeSeed<'de>>(
+        self,
+        seed: V,
+    ) -> Result<(V::Value, NodeDe<'a>), DeError> {
+        let variant = seed.deserialize(NodeDe {
+            node: self.key,
+            ctx: self.ctx,
+        })?;
+        Ok((
+            variant,
+            NodeDe {
+                node: self.value,
+                ctx: self.ctx,
+            },
+        ))
     }
 }
 

@@ -66,7 +66,8 @@ fn apply_override(doc: &mut Document, o: &Override) -> Result<(), Diagnostic> {
         let id = ids[depth + 1];
         let location = node.location;
         let parent_path = node.path.clone();
-        let is_null = matches!(&node.kind, NodeKind::Scalar { value, plain: true } if is_null(value));
+        let is_null =
+            matches!(&node.kind, NodeKind::Scalar { value, plain: true } if is_null(value));
         if is_null {
             node.kind = if segment.parse::<usize>().is_ok() {
                 NodeKind::Seq(Vec::new())
@@ -77,7 +78,10 @@ fn apply_override(doc: &mut Document, o: &Override) -> Result<(), Diagnostic> {
         let described = node.describe();
         let blank = |path: String| Node {
             id,
-            kind: NodeKind::Scalar { value: String::new(), plain: true },
+            kind: NodeKind::Scalar {
+                value: String::new(),
+                plain: true,
+            },
             location,
             path,
             env_var: Some(o.source.clone()),
@@ -92,7 +96,10 @@ fn apply_override(doc: &mut Document, o: &Override) -> Result<(), Diagnostic> {
                     None => {
                         let path = child_path(&parent_path, segment);
                         let mut key = blank(path.clone());
-                        key.kind = NodeKind::Scalar { value: segment.clone(), plain: true };
+                        key.kind = NodeKind::Scalar {
+                            value: segment.clone(),
+                            plain: true,
+                        };
                         entries.push((key, blank(path)));
                         entries.len() - 1
                     }
@@ -106,7 +113,9 @@ fn apply_override(doc: &mut Document, o: &Override) -> Result<(), Diagnostic> {
                         location,
                         parent_path,
                         Code::Type,
-                        format!("cannot apply override: `{segment}` is not an index into this sequence"),
+                        format!(
+                            "cannot apply override: `{segment}` is not an index into this sequence"
+                        ),
                     ));
                 };
                 if index > len {
@@ -134,7 +143,10 @@ fn apply_override(doc: &mut Document, o: &Override) -> Result<(), Diagnostic> {
             }
         };
     }
-    node.kind = NodeKind::Scalar { value: o.value.clone(), plain: true };
+    node.kind = NodeKind::Scalar {
+        value: o.value.clone(),
+        plain: true,
+    };
     node.env_var = Some(o.source.clone());
     Ok(())
 }

@@ -20,7 +20,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_input_bytes: 1024 * 1024, max_depth: 64, max_nodes: 100_000 }
+        Limits {
+            max_input_bytes: 1024 * 1024,
+            max_depth: 64,
+            max_nodes: 100_000,
+        }
     }
 }
 
@@ -74,7 +78,11 @@ impl Node {
             NodeKind::Scalar { value, plain: true } if is_null(value) => "null".to_owned(),
             NodeKind::Scalar { value, .. } => {
                 let shown: String = value.chars().take(40).collect();
-                let ellipsis = if value.chars().count() > 40 { "..." } else { "" };
+                let ellipsis = if value.chars().count() > 40 {
+                    "..."
+                } else {
+                    ""
+                };
                 format!("`{shown}{ellipsis}`")
             }
             NodeKind::Seq(_) => "a sequence".to_owned(),
@@ -90,9 +98,9 @@ impl Node {
         }
         match &mut self.kind {
             NodeKind::Seq(items) => items.iter_mut().find_map(|n| n.find_mut(id)),
-            NodeKind::Map(entries) => entries.iter_mut().find_map(|(k, v)| {
-                if k.id == id { Some(k) } else { v.find_mut(id) }
-            }),
+            NodeKind::Map(entries) => entries
+                .iter_mut()
+                .find_map(|(k, v)| if k.id == id { Some(k) } else { v.find_mut(id) }),
             _ => None,
         }
     }
@@ -158,7 +166,9 @@ pub fn is_path_prefix(prefix: &str, path: &str) -> bool {
 /// so that every path reads back unambiguously.
 pub fn child_path(parent: &str, key: &str) -> String {
     let simple = !key.is_empty()
-        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     match (parent.is_empty(), simple) {
         (true, true) => key.to_owned(),
         (false, true) => format!("{parent}.{key}"),
@@ -207,15 +217,24 @@ fn error(code: Code, location: Location, path: &str, message: impl Into<String>)
 }
 
 fn location_of(span: &Span) -> Location {
-    Location { line: span.start.line().max(1), column: span.start.col() + 1 }
+    Location {
+        line: span.start.line().max(1),
+        column: span.start.col() + 1,
+    }
 }
 
 /// Location of a byte offset in `text`, for errors found before parsing.
 fn location_of_offset(bytes: &[u8], offset: usize) -> Location {
     let before = &bytes[..offset.min(bytes.len())];
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-    let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |p| p + 1);
+    let column = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count()
+        + 1;
     Location { line, column }
 }
 
@@ -251,7 +270,11 @@ pub fn parse(bytes: &[u8], limits: Limits) -> Result<Document, Diagnostic> {
 
 /// One open collection while building.
 enum Frame {
-    Seq { node: Node, items: Vec<Node>, anchor: usize },
+    Seq {
+        node: Node,
+        items: Vec<Node>,
+        anchor: usize,
+    },
     Map {
         node: Node,
         entries: Vec<(Node, Node)>,
@@ -298,7 +321,11 @@ impl Builder {
             let (event, span) = event.map_err(|e| scan_error(&e))?;
             self.event(event, &span)?;
         }
-        Ok(Document { root: self.root, diagnostics: self.diagnostics, next_id: self.next_id })
+        Ok(Document {
+            root: self.root,
+            diagnostics: self.diagnostics,
+            next_id: self.next_id,
+        })
     }
 
     /// The path and the key-ness of the node about to start, from the open frame.
@@ -306,14 +333,26 @@ impl Builder {
         match self.stack.last() {
             None => (String::new(), false),
             Some(Frame::Seq { node, items, .. }) => (index_path(&node.path, items.len()), false),
-            Some(Frame::Map { node, key: None, .. }) => (node.path.clone(), true),
-            Some(Frame::Map { node, key: Some(key), .. }) => {
-                (child_path(&node.path, key.scalar().unwrap_or_default()), false)
-            }
+            Some(Frame::Map {
+                node, key: None, ..
+            }) => (node.path.clone(), true),
+            Some(Frame::Map {
+                node,
+                key: Some(key),
+                ..
+            }) => (
+                child_path(&node.path, key.scalar().unwrap_or_default()),
+                false,
+            ),
         }
     }
 
-    fn new_node(&mut self, kind: NodeKind, location: Location, path: String) -> Result<Node, Diagnostic> {
+    fn new_node(
+        &mut self,
+        kind: NodeKind,
+        location: Location,
+        path: String,
+    ) -> Result<Node, Diagnostic> {
         self.nodes += 1;
         if self.nodes > self.limits.max_nodes {
             return Err(error(
@@ -324,7 +363,13 @@ impl Builder {
             ));
         }
         self.next_id += 1;
-        Ok(Node { id: self.next_id, kind, location, path, env_var: None })
+        Ok(Node {
+            id: self.next_id,
+            kind,
+            location,
+            path,
+            env_var: None,
+        })
     }
 
     fn event(&mut self, event: Event<'_>, span: &Span) -> Result<(), Diagnostic> {
@@ -344,7 +389,9 @@ impl Builder {
                 Ok(())
             }
             Event::Scalar(value, style, anchor, tag) => {
-                let forced_string = tag.as_ref().is_some_and(|t| t.is_yaml_core_schema_tag("str"));
+                let forced_string = tag
+                    .as_ref()
+                    .is_some_and(|t| t.is_yaml_core_schema_tag("str"));
                 if let Some(tag) = tag.as_ref().filter(|t| !t.is_yaml_core_schema()) {
                     return Err(error(
                         Code::Syntax,
@@ -355,58 +402,114 @@ impl Builder {
                 }
                 let plain = style == ScalarStyle::Plain && !forced_string;
                 let (path, _) = self.next_path();
-                let node = self.new_node(NodeKind::Scalar { value: value.into_owned(), plain }, location, path)?;
+                let node = self.new_node(
+                    NodeKind::Scalar {
+                        value: value.into_owned(),
+                        plain,
+                    },
+                    location,
+                    path,
+                )?;
                 self.complete(node, anchor)
             }
             Event::SequenceStart(_, anchor, _) => {
                 let (path, is_key) = self.next_path();
                 if is_key {
-                    return Err(error(Code::Syntax, location, &path, "mapping keys must be scalars"));
+                    return Err(error(
+                        Code::Syntax,
+                        location,
+                        &path,
+                        "mapping keys must be scalars",
+                    ));
                 }
                 self.check_depth(location, &path)?;
                 let node = self.new_node(NodeKind::Seq(Vec::new()), location, path)?;
-                self.stack.push(Frame::Seq { node, items: Vec::new(), anchor });
+                self.stack.push(Frame::Seq {
+                    node,
+                    items: Vec::new(),
+                    anchor,
+                });
                 Ok(())
             }
             Event::MappingStart(_, anchor, _) => {
                 let (path, is_key) = self.next_path();
                 if is_key {
-                    return Err(error(Code::Syntax, location, &path, "mapping keys must be scalars"));
+                    return Err(error(
+                        Code::Syntax,
+                        location,
+                        &path,
+                        "mapping keys must be scalars",
+                    ));
                 }
                 self.check_depth(location, &path)?;
                 let node = self.new_node(NodeKind::Map(Vec::new()), location, path)?;
-                self.stack.push(Frame::Map { node, entries: Vec::new(), key: None, anchor, seen: HashMap::new() });
+                self.stack.push(Frame::Map {
+                    node,
+                    entries: Vec::new(),
+                    key: None,
+                    anchor,
+                    seen: HashMap::new(),
+                });
                 Ok(())
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 let (node, anchor) = match self.stack.pop() {
-                    Some(Frame::Seq { mut node, items, anchor }) => {
+                    Some(Frame::Seq {
+                        mut node,
+                        items,
+                        anchor,
+                    }) => {
                         node.kind = NodeKind::Seq(items);
                         (node, anchor)
                     }
-                    Some(Frame::Map { mut node, entries, anchor, .. }) => {
+                    Some(Frame::Map {
+                        mut node,
+                        entries,
+                        anchor,
+                        ..
+                    }) => {
                         node.kind = NodeKind::Map(entries);
                         (node, anchor)
                     }
-                    None => return Err(error(Code::Syntax, location, "", "unbalanced collection end")),
+                    None => {
+                        return Err(error(
+                            Code::Syntax,
+                            location,
+                            "",
+                            "unbalanced collection end",
+                        ));
+                    }
                 };
                 self.complete(node, anchor)
             }
             Event::Alias(id) => {
                 let (path, is_key) = self.next_path();
                 let Some(target) = self.anchors.get(&id) else {
-                    return Err(error(Code::Syntax, location, &path, "alias refers to an unknown anchor"));
+                    return Err(error(
+                        Code::Syntax,
+                        location,
+                        &path,
+                        "alias refers to an unknown anchor",
+                    ));
                 };
                 let (count, depth) = target.count_nodes_and_depth();
                 if is_key && !matches!(target.kind, NodeKind::Scalar { .. }) {
-                    return Err(error(Code::Syntax, location, &path, "mapping keys must be scalars"));
+                    return Err(error(
+                        Code::Syntax,
+                        location,
+                        &path,
+                        "mapping keys must be scalars",
+                    ));
                 }
                 if self.stack.len() + depth > self.limits.max_depth {
                     return Err(error(
                         Code::Limit,
                         location,
                         &path,
-                        format!("alias expands past the nesting limit of {}", self.limits.max_depth),
+                        format!(
+                            "alias expands past the nesting limit of {}",
+                            self.limits.max_depth
+                        ),
                     ));
                 }
                 if self.nodes + count > self.limits.max_nodes {
@@ -437,7 +540,10 @@ impl Builder {
                 Code::Limit,
                 location,
                 path,
-                format!("nesting is deeper than the limit of {}", self.limits.max_depth),
+                format!(
+                    "nesting is deeper than the limit of {}",
+                    self.limits.max_depth
+                ),
             ));
         }
         Ok(())
@@ -479,7 +585,10 @@ impl Builder {
                     Code::Limit,
                     node.location,
                     &node.path,
-                    format!("anchors and aliases exceed the limit of {} nodes", self.limits.max_nodes),
+                    format!(
+                        "anchors and aliases exceed the limit of {} nodes",
+                        self.limits.max_nodes
+                    ),
                 ));
             }
             self.anchors.insert(anchor, node.clone());
@@ -487,9 +596,19 @@ impl Builder {
         match self.stack.last_mut() {
             None => self.root = Some(node),
             Some(Frame::Seq { items, .. }) => items.push(node),
-            Some(Frame::Map { key: key @ None, .. }) => *key = Some(node),
-            Some(Frame::Map { node: map, entries, key, seen, .. }) => {
-                let Some(mut key) = key.take() else { return Ok(()) };
+            Some(Frame::Map {
+                key: key @ None, ..
+            }) => *key = Some(node),
+            Some(Frame::Map {
+                node: map,
+                entries,
+                key,
+                seen,
+                ..
+            }) => {
+                let Some(mut key) = key.take() else {
+                    return Ok(());
+                };
                 let name = key.scalar().unwrap_or_default().to_owned();
                 key.path = child_path(&map.path, &name);
                 if let Some(first_line) = seen.get(&name) {
@@ -518,10 +637,19 @@ fn scan_error(e: &ScanError) -> Diagnostic {
     }
     let message = message.trim_end_matches('.').to_owned();
     let lower = message.to_lowercase();
-    let code = if lower.contains("recursion") || lower.contains("nesting") || lower.contains("limit") {
-        Code::Limit
-    } else {
-        Code::Syntax
-    };
-    error(code, Location { line: marker.line().max(1), column: marker.col() + 1 }, "", message)
+    let code =
+        if lower.contains("recursion") || lower.contains("nesting") || lower.contains("limit") {
+            Code::Limit
+        } else {
+            Code::Syntax
+        };
+    error(
+        code,
+        Location {
+            line: marker.line().max(1),
+            column: marker.col() + 1,
+        },
+        "",
+        message,
+    )
 }
