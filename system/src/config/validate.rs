@@ -586,7 +586,13 @@ impl<'a> Validator<'a> {
             hour,
         );
         if heartbeat_interval >= lease {
-            let corrected = lease / 3;
+            // Half the lease, whole milliseconds where possible, always shorter than the lease.
+            let half_ms = u64::try_from(lease.as_millis() / 2).unwrap_or(u64::MAX);
+            let corrected = if half_ms > 0 {
+                Duration::from_millis(half_ms)
+            } else {
+                lease / 2
+            };
             self.report(
                 Rule::Constraint,
                 Code::Conflict,
@@ -598,7 +604,7 @@ impl<'a> Validator<'a> {
                     self.fallback(super::units::format_duration(corrected)),
                 ),
             );
-            heartbeat_interval = corrected.max(Duration::from_millis(1));
+            heartbeat_interval = corrected;
         }
         JobsConfig {
             workers: self.range("jobs.workers", raw.workers, 1, 256, 4),
