@@ -32,39 +32,38 @@ enum Mutation {
 
 /// Every mutation that applies to `config`, so the strategy can pick one.
 fn mutations(config: &Config) -> Vec<Mutation> {
-    let seg = |parts: &[Value]| parts.to_vec();
     let mut out = vec![
-        Mutation::Drop(seg(&[json!("llm")])),
-        Mutation::Drop(seg(&[json!("storage")])),
-        Mutation::Drop(seg(&[json!("llm"), json!("providers")])),
-        Mutation::OutOfRange(seg(&[json!("jobs"), json!("workers")]), json!(257)),
-        Mutation::OutOfRange(seg(&[json!("jobs"), json!("queue_capacity")]), json!(0)),
-        Mutation::OutOfRange(seg(&[json!("jobs"), json!("max_attempts")]), json!(101)),
+        Mutation::Drop(vec![json!("llm")]),
+        Mutation::Drop(vec![json!("storage")]),
+        Mutation::Drop(vec![json!("llm"), json!("providers")]),
+        Mutation::OutOfRange(vec![json!("jobs"), json!("workers")], json!(257)),
+        Mutation::OutOfRange(vec![json!("jobs"), json!("queue_capacity")], json!(0)),
+        Mutation::OutOfRange(vec![json!("jobs"), json!("max_attempts")], json!(101)),
         Mutation::OutOfRange(
-            seg(&[json!("budget"), json!("default_limit_tokens")]),
+            vec![json!("budget"), json!("default_limit_tokens")],
             json!(0),
         ),
         Mutation::OutOfRange(
-            seg(&[json!("degradation"), json!("unhealthy_error_rate")]),
+            vec![json!("degradation"), json!("unhealthy_error_rate")],
             json!(1.5),
         ),
         Mutation::OutOfRange(
-            seg(&[
+            vec![
                 json!("security"),
                 json!("default_rate_limit"),
                 json!("burst"),
-            ]),
+            ],
             json!(0),
         ),
         Mutation::Unknown(vec![]),
-        Mutation::Unknown(seg(&[json!("server")])),
-        Mutation::Unknown(seg(&[json!("jobs")])),
-        Mutation::Unknown(seg(&[json!("security"), json!("pii_redaction")])),
-        Mutation::Dangle(seg(&[
+        Mutation::Unknown(vec![json!("server")]),
+        Mutation::Unknown(vec![json!("jobs")]),
+        Mutation::Unknown(vec![json!("security"), json!("pii_redaction")]),
+        Mutation::Dangle(vec![
             json!("security"),
             json!("rate_limits"),
             json!("no-such-role"),
-        ])),
+        ]),
     ];
     for (i, _) in config.llm.providers.iter().enumerate() {
         let p = |rest: &[&str]| {

@@ -12,7 +12,7 @@ use url::Url;
 use super::Level;
 use super::model::*;
 use super::raw::*;
-use super::units::{parse_duration, parse_size};
+use super::units::{format_duration, format_size, parse_duration, parse_size};
 use crate::yaml::{Code, Diagnostic, Node, Severity, child_path, index_path, is_path_prefix};
 
 /// How a broken rule is reported at each level.
@@ -28,6 +28,24 @@ enum Rule {
     /// Valid but unsafe settings. An error under strict, else a warning.
     Policy,
 }
+
+/// A kind of quantity written with a unit: how to read and print it.
+struct Quantity<T> {
+    name: &'static str,
+    parse: fn(&str) -> Result<T, String>,
+    format: fn(T) -> String,
+}
+
+const DURATION: Quantity<Duration> = Quantity {
+    name: "duration",
+    parse: parse_duration,
+    format: format_duration,
+};
+const SIZE: Quantity<u64> = Quantity {
+    name: "size",
+    parse: parse_size,
+    format: format_size,
+};
 
 pub(super) struct Validator<'a> {
     level: Level,
@@ -108,52 +126,46 @@ impl<'a> Validator<'a> {
         default: Duration,
         max: Duration,
     ) -> Duration {
-        let Some(text) = text else { return default };
-        match parse_duration(&text.0) {
-            Err(message) => {
-                self.report(Rule::Format, Code::Format, path, message);
-                default
-            }
-            Ok(d) if d.is_zero() || d > max => {
-                self.report(
-                    Rule::Constraint,
-                    Code::Range,
-                    path,
-                    format!(
-                        "duration `{}` must be greater than zero and at most {}{}",
-                        text.0,
-                        super::units::format_duration(max),
-                        self.fallback(super::units::format_duration(default)),
-                    ),
-                );
-                default
-            }
-            Ok(d) => d,
-        }
+        let text = text.map(|t| t.0.as_str());
+        self.measure(path, text, &DURATION, default, max)
     }
 
     fn size(&mut self, path: &str, text: Option<&SizeText>, default: u64, max: u64) -> u64 {
+        let text = text.map(|t| t.0.as_str());
+        self.measure(path, text, &SIZE, default, max)
+    }
+
+    /// A quantity written with a unit: parsed (a format error otherwise), then
+    /// required to be greater than zero and at most `max` (a constraint).
+    fn measure<T: PartialOrd + Default + Copy>(
+        &mut self,
+        path: &str,
+        text: Option<&str>,
+        quantity: &Quantity<T>,
+        default: T,
+        max: T,
+    ) -> T {
         let Some(text) = text else { return default };
-        match parse_size(&text.0) {
+        match (quantity.parse)(text) {
             Err(message) => {
                 self.report(Rule::Format, Code::Format, path, message);
                 default
             }
-            Ok(n) if n == 0 || n > max => {
+            Ok(v) if v <= T::default() || v > max => {
                 self.report(
                     Rule::Constraint,
                     Code::Range,
                     path,
                     format!(
-                        "size `{}` must be greater than zero and at most {}{}",
-                        text.0,
-                        super::units::format_size(max),
-                        self.fallback(super::units::format_size(default)),
+                        "{} `{text}` must be greater than zero and at most {}{}",
+                        quantity.name,
+                        (quantity.format)(max),
+                        self.fallback((quantity.format)(default)),
                     ),
                 );
                 default
             }
-            Ok(n) => n,
+            Ok(v) => v,
         }
     }
 
@@ -451,9 +463,9 @@ impl<'a> Validator<'a> {
                 &child_path(path, "deadline"),
                 format!(
                     "deadline {} is shorter than attempt_timeout {}{}",
-                    super::units::format_duration(deadline),
-                    super::units::format_duration(attempt_timeout),
-                    self.fallback(super::units::format_duration(attempt_timeout)),
+                    format_duration(deadline),
+                    format_duration(attempt_timeout),
+                    self.fallback(format_duration(attempt_timeout)),
                 ),
             );
             deadline = attempt_timeout;
@@ -519,9 +531,9 @@ impl<'a> Validator<'a> {
                 &child_path(path, "initial_delay"),
                 format!(
                     "initial_delay {} is longer than max_delay {}{}",
-                    super::units::format_duration(initial_delay),
-                    super::units::format_duration(max_delay),
-                    self.fallback(super::units::format_duration(max_delay)),
+                    format_duration(initial_delay),
+                    format_duration(max_delay),
+                    self.fallback(format_duration(max_delay)),
                 ),
             );
             initial_delay = max_delay;
@@ -599,9 +611,9 @@ impl<'a> Validator<'a> {
                 "jobs.heartbeat_interval",
                 format!(
                     "heartbeat_interval {} must be shorter than lease {}, or leases expire under live workers{}",
-                    super::units::format_duration(heartbeat_interval),
-                    super::units::format_duration(lease),
-                    self.fallback(super::units::format_duration(corrected)),
+                    format_duration(heartbeat_interval),
+                    format_duration(lease),
+                    self.fallback(format_duration(corrected)),
                 ),
             );
             heartbeat_interval = corrected;
