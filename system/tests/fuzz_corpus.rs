@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use arbitrary::{Arbitrary, Unstructured};
 use orchestrator::config::{Config, check};
+use orchestrator::plan;
 
 fn corpus(target: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -54,4 +55,9 @@ fn config_roundtrip_corpus() {
             check::config_roundtrip(&config);
         }
     });
+}
+
+#[test]
+fn llm_output_corpus() {
+    replay("llm_output", plan::check::llm_output);
 }
