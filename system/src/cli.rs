@@ -107,3 +107,86 @@ pub fn config_schema(out: &mut dyn Write) -> io::Result<u8> {
     writeln!(out)?;
     Ok(EXIT_OK)
 }
+
+/// Arguments of `serve`.
+#[derive(Clone, Debug)]
+pub struct ServeArgs {
+    /// The configuration file.
+    pub config: PathBuf,
+    /// Overrides `server.listen`.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Validation level of the configuration.
+    pub level: Level,
+    /// Seed of the service's random choices.
+    pub seed: Option<u64>,
+    /// Environment variables: `ORCHESTRATOR__` overrides and `api_key_env` values.
+    pub env: Vec<(String, String)>,
+}
+
+/// Validates the configuration, then serves until SIGINT or SIGTERM.
+/// Returns [`EXIT_OK`] after a graceful shutdown and [`EXIT_BAD_INPUT`] when
+/// the configuration is invalid or the service cannot start.
+pub fn serve(args: ServeArgs, err: &mut dyn Write) -> io::Result<u8> {
+    let options = ValidateOptions {
+        level: args.level,
+        overrides: config::env_overrides(args.env.iter().cloned()),
+        ..ValidateOptions::default()
+    };
+    let name = args.config.display().to_string();
+    let outcome = config::validate_file(&args.config, &options);
+    for d in &outcome.diagnostics {
+        writeln!(err, "{}", d.display_with_file(&name))?;
+    }
+    let Some(config) = outcome.config else {
+        writeln!(err, "error: {name} is invalid; not starting")?;
+        return Ok(EXIT_BAD_INPUT);
+    };
+    init_logging(config.observability.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            writeln!(err, "error: cannot start the async runtime: {e}")?;
+            return Ok(EXIT_BAD_INPUT);
+        }
+    };
+    let serve_options = crate::ServeOptions {
+        listen: args.listen,
+        app: crate::AppOptions {
+            seed: args.seed,
+            env: args.env,
+        },
+    };
+    let result = runtime.block_on(crate::serve(
+        config,
+        serve_options,
+        crate::server::shutdown_signal(),
+    ));
+    // Blocking releases handed off by dropped requests get a moment to run;
+    // anything left is released by crash recovery at the next start.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => Ok(EXIT_OK),
+        Err(e) => {
+            writeln!(err, "error: {e}")?;
+            Ok(EXIT_BAD_INPUT)
+        }
+    }
+}
+
+/// Logs go to stderr (stdout carries only the `listening on` line), as JSON
+/// or text, filtered by `RUST_LOG` (default `info`).
+fn init_logging(format: config::LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr);
+    // A second initialisation (tests) keeps the first subscriber.
+    let _ = match format {
+        config::LogFormat::Json => builder.json().with_current_span(true).try_init(),
+        config::LogFormat::Text => builder.try_init(),
+    };
+}

@@ -2,9 +2,16 @@
 //! Gauntlet battle-tests. This crate holds the service and its command line;
 //! see ARCHITECTURE.md for the map.
 
+pub mod auth;
 pub mod breaker;
 pub mod cli;
 pub mod config;
+pub mod llm;
+pub mod metrics;
 pub mod plan;
+pub mod problem;
+pub mod server;
 pub mod store;
 pub mod yaml;
+
+pub use server::{AppOptions, AppState, ServeOptions, app, serve};

@@ -1,11 +1,12 @@
 //! `orchestrator`: the service and its tools.
 
 use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use orchestrator::cli::{self, Format, ValidateArgs};
+use orchestrator::cli::{self, Format, ServeArgs, ValidateArgs};
 use orchestrator::config::Level;
 
 /// The hardened LLM agent orchestration service that Gauntlet battle-tests.
@@ -18,6 +19,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the service. Prints `listening on http://ADDR` on stdout when ready;
+    /// stops gracefully on SIGINT or SIGTERM and exits 0. Exits 2 when the
+    /// configuration is invalid or the service cannot start.
+    Serve {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Listen here instead of `server.listen` (port 0 picks a free port).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// How demanding configuration validation is.
+        #[arg(long, value_enum, default_value_t = Level::Strict)]
+        level: Level,
+        /// Seed of the service's random choices (retry jitter), for replays.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Check configuration files and print their schema.
     Config {
         #[command(subcommand)]
@@ -50,6 +68,22 @@ fn main() -> ExitCode {
     let stdout = io::stdout();
     let stderr = io::stderr();
     let result = match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            level,
+            seed,
+        } => cli::serve(
+            ServeArgs {
+                config,
+                listen,
+                level,
+                seed,
+                env: std::env::vars().collect(),
+            },
+            // Not a lock: the service's log writers need stderr too.
+            &mut io::stderr(),
+        ),
         Command::Config {
             command:
                 ConfigCommand::Validate {

@@ -234,6 +234,7 @@ impl<'a> Arbitrary<'a> for Config {
                 default_rate_limit: rate_limit(u)?,
                 cors_allowed_origins,
                 allow_wildcard_cors,
+                hsts: u.arbitrary()?,
                 pii_redaction: PiiRedactionConfig {
                     enabled: u.arbitrary()?,
                     types: subset(u, &PiiType::ALL)?,

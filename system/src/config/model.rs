@@ -157,6 +157,8 @@ pub struct SecurityConfig {
     pub cors_allowed_origins: Vec<String>,
     /// Whether `*` was explicitly allowed.
     pub allow_wildcard_cors: bool,
+    /// Whether to send `Strict-Transport-Security`.
+    pub hsts: bool,
     /// PII redaction.
     pub pii_redaction: PiiRedactionConfig,
     /// Allowed outbound URL prefixes.
@@ -345,6 +347,7 @@ pub(super) fn to_raw(c: &Config) -> super::raw::RawConfig {
             default_rate_limit: Some(rate_limit(&s.default_rate_limit)),
             cors_allowed_origins: Some(s.cors_allowed_origins.clone()),
             allow_wildcard_cors: Some(s.allow_wildcard_cors),
+            hsts: Some(s.hsts),
             pii_redaction: Some(RawPiiRedaction {
                 enabled: Some(s.pii_redaction.enabled),
                 types: Some(s.pii_redaction.types.clone()),

@@ -277,6 +277,10 @@ pub struct RawSecurity {
     /// Allows the CORS origin `*` under strict validation. Default false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_wildcard_cors: Option<bool>,
+    /// Sends `Strict-Transport-Security` on every response; enable it when a
+    /// TLS-terminating proxy fronts the service. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsts: Option<bool>,
     /// Redaction of personal data in logs and audit details.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pii_redaction: Option<RawPiiRedaction>,
@@ -329,14 +333,17 @@ pub enum Permission {
     /// Read and verify the audit log.
     #[serde(rename = "audit.read")]
     AuditRead,
-    /// Read budgets and usage.
+    /// Read the budget and usage of one's own tenant.
     #[serde(rename = "budget.read")]
     BudgetRead,
+    /// Read the budget and usage of every tenant.
+    #[serde(rename = "budget.read_all")]
+    BudgetReadAll,
 }
 
 impl Permission {
     /// Every permission, in declaration order.
-    pub const ALL: [Permission; 7] = [
+    pub const ALL: [Permission; 8] = [
         Permission::TasksCreate,
         Permission::JobsCreate,
         Permission::JobsRead,
@@ -344,6 +351,7 @@ impl Permission {
         Permission::DlqReplay,
         Permission::AuditRead,
         Permission::BudgetRead,
+        Permission::BudgetReadAll,
     ];
 }
 

@@ -825,6 +825,7 @@ impl<'a> Validator<'a> {
             default_rate_limit,
             cors_allowed_origins,
             allow_wildcard_cors,
+            hsts: raw.hsts.unwrap_or(false),
             pii_redaction: PiiRedactionConfig {
                 enabled: pii.enabled.unwrap_or(true),
                 types,

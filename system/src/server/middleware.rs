@@ -1,0 +1,266 @@
+//! The middleware stack. From the outside in: request id, access log and
+//! metrics; security headers; CORS; the request timeout; panic recovery.
+//! Authentication, rate limiting and authorisation wrap the API routes only.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use super::AppState;
+use crate::auth::{self, Principal};
+use crate::problem::Problem;
+
+/// The request's correlation id: the client's `X-Request-Id` when it is
+/// usable, else a fresh UUID. Handlers read it from the request extensions.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub Arc<str>);
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The longest client-supplied request id we echo; longer ones are replaced,
+/// so that logs and headers stay bounded.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Wraps the router in the stack described in the module docs.
+pub fn wrap(router: Router<Arc<AppState>>, state: &Arc<AppState>) -> Router<Arc<AppState>> {
+    let timeout = state.config.server.request_timeout;
+    let hsts = state.config.security.hsts;
+    router
+        .layer(CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                tracing::error!("request handler panicked");
+                Problem::internal().into_response()
+            },
+        ))
+        .layer(middleware::from_fn(
+            move |req: Request, next: Next| async move {
+                match tokio::time::timeout(timeout, next.run(req)).await {
+                    Ok(response) => response,
+                    Err(_) => Problem::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "request-timeout",
+                        "Request timeout",
+                        format!("the request took longer than {}ms", timeout.as_millis()),
+                    )
+                    .into_response(),
+                }
+            },
+        ))
+        .layer(cors(&state.config.security.cors_allowed_origins))
+        .layer(middleware::map_response(
+            move |mut response: Response| async move {
+                security_headers(&mut response, hsts);
+                response
+            },
+        ))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("idempotency-key"),
+            X_REQUEST_ID.clone(),
+        ])
+        .expose_headers([
+            X_REQUEST_ID.clone(),
+            header::RETRY_AFTER,
+            HeaderName::from_static("ratelimit-limit"),
+            HeaderName::from_static("ratelimit-remaining"),
+            HeaderName::from_static("ratelimit-reset"),
+            HeaderName::from_static("idempotent-replayed"),
+        ]);
+    if origins.iter().any(|o| o == "*") {
+        // Validation allows `*` only when the operator opted in.
+        return layer.allow_origin(AllowOrigin::any());
+    }
+    let list: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    layer.allow_origin(AllowOrigin::list(list))
+}
+
+fn security_headers(response: &mut Response, hsts: bool) {
+    let h = response.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    // The API serves JSON only: nothing may load, run or frame it.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
+    if hsts {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+        );
+    }
+}
+
+/// Assigns the request id, runs the request inside a span carrying it,
+/// echoes it, and records the access log line and the request metrics.
+async fn observe(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id: Arc<str> = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= MAX_REQUEST_ID_LEN
+                && v.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map(Arc::from)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string().into());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().clone();
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
+    let mut response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    let elapsed = started.elapsed();
+    let status = response.status();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(X_REQUEST_ID.clone(), v);
+    }
+    state
+        .metrics
+        .http_requests
+        .with_label_values(&[route.as_str(), method.as_str(), status.as_str()])
+        .inc();
+    state
+        .metrics
+        .http_duration
+        .with_label_values(&[route.as_str()])
+        .observe(elapsed.as_secs_f64());
+    span.in_scope(|| {
+        tracing::info!(
+            status = status.as_u16(),
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
+        );
+    });
+    response
+}
+
+/// Authenticates the key, takes one request from its rate limit, and checks
+/// the route's permission in [`auth::ROUTE_PERMISSIONS`].
+pub async fn authorize(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or(""));
+    let principal = match state.auth.authenticate(header, SystemTime::now()) {
+        Ok(p) => p,
+        Err(e) => {
+            state
+                .metrics
+                .auth_failures
+                .with_label_values(&[e.reason()])
+                .inc();
+            tracing::info!(reason = e.reason(), "authentication failed");
+            // One answer for every failure: the caller learns nothing about
+            // which keys exist or have expired.
+            return Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Unauthenticated",
+                "a valid API key is required: Authorization: Bearer <key>",
+            )
+            .header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
+            .into_response();
+        }
+    };
+    let rate = state.auth.check_rate(&principal);
+    let rate_headers = [
+        ("ratelimit-limit", u64::from(rate.limit)),
+        ("ratelimit-remaining", u64::from(rate.remaining)),
+        (
+            "ratelimit-reset",
+            if rate.reset.is_zero() {
+                0
+            } else {
+                crate::problem::retry_after_seconds(rate.reset)
+            },
+        ),
+    ];
+    let mut response = if let Some(wait) = rate.retry_after {
+        state
+            .metrics
+            .rate_limited
+            .with_label_values(&[&principal.key_id])
+            .inc();
+        Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            "Too many requests",
+            format!(
+                "key {} is limited to a burst of {} requests",
+                principal.key_id, rate.limit
+            ),
+        )
+        .retry_after(wait)
+        .into_response()
+    } else {
+        let route = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default();
+        match auth::route_permission(req.method().as_str(), &route) {
+            Some(permission) if principal.can(permission) => {
+                req.extensions_mut().insert(principal);
+                next.run(req).await
+            }
+            _ => {
+                state
+                    .metrics
+                    .auth_failures
+                    .with_label_values(&["forbidden"])
+                    .inc();
+                forbidden(&principal).into_response()
+            }
+        }
+    };
+    for (name, value) in rate_headers {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(name), HeaderValue::from(value));
+    }
+    response
+}
+
+/// 403 for a principal whose role lacks what the request needs.
+pub fn forbidden(principal: &Principal) -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "Forbidden",
+        format!("role {} does not grant this operation", principal.role),
+    )
+}

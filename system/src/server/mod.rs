@@ -1,0 +1,228 @@
+//! The HTTP service: state, routes, middleware and the serve loop.
+
+mod middleware;
+mod ops;
+mod tasks;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::auth::Auth;
+use crate::config::{Config, StorageConfig};
+use crate::llm::{self, LlmClient, LlmOptions};
+use crate::metrics::Metrics;
+use crate::plan::PlanPolicy;
+use crate::store::{Store, StoreError, StoreOptions};
+
+pub use tasks::{DEFAULT_MAX_TOKENS, MAX_TOKENS_LIMIT};
+
+/// Everything a request handler needs, shared by all requests.
+pub struct AppState {
+    /// The validated configuration.
+    pub config: Config,
+    /// Keys, roles and rate limiters.
+    pub auth: Auth,
+    /// SQLite state.
+    pub store: Store,
+    /// The LLM client with its breakers.
+    pub llm: LlmClient,
+    /// Output validation rules.
+    pub plan: PlanPolicy,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Options of a service instance beyond its configuration.
+#[derive(Clone, Debug, Default)]
+pub struct AppOptions {
+    /// Seed of every random choice the service makes (retry jitter), so that a
+    /// scenario replays. `None` draws one from the OS.
+    pub seed: Option<u64>,
+    /// Environment variables, for `api_key_env`.
+    pub env: Vec<(String, String)>,
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The LLM client could not be set up.
+    #[error(transparent)]
+    Llm(#[from] llm::SetupError),
+    /// The configuration asks for a store this build cannot use yet.
+    #[error("storage: {0}")]
+    Unsupported(String),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Serving failed after it started.
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+impl AppState {
+    /// Opens the store and builds the clients. Blocking (it opens SQLite), so
+    /// call it before serving, or from `spawn_blocking`.
+    pub fn new(config: Config, options: AppOptions) -> Result<Arc<AppState>, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        let path = match &config.storage {
+            StorageConfig::Sqlite { path } => path.clone(),
+            StorageConfig::Redis { url } => {
+                return Err(StartError::Unsupported(format!(
+                    "the redis store ({url}) is not implemented yet; use storage.sqlite"
+                )));
+            }
+        };
+        let store = Store::open(&path, &StoreOptions::new(config.budget.clone()))?;
+        let api_keys = llm::resolve_api_keys(&config.llm, |var| {
+            options
+                .env
+                .iter()
+                .find(|(k, _)| k == var)
+                .map(|(_, v)| v.clone())
+        })?;
+        let llm = LlmClient::new(
+            &config.llm,
+            LlmOptions {
+                seed: options.seed.unwrap_or_else(rand::random),
+                max_response_bytes: max_response_bytes(config.tasks.max_output_bytes),
+                api_keys,
+            },
+            metrics.clone(),
+        )?;
+        Ok(Arc::new(AppState {
+            auth: Auth::new(&config.security),
+            plan: PlanPolicy::from(&config.tasks),
+            store,
+            llm,
+            metrics,
+            config,
+        }))
+    }
+}
+
+/// The largest provider response read: the output limit, doubled for JSON
+/// string escaping inside the envelope, plus room for the envelope itself.
+fn max_response_bytes(max_output_bytes: u64) -> usize {
+    usize::try_from(max_output_bytes.saturating_mul(2).saturating_add(64 * 1024))
+        .unwrap_or(usize::MAX)
+}
+
+/// The service's routes and middleware, ready to serve or to call in-process
+/// with `tower::ServiceExt::oneshot`.
+pub fn app(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/v1/tasks", post(tasks::create))
+        .route("/v1/budgets/{tenant}", get(ops::budget))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::authorize,
+        ));
+    let public = Router::new()
+        .route("/health/live", get(ops::live))
+        .route("/health/ready", get(ops::ready))
+        .route("/health", get(ops::health))
+        .route("/metrics", get(ops::metrics));
+    let router = Router::new()
+        .merge(api)
+        .merge(public)
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed);
+    middleware::wrap(router, &state).with_state(state)
+}
+
+/// Options of [`serve`].
+#[derive(Clone, Debug, Default)]
+pub struct ServeOptions {
+    /// Overrides `server.listen`.
+    pub listen: Option<SocketAddr>,
+    /// Passed to [`AppState::new`].
+    pub app: AppOptions,
+}
+
+/// Serves until `shutdown` completes, then stops accepting, lets in-flight
+/// requests finish for at most `server.shutdown_timeout`, and returns.
+/// Prints `listening on http://ADDR` on stdout once the socket is bound.
+pub async fn serve(
+    config: Config,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let addr = options.listen.unwrap_or(config.server.listen);
+    let grace = config.server.shutdown_timeout;
+    let state = tokio::task::spawn_blocking(move || AppState::new(config, options.app))
+        .await
+        .map_err(|e| StartError::Serve(std::io::Error::other(e)))??;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let local = listener.local_addr().map_err(StartError::Serve)?;
+    announce(local);
+    tracing::info!(addr = %local, "listening");
+    let stopping = Arc::new(Notify::new());
+    let notify = stopping.clone();
+    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down");
+        notify.notify_one();
+    });
+    tokio::select! {
+        result = server => result.map_err(StartError::Serve),
+        () = grace_expired(stopping, grace) => {
+            tracing::warn!("shutdown grace period over; abandoning in-flight requests");
+            Ok(())
+        }
+    }
+}
+
+async fn grace_expired(stopping: Arc<Notify>, grace: Duration) {
+    stopping.notified().await;
+    tokio::time::sleep(grace).await;
+}
+
+/// The one line the harness waits for.
+fn announce(addr: SocketAddr) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    // If stdout is gone nobody is waiting for the line; serving still works.
+    let _ = writeln!(out, "listening on http://{addr}");
+    let _ = out.flush();
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
