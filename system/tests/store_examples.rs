@@ -127,7 +127,8 @@ fn a_completed_key_replays_its_stored_response() {
         charge,
         Charge {
             charged: 42,
-            overage: 0
+            overage: 0,
+            remaining: 958,
         }
     );
 
@@ -241,7 +242,8 @@ fn usage_beyond_the_limit_is_overage_not_overdraft() {
         store.finish_task(&finish(a, 70, b"")).unwrap(),
         Charge {
             charged: 50,
-            overage: 20
+            overage: 20,
+            remaining: 0,
         }
     );
     let budget = store.budget("acme").unwrap();
@@ -257,7 +259,8 @@ fn usage_beyond_the_limit_is_overage_not_overdraft() {
         store.finish_task(&finish(b, 10, b"")).unwrap(),
         Charge {
             charged: 10,
-            overage: 0
+            overage: 0,
+            remaining: 40,
         }
     );
     let charges = store.charges("acme").unwrap();

@@ -191,6 +191,7 @@ impl Model {
         self.expected = Expected::Charge(Charge {
             charged,
             overage: charge - charged,
+            remaining: self.limit[t] - self.used[t] - self.reserved[t],
         });
     }
 

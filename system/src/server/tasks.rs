@@ -213,14 +213,11 @@ pub async fn create(
             "usage beyond the budget limit"
         );
     }
-    let owned = tenant.to_owned();
-    if let Ok(snapshot) = state.store.run(move |s| s.budget(&owned)).await {
-        state
-            .metrics
-            .budget_remaining
-            .with_label_values(&[tenant])
-            .set(i64::try_from(snapshot.remaining_tokens).unwrap_or(i64::MAX));
-    }
+    state
+        .metrics
+        .budget_remaining
+        .with_label_values(&[tenant])
+        .set(i64::try_from(charge.remaining).unwrap_or(i64::MAX));
     Ok(stored_response(status.as_u16(), body))
 }
 

@@ -199,6 +199,9 @@ pub struct Charge {
     /// Reported tokens beyond the tenant's limit, not charged: the budget is
     /// never overdrawn.
     pub overage: u64,
+    /// The tenant's remaining tokens after this charge (0 when nothing was
+    /// charged because the reservation was already settled).
+    pub remaining: u64,
 }
 
 /// A tenant's budget.
@@ -328,6 +331,8 @@ impl Store {
         }
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
             .map_err(open_error)?;
+        // Room for every statement the store runs, so none is parsed twice.
+        conn.set_prepared_statement_cache_capacity(64);
 
         let store = Store {
             inner: Arc::new(Inner {

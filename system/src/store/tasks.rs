@@ -110,7 +110,7 @@ impl Store {
                 // A settled reservation may still own a stale record only if
                 // the invariants were broken elsewhere; delete it regardless.
                 if let Some(claim) = &request.idempotency {
-                    tx.execute(
+                    exec(tx, 
                         "DELETE FROM idempotency WHERE tenant = ?1 AND key = ?2",
                         params![request.tenant, claim.key],
                     )?;
@@ -121,21 +121,21 @@ impl Store {
                     "took over an abandoned in-flight idempotency key"
                 );
             }
-            tx.execute(
+            exec(tx, 
                 "INSERT INTO budgets (tenant, limit_tokens, used_tokens, reserved_tokens)
                  VALUES (?1, ?2, 0, ?3)
                  ON CONFLICT (tenant) DO UPDATE SET reserved_tokens = reserved_tokens + ?3",
                 params![request.tenant, config_limit, tokens],
             )?;
             let key = request.idempotency.as_ref().map(|c| c.key.as_str());
-            tx.execute(
+            exec(tx, 
                 "INSERT INTO reservations (tenant, task_id, idempotency_key, tokens, state, created_ms)
                  VALUES (?1, ?2, ?3, ?4, 'held', ?5)",
                 params![request.tenant, request.task_id, key, tokens, now],
             )?;
             let reservation = ReservationId(tx.last_insert_rowid());
             if let Some(claim) = &request.idempotency {
-                tx.execute(
+                exec(tx, 
                     "INSERT INTO idempotency (tenant, key, fingerprint, reservation_id, state, created_ms)
                      VALUES (?1, ?2, ?3, ?4, 'in_flight', ?5)",
                     params![
@@ -184,17 +184,17 @@ impl Store {
                 );
             }
 
-            tx.execute(
+            exec(tx, 
                 "UPDATE budgets SET used_tokens = used_tokens + ?2,
                                     reserved_tokens = reserved_tokens - ?3
                  WHERE tenant = ?1",
                 params![held.tenant, to_db(charged), held.tokens],
             )?;
-            tx.execute(
+            exec(tx, 
                 "UPDATE reservations SET state = 'charged', settled_ms = ?2 WHERE id = ?1",
                 params![id.0, now],
             )?;
-            tx.execute(
+            exec(tx, 
                 "INSERT INTO charges (tenant, reservation_id, task_id, idempotency_key,
                                       tokens, overage_tokens, charged_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -209,18 +209,25 @@ impl Store {
                 ],
             )?;
             match &finish.response {
-                Some(response) => tx.execute(
+                Some(response) => exec(tx, 
                     "UPDATE idempotency SET state = 'completed', completed_ms = ?2,
                                             response_status = ?3, response_body = ?4
                      WHERE reservation_id = ?1 AND state = 'in_flight'",
                     params![id.0, now, response.status, response.body],
                 )?,
-                None => tx.execute(
+                None => exec(tx, 
                     "DELETE FROM idempotency WHERE reservation_id = ?1 AND state = 'in_flight'",
                     params![id.0],
                 )?,
             };
-            Ok(Charge { charged, overage })
+            let remaining = from_db(
+                budget.limit - budget.used - to_db(charged) - (budget.reserved - held.tokens),
+            );
+            Ok(Charge {
+                charged,
+                overage,
+                remaining,
+            })
         })
     }
 
@@ -297,18 +304,18 @@ impl Store {
                 [],
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )?;
-            tx.execute(
+            exec(tx, 
                 "UPDATE budgets SET reserved_tokens = reserved_tokens - (
                      SELECT coalesce(sum(tokens), 0) FROM reservations
                      WHERE reservations.tenant = budgets.tenant AND state = 'held')",
                 [],
             )?;
-            tx.execute(
+            exec(tx, 
                 "UPDATE reservations SET state = 'released', settled_ms = ?1 WHERE state = 'held'",
                 [now],
             )?;
             let abandoned_keys =
-                tx.execute("DELETE FROM idempotency WHERE state = 'in_flight'", [])?;
+                exec(tx, "DELETE FROM idempotency WHERE state = 'in_flight'", [])?;
 
             // A limit below what was already used is raised to the usage: the
             // CHECK forbids used > limit, and the ledger cannot un-spend.
@@ -329,7 +336,7 @@ impl Store {
                         "configured limit is below the tokens already used; limit set to the usage"
                     );
                 }
-                tx.execute(
+                exec(tx, 
                     "UPDATE budgets SET limit_tokens = ?2 WHERE tenant = ?1",
                     params![tenant, configured.max(used)],
                 )?;
@@ -351,21 +358,28 @@ impl Store {
     }
 }
 
+/// Runs one statement through the connection's statement cache: the same
+/// few statements run on every request, and parsing them each time cost more
+/// than executing them.
+fn exec(tx: &Transaction<'_>, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    tx.prepare_cached(sql)?.execute(params)
+}
+
 /// Releases `id` if it is held (returning its tokens to the budget and
 /// deleting its in-flight record); false if it is settled or unknown.
 fn release(tx: &Transaction<'_>, id: ReservationId, now: i64) -> Result<bool, TxError> {
     let Some(held) = load_reservation(tx, id)?.filter(|r| r.held) else {
         return Ok(false);
     };
-    tx.execute(
+    exec(tx, 
         "UPDATE reservations SET state = 'released', settled_ms = ?2 WHERE id = ?1",
         params![id.0, now],
     )?;
-    tx.execute(
+    exec(tx, 
         "UPDATE budgets SET reserved_tokens = reserved_tokens - ?2 WHERE tenant = ?1",
         params![held.tenant, held.tokens],
     )?;
-    tx.execute(
+    exec(tx, 
         "DELETE FROM idempotency WHERE reservation_id = ?1 AND state = 'in_flight'",
         params![id.0],
     )?;
@@ -377,9 +391,11 @@ fn load_reservation(
     id: ReservationId,
 ) -> Result<Option<Reservation>, TxError> {
     Ok(conn
-        .query_row(
+        .prepare_cached(
             "SELECT tenant, task_id, idempotency_key, tokens, state = 'held'
              FROM reservations WHERE id = ?1",
+        )?
+        .query_row(
             [id.0],
             |row| {
                 Ok(Reservation {
@@ -396,8 +412,10 @@ fn load_reservation(
 
 fn load_budget(conn: &rusqlite::Connection, tenant: &str) -> Result<Option<Budget>, TxError> {
     Ok(conn
-        .query_row(
+        .prepare_cached(
             "SELECT limit_tokens, used_tokens, reserved_tokens FROM budgets WHERE tenant = ?1",
+        )?
+        .query_row(
             [tenant],
             |row| {
                 Ok(Budget {
@@ -416,10 +434,12 @@ fn load_record(
     key: &str,
 ) -> Result<Option<Record>, TxError> {
     Ok(conn
-        .query_row(
+        .prepare_cached(
             "SELECT fingerprint, state = 'completed', reservation_id, created_ms,
                     response_status, response_body
              FROM idempotency WHERE tenant = ?1 AND key = ?2",
+        )?
+        .query_row(
             [tenant, key],
             |row| {
                 Ok(Record {
