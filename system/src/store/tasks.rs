@@ -110,7 +110,7 @@ impl Store {
                 // A settled reservation may still own a stale record only if
                 // the invariants were broken elsewhere; delete it regardless.
                 if let Some(claim) = &request.idempotency {
-                    exec(tx, 
+                    exec(tx,
                         "DELETE FROM idempotency WHERE tenant = ?1 AND key = ?2",
                         params![request.tenant, claim.key],
                     )?;
@@ -121,21 +121,21 @@ impl Store {
                     "took over an abandoned in-flight idempotency key"
                 );
             }
-            exec(tx, 
+            exec(tx,
                 "INSERT INTO budgets (tenant, limit_tokens, used_tokens, reserved_tokens)
                  VALUES (?1, ?2, 0, ?3)
                  ON CONFLICT (tenant) DO UPDATE SET reserved_tokens = reserved_tokens + ?3",
                 params![request.tenant, config_limit, tokens],
             )?;
             let key = request.idempotency.as_ref().map(|c| c.key.as_str());
-            exec(tx, 
+            exec(tx,
                 "INSERT INTO reservations (tenant, task_id, idempotency_key, tokens, state, created_ms)
                  VALUES (?1, ?2, ?3, ?4, 'held', ?5)",
                 params![request.tenant, request.task_id, key, tokens, now],
             )?;
             let reservation = ReservationId(tx.last_insert_rowid());
             if let Some(claim) = &request.idempotency {
-                exec(tx, 
+                exec(tx,
                     "INSERT INTO idempotency (tenant, key, fingerprint, reservation_id, state, created_ms)
                      VALUES (?1, ?2, ?3, ?4, 'in_flight', ?5)",
                     params![
@@ -184,17 +184,20 @@ impl Store {
                 );
             }
 
-            exec(tx, 
+            exec(
+                tx,
                 "UPDATE budgets SET used_tokens = used_tokens + ?2,
                                     reserved_tokens = reserved_tokens - ?3
                  WHERE tenant = ?1",
                 params![held.tenant, to_db(charged), held.tokens],
             )?;
-            exec(tx, 
+            exec(
+                tx,
                 "UPDATE reservations SET state = 'charged', settled_ms = ?2 WHERE id = ?1",
                 params![id.0, now],
             )?;
-            exec(tx, 
+            exec(
+                tx,
                 "INSERT INTO charges (tenant, reservation_id, task_id, idempotency_key,
                                       tokens, overage_tokens, charged_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -209,13 +212,15 @@ impl Store {
                 ],
             )?;
             match &finish.response {
-                Some(response) => exec(tx, 
+                Some(response) => exec(
+                    tx,
                     "UPDATE idempotency SET state = 'completed', completed_ms = ?2,
                                             response_status = ?3, response_body = ?4
                      WHERE reservation_id = ?1 AND state = 'in_flight'",
                     params![id.0, now, response.status, response.body],
                 )?,
-                None => exec(tx, 
+                None => exec(
+                    tx,
                     "DELETE FROM idempotency WHERE reservation_id = ?1 AND state = 'in_flight'",
                     params![id.0],
                 )?,
@@ -304,18 +309,19 @@ impl Store {
                 [],
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )?;
-            exec(tx, 
+            exec(
+                tx,
                 "UPDATE budgets SET reserved_tokens = reserved_tokens - (
                      SELECT coalesce(sum(tokens), 0) FROM reservations
                      WHERE reservations.tenant = budgets.tenant AND state = 'held')",
                 [],
             )?;
-            exec(tx, 
+            exec(
+                tx,
                 "UPDATE reservations SET state = 'released', settled_ms = ?1 WHERE state = 'held'",
                 [now],
             )?;
-            let abandoned_keys =
-                exec(tx, "DELETE FROM idempotency WHERE state = 'in_flight'", [])?;
+            let abandoned_keys = exec(tx, "DELETE FROM idempotency WHERE state = 'in_flight'", [])?;
 
             // A limit below what was already used is raised to the usage: the
             // CHECK forbids used > limit, and the ledger cannot un-spend.
@@ -336,7 +342,8 @@ impl Store {
                         "configured limit is below the tokens already used; limit set to the usage"
                     );
                 }
-                exec(tx, 
+                exec(
+                    tx,
                     "UPDATE budgets SET limit_tokens = ?2 WHERE tenant = ?1",
                     params![tenant, configured.max(used)],
                 )?;
@@ -371,15 +378,18 @@ fn release(tx: &Transaction<'_>, id: ReservationId, now: i64) -> Result<bool, Tx
     let Some(held) = load_reservation(tx, id)?.filter(|r| r.held) else {
         return Ok(false);
     };
-    exec(tx, 
+    exec(
+        tx,
         "UPDATE reservations SET state = 'released', settled_ms = ?2 WHERE id = ?1",
         params![id.0, now],
     )?;
-    exec(tx, 
+    exec(
+        tx,
         "UPDATE budgets SET reserved_tokens = reserved_tokens - ?2 WHERE tenant = ?1",
         params![held.tenant, held.tokens],
     )?;
-    exec(tx, 
+    exec(
+        tx,
         "DELETE FROM idempotency WHERE reservation_id = ?1 AND state = 'in_flight'",
         params![id.0],
     )?;
@@ -395,18 +405,15 @@ fn load_reservation(
             "SELECT tenant, task_id, idempotency_key, tokens, state = 'held'
              FROM reservations WHERE id = ?1",
         )?
-        .query_row(
-            [id.0],
-            |row| {
-                Ok(Reservation {
-                    tenant: row.get(0)?,
-                    task_id: row.get(1)?,
-                    key: row.get(2)?,
-                    tokens: row.get(3)?,
-                    held: row.get(4)?,
-                })
-            },
-        )
+        .query_row([id.0], |row| {
+            Ok(Reservation {
+                tenant: row.get(0)?,
+                task_id: row.get(1)?,
+                key: row.get(2)?,
+                tokens: row.get(3)?,
+                held: row.get(4)?,
+            })
+        })
         .optional()?)
 }
 
@@ -415,16 +422,13 @@ fn load_budget(conn: &rusqlite::Connection, tenant: &str) -> Result<Option<Budge
         .prepare_cached(
             "SELECT limit_tokens, used_tokens, reserved_tokens FROM budgets WHERE tenant = ?1",
         )?
-        .query_row(
-            [tenant],
-            |row| {
-                Ok(Budget {
-                    limit: row.get(0)?,
-                    used: row.get(1)?,
-                    reserved: row.get(2)?,
-                })
-            },
-        )
+        .query_row([tenant], |row| {
+            Ok(Budget {
+                limit: row.get(0)?,
+                used: row.get(1)?,
+                reserved: row.get(2)?,
+            })
+        })
         .optional()?)
 }
 
@@ -439,18 +443,15 @@ fn load_record(
                     response_status, response_body
              FROM idempotency WHERE tenant = ?1 AND key = ?2",
         )?
-        .query_row(
-            [tenant, key],
-            |row| {
-                Ok(Record {
-                    fingerprint: row.get(0)?,
-                    completed: row.get(1)?,
-                    reservation: ReservationId(row.get(2)?),
-                    created_ms: row.get(3)?,
-                    status: row.get(4)?,
-                    body: row.get(5)?,
-                })
-            },
-        )
+        .query_row([tenant, key], |row| {
+            Ok(Record {
+                fingerprint: row.get(0)?,
+                completed: row.get(1)?,
+                reservation: ReservationId(row.get(2)?),
+                created_ms: row.get(3)?,
+                status: row.get(4)?,
+                body: row.get(5)?,
+            })
+        })
         .optional()?)
 }
