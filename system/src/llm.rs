@@ -103,6 +103,17 @@ impl AttemptError {
         }
     }
 
+    /// What happened, without addresses or library error text: safe to
+    /// show a client, who has no business learning the provider's URL.
+    pub fn summary(&self) -> String {
+        match self {
+            AttemptError::Connect(_) => "connection failed".to_owned(),
+            AttemptError::Timeout(d) => format!("timed out after {}ms", d.as_millis()),
+            AttemptError::Status { status, .. } => format!("status {status}"),
+            AttemptError::Body(_) => "response body broke off".to_owned(),
+        }
+    }
+
     /// A short label for metrics.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -163,6 +174,22 @@ pub enum LlmError {
 }
 
 impl LlmError {
+    /// The message for a client: like `Display`, but the last attempt's
+    /// failure is summarised (see [`AttemptError::summary`]).
+    pub fn client_detail(&self) -> String {
+        match self {
+            LlmError::Exhausted {
+                provider,
+                attempts,
+                last,
+            } => format!(
+                "provider {provider} failed after {attempts} attempts: {}",
+                last.summary()
+            ),
+            other => other.to_string(),
+        }
+    }
+
     /// A short label for metrics.
     pub fn reason(&self) -> &'static str {
         match self {

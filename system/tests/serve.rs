@@ -156,6 +156,11 @@ async fn serve_answers_tasks_replays_keys_reports_readiness_and_stops_on_sigterm
     provider.stop().await;
     let failed = post_task(&base, None).await;
     assert_eq!(failed.status(), 502);
+    let failed: Value = failed.json().await.unwrap();
+    assert_eq!(
+        failed["detail"], "provider primary failed after 1 attempts: connection failed",
+        "no provider address reaches the client"
+    );
     assert_eq!(status_of(&format!("{base}/health/ready")).await, 503);
     assert_eq!(status_of(&format!("{base}/health/live")).await, 200);
     let fast = post_task(&base, None).await;

@@ -182,6 +182,10 @@ async fn transient_failures_are_retried_and_client_errors_are_not() {
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text);
     assert_eq!(r.json["type"], problem_type("llm-rejected"));
     assert_eq!(r.json["upstream_status"], 400);
+    assert_eq!(
+        r.json["detail"],
+        "provider primary refused the request with status 400"
+    );
     assert_eq!(provider.calls().len(), 4, "a 400 is not retried");
     eventually(
         "the reservation is released",

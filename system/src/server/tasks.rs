@@ -386,7 +386,7 @@ pub fn store_problem(e: StoreError) -> Problem {
 /// An LLM failure as a response.
 fn llm_problem(e: LlmError) -> Problem {
     tracing::warn!(error = %e, "llm call failed");
-    let detail = e.to_string();
+    let detail = e.client_detail();
     match e {
         LlmError::Unavailable { retry_after } => {
             Problem::unavailable("llm-circuit-open", detail).retry_after(retry_after)
