@@ -307,11 +307,7 @@ impl LlmClient {
         self.providers
             .iter()
             .map(|p| {
-                let state = p.breaker.state(now);
-                self.metrics
-                    .breaker_state
-                    .with_label_values(&[p.config.name.as_str()])
-                    .set(i64::from(state.code()));
+                let state = self.observe_breaker(p, now);
                 (p.config.name.clone(), state, p.breaker.retry_after(now))
             })
             .collect()
@@ -323,19 +319,22 @@ impl LlmClient {
     /// call at once.
     pub async fn complete(&self, request: &ChatRequest<'_>) -> Result<Completion, LlmError> {
         let started = Instant::now();
+        let result = self.try_providers(request).await;
+        self.metrics
+            .llm_duration
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn try_providers(&self, request: &ChatRequest<'_>) -> Result<Completion, LlmError> {
         let mut attempts = 0;
         let mut last_error = None;
         let mut soonest_probe: Option<Duration> = None;
         for provider in &self.providers {
             let outcome = self.call(provider, request, &mut attempts).await;
-            self.observe_breaker(provider);
+            self.observe_breaker(provider, Instant::now());
             match outcome {
-                Ok(completion) => {
-                    self.metrics
-                        .llm_duration
-                        .observe(started.elapsed().as_secs_f64());
-                    return Ok(completion);
-                }
+                Ok(completion) => return Ok(completion),
                 Err(CallError::BreakerOpen(wait)) => {
                     self.metrics
                         .breaker_rejections
@@ -357,9 +356,6 @@ impl LlmClient {
                 }
             }
         }
-        self.metrics
-            .llm_duration
-            .observe(started.elapsed().as_secs_f64());
         Err(match (last_error, soonest_probe) {
             (Some(e), _) => e,
             (None, Some(retry_after)) => LlmError::Unavailable { retry_after },
@@ -371,11 +367,14 @@ impl LlmClient {
         })
     }
 
-    fn observe_breaker(&self, provider: &Provider) {
+    /// The provider's breaker state, also written to its gauge.
+    fn observe_breaker(&self, provider: &Provider, now: Instant) -> breaker::State {
+        let state = provider.breaker.state(now);
         self.metrics
             .breaker_state
             .with_label_values(&[provider.config.name.as_str()])
-            .set(i64::from(provider.breaker.state(Instant::now()).code()));
+            .set(i64::from(state.code()));
+        state
     }
 
     /// One provider's retry loop.

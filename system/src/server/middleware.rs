@@ -230,9 +230,9 @@ pub async fn authorize(
         let route = req
             .extensions()
             .get::<MatchedPath>()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_default();
-        match auth::route_permission(req.method().as_str(), &route) {
+            .map(MatchedPath::as_str);
+        let needed = route.and_then(|r| auth::route_permission(req.method().as_str(), r));
+        match needed {
             Some(permission) if principal.can(permission) => {
                 req.extensions_mut().insert(principal);
                 next.run(req).await
