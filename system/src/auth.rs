@@ -210,6 +210,13 @@ fn quota(rate: RateLimitConfig) -> Quota {
 pub const ROUTE_PERMISSIONS: &[(&str, &str, Permission)] = &[
     ("POST", "/v1/tasks", Permission::TasksCreate),
     ("GET", "/v1/budgets/{tenant}", Permission::BudgetRead),
+    ("POST", "/v1/jobs", Permission::JobsCreate),
+    ("GET", "/v1/jobs", Permission::JobsRead),
+    ("GET", "/v1/jobs/{id}", Permission::JobsRead),
+    ("GET", "/v1/dlq", Permission::DlqRead),
+    ("POST", "/v1/dlq/{id}/replay", Permission::DlqReplay),
+    ("GET", "/v1/audit", Permission::AuditRead),
+    ("GET", "/v1/audit/verify", Permission::AuditRead),
 ];
 
 /// The permission `method` on `route` needs, if the route is in the table.

@@ -94,10 +94,10 @@ pub fn config_validate(
 }
 
 fn plural(n: usize, word: &str) -> String {
-    if n == 1 {
-        format!("1 {word}")
-    } else {
-        format!("{n} {word}s")
+    match (n, word.strip_suffix('y')) {
+        (1, _) => format!("1 {word}"),
+        (_, Some(stem)) => format!("{n} {stem}ies"),
+        (_, None) => format!("{n} {word}s"),
     }
 }
 
@@ -106,6 +106,62 @@ pub fn config_schema(out: &mut dyn Write) -> io::Result<u8> {
     serde_json::to_writer_pretty(&mut *out, &config::json_schema())?;
     writeln!(out)?;
     Ok(EXIT_OK)
+}
+
+/// Arguments of `audit verify`.
+#[derive(Clone, Debug)]
+pub struct AuditVerifyArgs {
+    /// The database file.
+    pub db: PathBuf,
+    /// Output format.
+    pub format: Format,
+}
+
+/// Verifies a database's audit chain offline (read-only; the service may be
+/// running). Returns [`EXIT_OK`] when it is intact, [`EXIT_CHECK_FAILED`]
+/// when an entry does not verify (naming the first), and [`EXIT_BAD_INPUT`]
+/// when the file cannot be read or holds no audit log.
+pub fn audit_verify(
+    args: &AuditVerifyArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> io::Result<u8> {
+    let verification = match crate::store::verify_audit_file(&args.db) {
+        Ok(v) => v,
+        Err(e) => {
+            writeln!(err, "error: {e}")?;
+            return Ok(EXIT_BAD_INPUT);
+        }
+    };
+    let name = args.db.display();
+    match args.format {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut *out, &verification)?;
+            writeln!(out)?;
+        }
+        Format::Text => match (&verification.first_bad_seq, &verification.reason) {
+            (Some(seq), reason) => writeln!(
+                out,
+                "{name}: audit log tampered: entry {seq} does not verify: {} ({} entries read)",
+                reason.as_deref().unwrap_or("unknown reason"),
+                verification.entries
+            )?,
+            (None, _) => writeln!(
+                out,
+                "{name}: audit log intact ({}, head hash {})",
+                plural(
+                    usize::try_from(verification.entries).unwrap_or(usize::MAX),
+                    "entry"
+                ),
+                verification.head_hash
+            )?,
+        },
+    }
+    Ok(if verification.ok {
+        EXIT_OK
+    } else {
+        EXIT_CHECK_FAILED
+    })
 }
 
 /// Arguments of `serve`.

@@ -2,6 +2,7 @@
 //! Gauntlet battle-tests. This crate holds the service and its command line;
 //! see ARCHITECTURE.md for the map.
 
+pub mod audit;
 pub mod auth;
 pub mod breaker;
 pub mod cli;

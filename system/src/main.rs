@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use orchestrator::cli::{self, Format, ServeArgs, ValidateArgs};
+use orchestrator::cli::{self, AuditVerifyArgs, Format, ServeArgs, ValidateArgs};
 use orchestrator::config::Level;
 
 /// The hardened LLM agent orchestration service that Gauntlet battle-tests.
@@ -40,6 +40,27 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Inspect the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the hash chain of a database's audit log, offline and read-only
+    /// (the service may keep running). Exits 0 when intact, 1 when an entry
+    /// was altered, removed or reordered (the first one is named), 2 when the
+    /// file cannot be read or has no audit log.
+    Verify {
+        /// The orchestrator's SQLite database (`storage.sqlite.path`).
+        #[arg(long)]
+        db: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
 }
 
@@ -103,6 +124,13 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Schema,
         } => cli::config_schema(&mut stdout.lock()),
+        Command::Audit {
+            command: AuditCommand::Verify { db, format },
+        } => cli::audit_verify(
+            &AuditVerifyArgs { db, format },
+            &mut stdout.lock(),
+            &mut stderr.lock(),
+        ),
     };
     match result {
         Ok(code) => ExitCode::from(code),

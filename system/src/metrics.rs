@@ -2,8 +2,8 @@
 //! that several instances in one test process never mix their numbers.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the service exports. Label values come from the
@@ -44,7 +44,29 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     /// `llm_call_duration_seconds`: one whole LLM call, retries included.
     pub llm_duration: Histogram,
+    /// `jobs{state}`: jobs by state, refreshed from the store on each scrape.
+    pub jobs: IntGaugeVec,
+    /// `jobs_queue_depth`: jobs waiting for a worker (refreshed on each scrape).
+    pub jobs_queue_depth: IntGauge,
+    /// `dlq_size`: jobs in the dead-letter queue (refreshed on each scrape).
+    pub dlq_size: IntGauge,
+    /// `jobs_submitted_total`: jobs accepted (202, not replays).
+    pub jobs_submitted: IntCounter,
+    /// `jobs_rejected_total{reason}`: submissions refused (`queue_full`, ...).
+    pub jobs_rejected: IntCounterVec,
+    /// `job_attempts_total{outcome}`: how attempts ended (`succeeded`,
+    /// `retrying`, `dead`, `lease_lost`, `released`).
+    pub job_attempts: IntCounterVec,
+    /// `job_lease_reclaims_total`: leases taken back after they expired.
+    pub job_lease_reclaims: IntCounter,
+    /// `job_duration_seconds`: from submission to success.
+    pub job_duration: Histogram,
 }
+
+/// Job latency buckets in seconds: jobs queue and retry, so they span minutes.
+const JOB_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+];
 
 /// Latency buckets in seconds: fine below 100 ms, where a healthy service
 /// lives, and coarse up to the longest request timeout worth measuring.
@@ -90,7 +112,47 @@ impl Metrics {
         )
         .unwrap_or_else(|e| unreachable!("metric idempotent_replays_total: {e}"));
         register(&registry, Box::new(idempotent_replays.clone()));
+        let plain_counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help)
+                .unwrap_or_else(|e| unreachable!("metric {name} is malformed: {e}"));
+            register(&registry, Box::new(c.clone()));
+            c
+        };
+        let plain_gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help)
+                .unwrap_or_else(|e| unreachable!("metric {name} is malformed: {e}"));
+            register(&registry, Box::new(g.clone()));
+            g
+        };
+        let job_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "job_duration_seconds",
+                "Job latency from submission to success, retries and queueing included.",
+            )
+            .buckets(JOB_BUCKETS.to_vec()),
+        )
+        .unwrap_or_else(|e| unreachable!("metric job_duration_seconds: {e}"));
+        register(&registry, Box::new(job_duration.clone()));
         Metrics {
+            jobs: gauge("jobs", "Jobs by state.", &["state"]),
+            jobs_queue_depth: plain_gauge("jobs_queue_depth", "Jobs waiting for a worker."),
+            dlq_size: plain_gauge("dlq_size", "Jobs in the dead-letter queue."),
+            jobs_submitted: plain_counter("jobs_submitted_total", "Jobs accepted."),
+            jobs_rejected: counter(
+                "jobs_rejected_total",
+                "Job submissions refused, by reason.",
+                &["reason"],
+            ),
+            job_attempts: counter(
+                "job_attempts_total",
+                "Job attempts by how they ended.",
+                &["outcome"],
+            ),
+            job_lease_reclaims: plain_counter(
+                "job_lease_reclaims_total",
+                "Job leases taken back after they expired (a worker crashed or stalled).",
+            ),
+            job_duration,
             http_requests: counter(
                 "http_requests_total",
                 "Requests by route, method and status.",

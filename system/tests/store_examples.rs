@@ -73,6 +73,7 @@ fn finish(reservation: ReservationId, charge: u64, body: &[u8]) -> FinishTask {
     FinishTask {
         reservation,
         charge_tokens: charge,
+        actor: "test".into(),
         response: Some(StoredResponse {
             status: 201,
             body: body.to_vec(),
@@ -286,6 +287,7 @@ fn finishing_without_a_response_releases_the_key() {
         .finish_task(&FinishTask {
             reservation: id,
             charge_tokens: 5,
+            actor: "test".into(),
             response: None,
         })
         .unwrap();

@@ -414,6 +414,7 @@ impl StateMachineTest for LedgerMachine {
                     .finish_task(&FinishTask {
                         reservation: sut.ids[index],
                         charge_tokens: charge,
+                        actor: "test".into(),
                         response: Some(StoredResponse {
                             status: 200,
                             body: Model::body(index),

@@ -135,12 +135,16 @@ impl<'a> Arbitrary<'a> for Config {
             tenants.insert(tenant, u.int_in_range(1..=1_000_000_000_000)?);
         }
         let lease = millis(u, 2, 3_600_000)?;
+        let retry_max_delay = millis(u, 1, 3_600_000)?;
+        let retry_initial_delay = millis(u, 1, retry_max_delay.as_millis() as u64)?;
         let jobs = JobsConfig {
             workers: u.int_in_range(1..=256)?,
             queue_capacity: u.int_in_range(1..=1_000_000)?,
             max_attempts: u.int_in_range(1..=100)?,
             lease,
             heartbeat_interval: millis(u, 1, lease.as_millis() as u64 - 1)?,
+            retry_initial_delay,
+            retry_max_delay,
         };
         let storage = if u.arbitrary()? {
             StorageConfig::Sqlite {

@@ -125,6 +125,10 @@ pub struct JobsConfig {
     pub lease: Duration,
     /// Heartbeat period, greater than zero and shorter than `lease`.
     pub heartbeat_interval: Duration,
+    /// Backoff before a failed job's second attempt, at most `retry_max_delay`.
+    pub retry_initial_delay: Duration,
+    /// Longest backoff between attempts.
+    pub retry_max_delay: Duration,
 }
 
 /// Where state lives.
@@ -320,6 +324,8 @@ pub(super) fn to_raw(c: &Config) -> super::raw::RawConfig {
             max_attempts: Some(c.jobs.max_attempts),
             lease: duration(c.jobs.lease),
             heartbeat_interval: duration(c.jobs.heartbeat_interval),
+            retry_initial_delay: duration(c.jobs.retry_initial_delay),
+            retry_max_delay: duration(c.jobs.retry_max_delay),
         }),
         storage: Some(storage),
         security: Some(RawSecurity {

@@ -209,7 +209,7 @@ pub struct RawJobs {
     /// Concurrent workers: 1 to 256. Default 4.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<u32>,
-    /// Queued jobs beyond which submissions get 503: 1 to 1000000. Default 1000.
+    /// Queued and running jobs beyond which submissions get 503: 1 to 1000000. Default 1000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_capacity: Option<u32>,
     /// Attempts before a job goes to the dead-letter queue: 1 to 100. Default 5.
@@ -221,6 +221,14 @@ pub struct RawJobs {
     /// How often a worker renews its lease, shorter than `lease`. Default `10s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_interval: Option<DurationText>,
+    /// Pause before a failed job's second attempt; it doubles with each further
+    /// attempt (with full jitter) up to `retry_max_delay`. Default `1s`, at most `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_initial_delay: Option<DurationText>,
+    /// Longest pause between two attempts of a job, at least `retry_initial_delay`.
+    /// Default `1m`, at most `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_max_delay: Option<DurationText>,
 }
 
 /// Where state lives: exactly one of `sqlite` or `redis`.

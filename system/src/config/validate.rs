@@ -618,6 +618,32 @@ impl<'a> Validator<'a> {
             );
             heartbeat_interval = corrected;
         }
+        let mut retry_initial_delay = self.duration(
+            "jobs.retry_initial_delay",
+            raw.retry_initial_delay.as_ref(),
+            Duration::from_secs(1),
+            hour,
+        );
+        let retry_max_delay = self.duration(
+            "jobs.retry_max_delay",
+            raw.retry_max_delay.as_ref(),
+            Duration::from_secs(60),
+            hour,
+        );
+        if retry_initial_delay > retry_max_delay {
+            self.report(
+                Rule::Constraint,
+                Code::Conflict,
+                "jobs.retry_initial_delay",
+                format!(
+                    "retry_initial_delay {} is longer than retry_max_delay {}{}",
+                    format_duration(retry_initial_delay),
+                    format_duration(retry_max_delay),
+                    self.fallback(format_duration(retry_max_delay)),
+                ),
+            );
+            retry_initial_delay = retry_max_delay;
+        }
         JobsConfig {
             workers: self.range("jobs.workers", raw.workers, 1, 256, 4),
             queue_capacity: self.range(
@@ -630,6 +656,8 @@ impl<'a> Validator<'a> {
             max_attempts: self.range("jobs.max_attempts", raw.max_attempts, 1, 100, 5),
             lease,
             heartbeat_interval,
+            retry_initial_delay,
+            retry_max_delay,
         }
     }
 

@@ -14,6 +14,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::AppState;
+use crate::audit::NewEntry;
 use crate::auth::{self, Principal};
 use crate::problem::Problem;
 
@@ -243,6 +244,7 @@ pub async fn authorize(
                     .auth_failures
                     .with_label_values(&["forbidden"])
                     .inc();
+                audit_denied(&state, &principal, req.method().as_str(), route).await;
                 forbidden(&principal).into_response()
             }
         }
@@ -253,6 +255,21 @@ pub async fn authorize(
             .insert(HeaderName::from_static(name), HeaderValue::from(value));
     }
     response
+}
+
+/// Records an authorisation denied in the audit log before the 403 goes out.
+/// The rate limit has already admitted the request, so a denied caller
+/// cannot flood the log faster than its key's limit.
+async fn audit_denied(state: &AppState, principal: &Principal, method: &str, route: Option<&str>) {
+    let entry = NewEntry::new(
+        principal.key_id.to_string(),
+        "auth.denied",
+        format!("{method} {}", route.unwrap_or("unmatched")),
+        serde_json::json!({"tenant": &*principal.tenant, "role": &*principal.role}),
+    );
+    if let Err(e) = state.store.run(move |s| s.record_audit(entry)).await {
+        tracing::error!(error = %e, "cannot record a denied request in the audit log");
+    }
 }
 
 /// 403 for a principal whose role lacks what the request needs.

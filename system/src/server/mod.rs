@@ -1,25 +1,31 @@
 //! The HTTP service: state, routes, middleware and the serve loop.
 
+mod audit;
+mod jobs;
 mod middleware;
 mod ops;
 mod tasks;
+pub mod worker;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::audit::NewEntry;
 use crate::auth::Auth;
 use crate::config::{Config, StorageConfig};
 use crate::llm::{self, LlmClient, LlmOptions};
 use crate::metrics::Metrics;
 use crate::plan::PlanPolicy;
-use crate::store::{Store, StoreError, StoreOptions};
+use crate::store::{SYSTEM_ACTOR, Store, StoreError, StoreOptions};
 
 pub use tasks::{DEFAULT_MAX_TOKENS, MAX_TOKENS_LIMIT};
 
@@ -37,6 +43,10 @@ pub struct AppState {
     pub plan: PlanPolicy,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// The seed of the service's random choices (given, or drawn at start).
+    pub seed: u64,
+    /// Wakes an idle job worker when a job is submitted or replayed.
+    pub job_wake: Arc<Notify>,
 }
 
 /// Options of a service instance beyond its configuration.
@@ -88,6 +98,21 @@ impl AppState {
             }
         };
         let store = Store::open(&path, &StoreOptions::new(config.budget.clone()))?;
+        let seed = options.seed.unwrap_or_else(rand::random);
+        // Which configuration the service runs with, by digest: the audit log
+        // then shows when it changed, without holding secrets or paths.
+        let digest = hex::encode(Sha256::digest(config.to_yaml().as_bytes()));
+        store.record_audit(NewEntry::new(
+            SYSTEM_ACTOR,
+            "config.loaded",
+            "orchestrator",
+            json!({
+                "config_sha256": digest,
+                "version": env!("CARGO_PKG_VERSION"),
+                "workers": config.jobs.workers,
+                "providers": config.llm.providers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            }),
+        ))?;
         let api_keys = llm::resolve_api_keys(&config.llm, |var| {
             options
                 .env
@@ -98,7 +123,7 @@ impl AppState {
         let llm = LlmClient::new(
             &config.llm,
             LlmOptions {
-                seed: options.seed.unwrap_or_else(rand::random),
+                seed,
                 max_response_bytes: max_response_bytes(config.tasks.max_output_bytes),
                 api_keys,
             },
@@ -110,6 +135,8 @@ impl AppState {
             store,
             llm,
             metrics,
+            seed,
+            job_wake: Arc::new(Notify::new()),
             config,
         }))
     }
@@ -128,6 +155,12 @@ pub fn app(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .route("/v1/tasks", post(tasks::create))
         .route("/v1/budgets/{tenant}", get(ops::budget))
+        .route("/v1/jobs", post(jobs::create).get(jobs::list))
+        .route("/v1/jobs/{id}", get(jobs::get))
+        .route("/v1/dlq", get(jobs::dlq))
+        .route("/v1/dlq/{id}/replay", post(jobs::replay))
+        .route("/v1/audit", get(audit::list))
+        .route("/v1/audit/verify", get(audit::verify))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::authorize,
@@ -154,9 +187,10 @@ pub struct ServeOptions {
     pub app: AppOptions,
 }
 
-/// Serves until `shutdown` completes, then stops accepting, lets in-flight
-/// requests finish for at most `server.shutdown_timeout`, and returns.
-/// Prints `listening on http://ADDR` on stdout once the socket is bound.
+/// Serves until `shutdown` completes, then stops accepting, and within
+/// `server.shutdown_timeout` lets in-flight requests and running job attempts
+/// finish; attempts still running then give their leases back. Prints
+/// `listening on http://ADDR` on stdout once the socket is bound.
 pub async fn serve(
     config: Config,
     options: ServeOptions,
@@ -171,27 +205,52 @@ pub async fn serve(
         .await
         .map_err(|source| StartError::Bind { addr, source })?;
     let local = listener.local_addr().map_err(StartError::Serve)?;
+    let workers = worker::spawn(state.clone());
     announce(local);
-    tracing::info!(addr = %local, "listening");
-    let stopping = Arc::new(Notify::new());
-    let notify = stopping.clone();
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+    tracing::info!(addr = %local, workers = state.config.jobs.workers, "listening");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stop = Arc::new(stop);
+    let signal = stop.clone();
+    tokio::spawn(async move {
         shutdown.await;
         tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down");
-        notify.notify_one();
+        signal.send_replace(true);
     });
-    tokio::select! {
-        result = server => result.map_err(StartError::Serve),
-        () = grace_expired(stopping, grace) => {
-            tracing::warn!("shutdown grace period over; abandoning in-flight requests");
-            Ok(())
+    let mut server_stop = stopped.clone();
+    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+        let _ = server_stop.wait_for(|s| *s).await;
+    });
+    let mut grace_stop = stopped.clone();
+    let requests = async move {
+        // However serving ends (an I/O error included), the workers stop too.
+        let _stop_workers = StopOnDrop(stop);
+        tokio::select! {
+            result = server => result.map_err(StartError::Serve),
+            () = async {
+                let _ = grace_stop.wait_for(|s| *s).await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!("shutdown grace period over; abandoning in-flight requests");
+                Ok(())
+            }
         }
-    }
+    };
+    let mut jobs_stop = stopped;
+    let jobs = async move {
+        let _ = jobs_stop.wait_for(|s| *s).await;
+        workers.shutdown(grace).await;
+    };
+    let (result, ()) = tokio::join!(requests, jobs);
+    result
 }
 
-async fn grace_expired(stopping: Arc<Notify>, grace: Duration) {
-    stopping.notified().await;
-    tokio::time::sleep(grace).await;
+/// Signals shutdown when dropped.
+struct StopOnDrop(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
 }
 
 /// The one line the harness waits for.

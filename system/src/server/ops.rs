@@ -138,8 +138,32 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         return Problem::not_found("metrics are disabled (observability.metrics: false)")
             .into_response();
     }
-    // Refresh the breaker gauges, which otherwise change only on calls.
+    // Refresh the breaker gauges, which otherwise change only on calls, and
+    // the job gauges from the store, which is the truth across restarts.
     state.llm.breakers(Instant::now());
+    match tokio::time::timeout(STORE_PROBE_TIMEOUT, state.store.run(|s| s.job_counts())).await {
+        Ok(Ok(counts)) => {
+            for job_state in crate::store::JobState::ALL {
+                let n = i64::try_from(counts.get(job_state)).unwrap_or(i64::MAX);
+                state
+                    .metrics
+                    .jobs
+                    .with_label_values(&[job_state.as_str()])
+                    .set(n);
+            }
+            state
+                .metrics
+                .jobs_queue_depth
+                .set(i64::try_from(counts.queued).unwrap_or(i64::MAX));
+            state
+                .metrics
+                .dlq_size
+                .set(i64::try_from(counts.dead).unwrap_or(i64::MAX));
+        }
+        // Stale job gauges are better than no metrics while the store fails.
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot refresh job metrics"),
+        Err(_) => tracing::warn!("job metrics: the store did not answer in time"),
+    }
     (
         [(
             header::CONTENT_TYPE,

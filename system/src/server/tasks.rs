@@ -20,7 +20,7 @@ use crate::llm::{self, AttemptError, ChatRequest, LlmError, Usage};
 use crate::plan;
 use crate::problem::{self, Problem};
 use crate::store::{
-    Begin, BeginTask, FinishTask, IdempotencyClaim, ReservationId, Store, StoreError,
+    Begin, BeginTask, Charge, FinishTask, IdempotencyClaim, ReservationId, Store, StoreError,
     StoredResponse,
 };
 
@@ -47,36 +47,11 @@ pub async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let limit = state.config.server.body_limit_bytes;
-    let bytes = read_body(body, &headers, limit).await?;
-    let request: TaskRequest = serde_json::from_slice(&bytes).map_err(|e| {
-        Problem::bad_request(format!(
-            "invalid request body at line {} column {}: {e}",
-            e.line(),
-            e.column()
-        ))
-    })?;
-    if request.prompt.trim().is_empty() {
-        return Err(Problem::bad_request("prompt: must not be empty").with("field", "prompt"));
-    }
-    let max_prompt = state.config.tasks.max_prompt_bytes;
-    if request.prompt.len() as u64 > max_prompt {
-        return Err(Problem::too_large(format!(
-            "prompt: {} bytes is over the limit of {max_prompt} bytes",
-            request.prompt.len()
-        ))
-        .with("field", "prompt"));
-    }
-    let max_tokens = request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
-    if !(1..=MAX_TOKENS_LIMIT).contains(&max_tokens) {
-        return Err(Problem::bad_request(format!(
-            "max_tokens: {max_tokens} is out of range, expected 1 to {MAX_TOKENS_LIMIT}"
-        ))
-        .with("field", "max_tokens"));
-    }
+    let request: TaskRequest = json_body(&state, body, &headers).await?;
+    let max_tokens = check_prompt(&state, &request.prompt, request.max_tokens)?;
     let key = idempotency_key(&headers)?;
     let task_id = uuid::Uuid::now_v7().to_string();
-    let reserve_tokens = u64::from(max_tokens) + prompt_token_bound(&request.prompt);
+    let reserve_tokens = reserve_tokens(&request.prompt, max_tokens);
     let begin = BeginTask {
         tenant: principal.tenant.to_string(),
         task_id: task_id.clone(),
@@ -148,36 +123,16 @@ pub async fn create(
     // drops this future, a client that disconnects, a panic) releases the
     // reservation, unless `finish` commits it first.
     let guard = ReservationGuard::new(state.store.clone(), reservation);
-    let completion = state
-        .llm
-        .complete(&ChatRequest {
-            prompt: &request.prompt,
-            max_tokens,
-            tools: &state.config.tasks.allowed_tools,
-            request_id: &request_id,
-            idempotency_key: &task_id,
-        })
+    let executed = execute(&state, &request.prompt, max_tokens, &request_id, &task_id)
         .await
         .map_err(llm_problem)?;
-    // The provider did the work, so its reported usage is charged whether
-    // or not the output is usable. Without a report, the reservation is.
-    let usage = completion.usage.unwrap_or(Usage {
-        prompt_tokens: 0,
-        completion_tokens: 0,
-        total_tokens: reserve_tokens,
-    });
-    let (status, body) = match plan::validate(&completion.content, &state.plan) {
+    let usage = executed.usage;
+    let (status, body) = match executed.output {
         Ok(output) => (
             StatusCode::OK,
             json!({"id": task_id, "output": output, "usage": usage}),
         ),
         Err(e) => {
-            state
-                .metrics
-                .output_rejected
-                .with_label_values(&[e.reason()])
-                .inc();
-            tracing::warn!(task_id, reason = e.reason(), error = %e, "llm output rejected");
             let problem = Problem::new(
                 StatusCode::BAD_GATEWAY,
                 "llm-output-invalid",
@@ -192,10 +147,103 @@ pub async fn create(
     };
     let body = body.to_string().into_bytes();
     let charge = guard
-        .finish(usage.total_tokens, status.as_u16(), body.clone())
+        .finish(
+            usage.total_tokens,
+            &principal.key_id,
+            Some(StoredResponse {
+                status: status.as_u16(),
+                body: body.clone(),
+            }),
+        )
         .await
         .map_err(store_problem)?;
-    let tenant: &str = &principal.tenant;
+    record_charge(&state, &principal.tenant, &charge);
+    Ok(stored_response(status.as_u16(), body))
+}
+
+/// Checks a prompt and `max_tokens` (tasks and jobs alike) and returns the
+/// effective `max_tokens`.
+pub(super) fn check_prompt(
+    state: &AppState,
+    prompt: &str,
+    max_tokens: Option<u32>,
+) -> Result<u32, Problem> {
+    if prompt.trim().is_empty() {
+        return Err(Problem::bad_request("prompt: must not be empty").with("field", "prompt"));
+    }
+    let max_prompt = state.config.tasks.max_prompt_bytes;
+    if prompt.len() as u64 > max_prompt {
+        return Err(Problem::too_large(format!(
+            "prompt: {} bytes is over the limit of {max_prompt} bytes",
+            prompt.len()
+        ))
+        .with("field", "prompt"));
+    }
+    let max_tokens = max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
+    if !(1..=MAX_TOKENS_LIMIT).contains(&max_tokens) {
+        return Err(Problem::bad_request(format!(
+            "max_tokens: {max_tokens} is out of range, expected 1 to {MAX_TOKENS_LIMIT}"
+        ))
+        .with("field", "max_tokens"));
+    }
+    Ok(max_tokens)
+}
+
+/// Tokens to reserve for a prompt: `max_tokens` plus an upper bound on the
+/// prompt's own tokens.
+pub(super) fn reserve_tokens(prompt: &str, max_tokens: u32) -> u64 {
+    u64::from(max_tokens) + prompt_token_bound(prompt)
+}
+
+/// What the model produced: its output, validated or rejected, and the usage
+/// to charge either way.
+pub(super) struct Executed {
+    /// The validated action plan, or why it was rejected.
+    pub output: Result<plan::ActionPlan, plan::PlanError>,
+    /// The provider's reported usage, or the reservation when it reported none.
+    pub usage: Usage,
+}
+
+/// The part of a task that tasks and jobs share: the LLM call (providers,
+/// breakers, retries) and the validation of its output.
+pub(super) async fn execute(
+    state: &AppState,
+    prompt: &str,
+    max_tokens: u32,
+    request_id: &str,
+    idempotency_key: &str,
+) -> Result<Executed, LlmError> {
+    let completion = state
+        .llm
+        .complete(&ChatRequest {
+            prompt,
+            max_tokens,
+            tools: &state.config.tasks.allowed_tools,
+            request_id,
+            idempotency_key,
+        })
+        .await?;
+    // The provider did the work, so its reported usage is charged whether
+    // or not the output is usable. Without a report, the reservation is.
+    let usage = completion.usage.unwrap_or(Usage {
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        total_tokens: reserve_tokens(prompt, max_tokens),
+    });
+    let output = plan::validate(&completion.content, &state.plan);
+    if let Err(e) = &output {
+        state
+            .metrics
+            .output_rejected
+            .with_label_values(&[e.reason()])
+            .inc();
+        tracing::warn!(reason = e.reason(), error = %e, "llm output rejected");
+    }
+    Ok(Executed { output, usage })
+}
+
+/// Updates the budget metrics after a committed charge.
+pub(super) fn record_charge(state: &AppState, tenant: &str, charge: &Charge) {
     state
         .metrics
         .tokens_charged
@@ -218,7 +266,6 @@ pub async fn create(
         .budget_remaining
         .with_label_values(&[tenant])
         .set(i64::try_from(charge.remaining).unwrap_or(i64::MAX));
-    Ok(stored_response(status.as_u16(), body))
 }
 
 /// A response as stored for idempotent replay: success bodies are JSON, the
@@ -237,9 +284,30 @@ fn stored_response(status: u16, body: Vec<u8>) -> Response {
     response
 }
 
+/// Reads the body within `server.body_limit` and parses it as JSON, naming
+/// the line and column of a syntax error or unknown field.
+pub(super) async fn json_body<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    body: Body,
+    headers: &HeaderMap,
+) -> Result<T, Problem> {
+    let bytes = read_body(body, headers, state.config.server.body_limit_bytes).await?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Problem::bad_request(format!(
+            "invalid request body at line {} column {}: {e}",
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
 /// Reads the body, refusing more than `limit` bytes: at once when
 /// `Content-Length` says so, else as soon as the stream passes it.
-async fn read_body(body: Body, headers: &HeaderMap, limit: u64) -> Result<Bytes, Problem> {
+pub(super) async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: u64,
+) -> Result<Bytes, Problem> {
     let too_large = || {
         Problem::too_large(format!(
             "the request body is over the limit of {limit} bytes"
@@ -268,7 +336,7 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: u64) -> Result<Bytes,
 }
 
 /// The `Idempotency-Key` header: absent, or 1 to 128 visible ASCII characters.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     let mut values = headers.get_all("idempotency-key").iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -310,40 +378,61 @@ fn prompt_token_bound(prompt: &str) -> u64 {
     (prompt.len() + llm::SYSTEM_PROMPT.len()) as u64 + FRAMING_TOKENS
 }
 
-/// Releases a reservation when dropped, unless it was finished.
-struct ReservationGuard {
+/// Releases a reservation when dropped, unless it was settled: every way out
+/// of a handler or a job attempt (an error, a timeout that drops the future, a
+/// client that disconnects, a panic) gives the tokens back.
+pub(super) struct ReservationGuard {
     store: Store,
     reservation: Option<ReservationId>,
 }
 
 impl ReservationGuard {
-    fn new(store: Store, reservation: ReservationId) -> ReservationGuard {
+    /// Guards `reservation`.
+    pub(super) fn new(store: Store, reservation: ReservationId) -> ReservationGuard {
         ReservationGuard {
             store,
             reservation: Some(reservation),
         }
     }
 
-    /// Commits the charge and stores the response, in one transaction.
+    /// Commits the charge and stores the response under the task's key, in
+    /// one transaction.
     async fn finish(
-        mut self,
+        self,
         charge_tokens: u64,
-        status: u16,
-        body: Vec<u8>,
-    ) -> Result<crate::store::Charge, StoreError> {
-        let Some(reservation) = self.reservation.take() else {
-            return Ok(crate::store::Charge::default());
+        actor: &str,
+        response: Option<StoredResponse>,
+    ) -> Result<Charge, StoreError> {
+        let actor = actor.to_owned();
+        self.settle(move |s, reservation| {
+            s.finish_task(&FinishTask {
+                reservation,
+                charge_tokens,
+                actor,
+                response,
+            })
+        })
+        .await
+    }
+
+    /// Runs `work`, which settles the reservation in a store transaction of
+    /// its own (a charge, or a release together with another change). If that
+    /// transaction fails, the reservation is still held, and the guard releases
+    /// it rather than leave it to the next restart.
+    pub(super) async fn settle<T, F>(mut self, work: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Store, ReservationId) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let Some(reservation) = self.reservation else {
+            return Err(StoreError::Task {
+                path: self.store.path().to_path_buf(),
+                message: "reservation already settled".to_owned(),
+            });
         };
-        let finish = FinishTask {
-            reservation,
-            charge_tokens,
-            response: Some(StoredResponse { status, body }),
-        };
-        let result = self.store.run(move |s| s.finish_task(&finish)).await;
-        if result.is_err() {
-            // The commit failed, so the reservation is still held: give it
-            // back rather than leave it to the next restart.
-            self.reservation = Some(reservation);
+        let result = self.store.run(move |s| work(s, reservation)).await;
+        if result.is_ok() {
+            self.reservation = None;
         }
         result
     }
@@ -384,7 +473,7 @@ pub fn store_problem(e: StoreError) -> Problem {
 }
 
 /// An LLM failure as a response.
-fn llm_problem(e: LlmError) -> Problem {
+pub(super) fn llm_problem(e: LlmError) -> Problem {
     tracing::warn!(error = %e, "llm call failed");
     let detail = e.client_detail();
     match e {
@@ -509,7 +598,11 @@ mod tests {
     async fn a_finished_reservation_is_charged_once_and_not_released() {
         let store = store("finish");
         let guard = ReservationGuard::new(store.clone(), begin(&store, "k"));
-        let charge = guard.finish(42, 200, b"{}".to_vec()).await.unwrap();
+        let response = StoredResponse {
+            status: 200,
+            body: b"{}".to_vec(),
+        };
+        let charge = guard.finish(42, "dev", Some(response)).await.unwrap();
         assert_eq!(charge.charged, 42);
         let budget = store.budget("t").unwrap();
         assert_eq!((budget.used_tokens, budget.reserved_tokens), (42, 0));

@@ -123,6 +123,14 @@ pub enum StoreError {
         reservation: ReservationId,
     },
 
+    /// The file opened for audit verification holds no audit log: it is not
+    /// an orchestrator database, or one from before the audit log existed.
+    #[error("database {} has no audit log (tables audit and audit_head)", .path.display())]
+    NoAuditLog {
+        /// The database file.
+        path: PathBuf,
+    },
+
     /// A blocking store task did not complete (it panicked or the runtime is
     /// shutting down).
     #[error("store task on database {} did not complete: {message}", .path.display())]

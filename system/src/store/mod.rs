@@ -32,7 +32,9 @@
 //! Settling a reservation twice does nothing the second time, so a drop guard
 //! may always call `abort_task`.
 
+mod audit;
 mod error;
+mod jobs;
 mod schema;
 mod tasks;
 
@@ -47,7 +49,12 @@ use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
 
 use crate::config::BudgetConfig;
 
+pub use audit::{
+    AuditEntry, MAX_AUDIT_PAGE, verify_connection as verify_audit_connection,
+    verify_file as verify_audit_file,
+};
 pub use error::StoreError;
+pub use jobs::*;
 
 /// The longest pause between two busy retries, however many attempts are
 /// configured: beyond it, waiting longer only delays the error.
@@ -100,6 +107,10 @@ pub struct Recovery {
     /// limit was set to their usage instead (remaining 0), since the ledger
     /// cannot un-spend tokens.
     pub clamped_limits: u64,
+    /// Running jobs whose worker died with the previous process, queued again.
+    pub requeued_jobs: u64,
+    /// Running jobs that were on their last attempt, now in the dead-letter queue.
+    pub dead_jobs: u64,
 }
 
 /// A reservation's id, handed out by [`Store::begin_task`]. Ids are never
@@ -186,6 +197,8 @@ pub struct FinishTask {
     pub reservation: ReservationId,
     /// The usage the provider reported; may exceed the reservation.
     pub charge_tokens: u64,
+    /// Who the audit log names: the API key id.
+    pub actor: String,
     /// The response to replay for the task's idempotency key. `None` releases
     /// the key instead (the client may retry; this charge stands).
     pub response: Option<StoredResponse>,
@@ -345,7 +358,13 @@ impl Store {
             }),
         };
         store.migrate()?;
-        let recovery = store.recover()?;
+        let mut recovery = store.recover()?;
+        for job in store.reclaim_all_jobs(now_ms())? {
+            match job.now {
+                JobState::Dead => recovery.dead_jobs += 1,
+                _ => recovery.requeued_jobs += 1,
+            }
+        }
         if recovery != Recovery::default() {
             tracing::warn!(
                 path = %store.inner.path.display(),
@@ -353,6 +372,8 @@ impl Store {
                 released_tokens = recovery.released_tokens,
                 abandoned_keys = recovery.abandoned_keys,
                 clamped_limits = recovery.clamped_limits,
+                requeued_jobs = recovery.requeued_jobs,
+                dead_jobs = recovery.dead_jobs,
                 "store recovered state left by the previous process"
             );
         }
@@ -588,8 +609,8 @@ fn from_db(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
-/// Now, in Unix milliseconds.
-fn now_ms() -> i64 {
+/// Now, in Unix milliseconds: the clock the store's callers pass in.
+pub fn now_ms() -> i64 {
     let since_epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO);

@@ -14,7 +14,8 @@ pub(crate) struct Migration {
 }
 
 /// Every migration, oldest first.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
+pub(crate) const MIGRATIONS: &[Migration] = &[
+Migration {
     version: 1,
     // Token amounts are INTEGER (i64): the store clamps u64 inputs to i64::MAX.
     // Times are Unix milliseconds. STRICT tables reject values of the wrong type.
@@ -75,6 +76,70 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             charged_ms      INTEGER NOT NULL
         ) STRICT;
         CREATE INDEX charges_tenant ON charges (tenant, id);
+    ",
+}, Migration {
+    version: 2,
+    sql: "
+        -- Exactly one charge per task id. Tasks get fresh ids; every attempt
+        -- of a job reserves under the job's id, so this index is what makes a
+        -- job that ran twice (a reclaimed lease) impossible to charge twice.
+        CREATE UNIQUE INDEX charges_task ON charges (task_id);
+
+        -- Durable jobs. `num` orders them by submission; `lease_seq` counts
+        -- leases and fences workers: a worker's completion, failure or
+        -- heartbeat only applies while the job still carries its lease_seq.
+        CREATE TABLE jobs (
+            num              INTEGER PRIMARY KEY AUTOINCREMENT,
+            id               TEXT    NOT NULL UNIQUE,
+            tenant           TEXT    NOT NULL,
+            idempotency_key  TEXT,
+            fingerprint      BLOB    CHECK (fingerprint IS NULL OR length(fingerprint) = 32),
+            prompt           TEXT    NOT NULL,
+            max_tokens       INTEGER NOT NULL CHECK (max_tokens > 0),
+            webhook          TEXT,
+            state            TEXT    NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'dead')),
+            attempts         INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+            max_attempts     INTEGER NOT NULL CHECK (max_attempts > 0),
+            run_after_ms     INTEGER NOT NULL,
+            lease_seq        INTEGER NOT NULL DEFAULT 0,
+            lease_owner      TEXT,
+            lease_expires_ms INTEGER,
+            last_error       TEXT,
+            output           TEXT,
+            charged_tokens   INTEGER CHECK (charged_tokens IS NULL OR charged_tokens >= 0),
+            created_ms       INTEGER NOT NULL,
+            updated_ms       INTEGER NOT NULL,
+            finished_ms      INTEGER,
+            UNIQUE (tenant, idempotency_key),
+            CHECK ((idempotency_key IS NULL) = (fingerprint IS NULL)),
+            CHECK ((state = 'running') = (lease_expires_ms IS NOT NULL)),
+            CHECK ((state = 'succeeded') = (output IS NOT NULL)),
+            CHECK ((state IN ('succeeded', 'dead')) = (finished_ms IS NOT NULL))
+        ) STRICT;
+        CREATE INDEX jobs_ready ON jobs (run_after_ms, num) WHERE state = 'queued';
+        CREATE INDEX jobs_leased ON jobs (lease_expires_ms) WHERE state = 'running';
+        CREATE INDEX jobs_tenant_state ON jobs (tenant, state, num);
+
+        -- The hash-chained audit log (see crate::audit for the hash). Rows are
+        -- only ever inserted. `audit_head` holds the last seq and hash, written
+        -- in the same transaction as each entry, so that a truncated or edited
+        -- tail is detected too.
+        CREATE TABLE audit (
+            seq       INTEGER PRIMARY KEY,
+            ts_ms     INTEGER NOT NULL,
+            actor     TEXT    NOT NULL,
+            action    TEXT    NOT NULL,
+            subject   TEXT    NOT NULL,
+            details   TEXT    NOT NULL,
+            prev_hash BLOB    NOT NULL,
+            hash      BLOB    NOT NULL
+        ) STRICT;
+        CREATE TABLE audit_head (
+            id        INTEGER PRIMARY KEY CHECK (id = 1),
+            last_seq  INTEGER NOT NULL CHECK (last_seq >= 0),
+            last_hash BLOB    NOT NULL
+        ) STRICT;
+        INSERT INTO audit_head (id, last_seq, last_hash) VALUES (1, 0, zeroblob(32));
     ",
 }];
 

@@ -10,19 +10,22 @@
 //!   reservation with a key has its in-flight record.
 
 use rusqlite::{OptionalExtension, Transaction, params};
+use serde_json::json;
 
+use super::audit;
 use super::{
     Begin, BeginTask, BudgetSnapshot, Charge, ChargeRecord, FinishTask, Recovery, ReservationId,
     Store, StoreError, TxError, from_db, millis, now_ms, to_db,
 };
+use crate::audit::NewEntry;
 
 /// A reservation as stored.
-struct Reservation {
-    tenant: String,
-    task_id: String,
-    key: Option<String>,
-    tokens: i64,
-    held: bool,
+pub(super) struct Reservation {
+    pub(super) tenant: String,
+    pub(super) task_id: String,
+    pub(super) key: Option<String>,
+    pub(super) tokens: i64,
+    pub(super) held: bool,
 }
 
 /// A tenant's budget row.
@@ -169,48 +172,7 @@ impl Store {
             if !held.held {
                 return Ok(Charge::default());
             }
-            let budget = load_budget(tx, &held.tenant)?.ok_or_else(|| self.unknown(id))?;
-            // What the tenant can pay once this reservation is returned.
-            let headroom = from_db(budget.limit - budget.used - (budget.reserved - held.tokens));
-            let charged = finish.charge_tokens.min(headroom);
-            let overage = finish.charge_tokens - charged;
-            if overage > 0 {
-                tracing::warn!(
-                    tenant = %held.tenant,
-                    reservation = %id,
-                    charged,
-                    overage,
-                    "reported usage exceeds the tenant's budget; overage not charged"
-                );
-            }
-
-            exec(
-                tx,
-                "UPDATE budgets SET used_tokens = used_tokens + ?2,
-                                    reserved_tokens = reserved_tokens - ?3
-                 WHERE tenant = ?1",
-                params![held.tenant, to_db(charged), held.tokens],
-            )?;
-            exec(
-                tx,
-                "UPDATE reservations SET state = 'charged', settled_ms = ?2 WHERE id = ?1",
-                params![id.0, now],
-            )?;
-            exec(
-                tx,
-                "INSERT INTO charges (tenant, reservation_id, task_id, idempotency_key,
-                                      tokens, overage_tokens, charged_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    held.tenant,
-                    id.0,
-                    held.task_id,
-                    held.key,
-                    to_db(charged),
-                    to_db(overage),
-                    now
-                ],
-            )?;
+            let charge = charge_reservation(tx, id, &held, finish.charge_tokens, now)?;
             match &finish.response {
                 Some(response) => exec(
                     tx,
@@ -225,14 +187,22 @@ impl Store {
                     params![id.0],
                 )?,
             };
-            let remaining = from_db(
-                budget.limit - budget.used - to_db(charged) - (budget.reserved - held.tokens),
-            );
-            Ok(Charge {
-                charged,
-                overage,
-                remaining,
-            })
+            audit::append(
+                tx,
+                NewEntry::new(
+                    finish.actor.clone(),
+                    "task.completed",
+                    held.task_id.clone(),
+                    json!({
+                        "tenant": held.tenant,
+                        "status": finish.response.as_ref().map(|r| r.status),
+                        "idempotency_key": held.key,
+                    }),
+                ),
+                now,
+            )?;
+            audit_charge(tx, &finish.actor, &held, &charge, now)?;
+            Ok(charge)
         })
     }
 
@@ -353,11 +323,12 @@ impl Store {
                 released_tokens: from_db(released_tokens),
                 abandoned_keys: u64::try_from(abandoned_keys).unwrap_or(u64::MAX),
                 clamped_limits,
+                ..Recovery::default()
             })
         })
     }
 
-    fn unknown(&self, reservation: ReservationId) -> StoreError {
+    pub(super) fn unknown(&self, reservation: ReservationId) -> StoreError {
         StoreError::UnknownReservation {
             path: self.inner.path.clone(),
             reservation,
@@ -368,13 +339,105 @@ impl Store {
 /// Runs one statement through the connection's statement cache: the same
 /// few statements run on every request, and parsing them each time cost more
 /// than executing them.
-fn exec(tx: &Transaction<'_>, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+pub(super) fn exec(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
     tx.prepare_cached(sql)?.execute(params)
+}
+
+/// Settles the held reservation `id` with a charge of `charge_tokens`:
+/// returns what it held to the budget, charges up to the tenant's limit (the
+/// rest is overage, never overdrawn) and records the charge. The charges
+/// table's unique index on the task id refuses a second charge for the same
+/// task or job, whatever the caller does.
+pub(super) fn charge_reservation(
+    tx: &Transaction<'_>,
+    id: ReservationId,
+    held: &Reservation,
+    charge_tokens: u64,
+    now: i64,
+) -> Result<Charge, TxError> {
+    let budget = load_budget(tx, &held.tenant)?
+        .ok_or_else(|| TxError::Sqlite(rusqlite::Error::QueryReturnedNoRows))?;
+    // What the tenant can pay once this reservation is returned.
+    let headroom = from_db(budget.limit - budget.used - (budget.reserved - held.tokens));
+    let charged = charge_tokens.min(headroom);
+    let overage = charge_tokens - charged;
+    if overage > 0 {
+        tracing::warn!(
+            tenant = %held.tenant,
+            reservation = %id,
+            charged,
+            overage,
+            "reported usage exceeds the tenant's budget; overage not charged"
+        );
+    }
+    exec(
+        tx,
+        "UPDATE budgets SET used_tokens = used_tokens + ?2,
+                            reserved_tokens = reserved_tokens - ?3
+         WHERE tenant = ?1",
+        params![held.tenant, to_db(charged), held.tokens],
+    )?;
+    exec(
+        tx,
+        "UPDATE reservations SET state = 'charged', settled_ms = ?2 WHERE id = ?1",
+        params![id.0, now],
+    )?;
+    exec(
+        tx,
+        "INSERT INTO charges (tenant, reservation_id, task_id, idempotency_key,
+                              tokens, overage_tokens, charged_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            held.tenant,
+            id.0,
+            held.task_id,
+            held.key,
+            to_db(charged),
+            to_db(overage),
+            now
+        ],
+    )?;
+    let remaining =
+        from_db(budget.limit - budget.used - to_db(charged) - (budget.reserved - held.tokens));
+    Ok(Charge {
+        charged,
+        overage,
+        remaining,
+    })
+}
+
+/// The audit entry of a committed charge.
+pub(super) fn audit_charge(
+    tx: &Transaction<'_>,
+    actor: &str,
+    held: &Reservation,
+    charge: &Charge,
+    now: i64,
+) -> Result<u64, TxError> {
+    audit::append(
+        tx,
+        NewEntry::new(
+            actor,
+            "budget.charged",
+            held.tenant.clone(),
+            json!({
+                "task_id": held.task_id,
+                "tokens": charge.charged,
+                "overage_tokens": charge.overage,
+                "remaining_tokens": charge.remaining,
+            }),
+        ),
+        now,
+    )
 }
 
 /// Releases `id` if it is held (returning its tokens to the budget and
 /// deleting its in-flight record); false if it is settled or unknown.
-fn release(tx: &Transaction<'_>, id: ReservationId, now: i64) -> Result<bool, TxError> {
+pub(super) fn release(tx: &Transaction<'_>, id: ReservationId, now: i64) -> Result<bool, TxError> {
     let Some(held) = load_reservation(tx, id)?.filter(|r| r.held) else {
         return Ok(false);
     };
@@ -396,7 +459,7 @@ fn release(tx: &Transaction<'_>, id: ReservationId, now: i64) -> Result<bool, Tx
     Ok(true)
 }
 
-fn load_reservation(
+pub(super) fn load_reservation(
     conn: &rusqlite::Connection,
     id: ReservationId,
 ) -> Result<Option<Reservation>, TxError> {

@@ -332,7 +332,12 @@ impl Service {
 
     /// `POST /v1/tasks` with the dev key, an optional idempotency key and a body.
     pub async fn task(&self, idempotency_key: Option<&str>, body: Value) -> Answer {
-        let mut request = Request::post("/v1/tasks")
+        self.post("/v1/tasks", idempotency_key, body).await
+    }
+
+    /// `POST path` with the dev key, an optional idempotency key and a JSON body.
+    pub async fn post(&self, path: &str, idempotency_key: Option<&str>, body: Value) -> Answer {
+        let mut request = Request::post(path)
             .header("authorization", format!("Bearer {DEV_KEY}"))
             .header("content-type", "application/json");
         if let Some(key) = idempotency_key {
@@ -372,4 +377,113 @@ pub async fn eventually(what: &str, limit: Duration, mut condition: impl AsyncFn
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The orchestrator binary, running.
+pub struct Running {
+    /// The process.
+    pub child: tokio::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// Its database file.
+    pub db: PathBuf,
+    stdout: tokio::io::BufReader<tokio::process::ChildStdout>,
+}
+
+/// Starts `orchestrator serve` with `fixtures/configs/base.yaml` pointed at
+/// `provider`, a fresh database, and `extra_env` overrides; waits for its
+/// one `listening on` line.
+pub async fn start(provider: &Provider, extra_env: &[(&str, &str)]) -> Running {
+    start_on_db(
+        provider,
+        &temp_dir("serve").join("orchestrator.db"),
+        extra_env,
+    )
+    .await
+}
+
+/// [`start`] on a given database (to restart on the same state).
+pub async fn start_on_db(
+    provider: &Provider,
+    db: &std::path::Path,
+    extra_env: &[(&str, &str)],
+) -> Running {
+    use tokio::io::AsyncBufReadExt;
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+    command
+        .args(["serve", "--config"])
+        .arg(repo_root().join("fixtures/configs/base.yaml"))
+        .args(["--listen", "127.0.0.1:0", "--seed", "7"])
+        .env(
+            "ORCHESTRATOR__LLM__PROVIDERS__0__BASE_URL",
+            &provider.base_url,
+        )
+        .env("ORCHESTRATOR__STORAGE__SQLITE__PATH", db)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true);
+    for (k, v) in extra_env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().unwrap();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(30), stdout.read_line(&mut line))
+        .await
+        .expect("the service announces itself within 30 s")
+        .unwrap();
+    let addr = line
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .trim()
+        .to_owned();
+    Running {
+        child,
+        base: format!("http://{addr}"),
+        db: db.to_path_buf(),
+        stdout,
+    }
+}
+
+impl Running {
+    /// Sends SIGTERM and returns the exit code and whatever else was printed on stdout.
+    pub async fn terminate(self) -> (Option<i32>, String) {
+        self.signal("-TERM").await
+    }
+
+    /// Sends SIGKILL and waits for the process to be gone.
+    pub async fn kill(self) {
+        let (code, _) = self.signal("-KILL").await;
+        assert_eq!(code, None, "a killed process has no exit code");
+    }
+
+    async fn signal(mut self, signal: &str) -> (Option<i32>, String) {
+        use tokio::io::AsyncReadExt;
+        let pid = self.child.id().unwrap().to_string();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("the service exits within 30 s of the signal")
+            .unwrap();
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest).await.unwrap();
+        (exit.code(), rest)
+    }
+}
+
+/// An HTTP client for the binary's tests.
+pub fn client() -> reqwest::Client {
+    // reqwest is built without a default crypto provider (no aws-lc, no
+    // OpenSSL); plain HTTP needs none, but the builder insists on one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }

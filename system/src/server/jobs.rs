@@ -1,0 +1,331 @@
+//! The job API: submit, read, list, the dead-letter queue and its replay.
+//! Every route is scoped to the caller's tenant.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::AppState;
+use super::tasks::{check_prompt, idempotency_key, json_body, store_problem};
+use crate::auth::Principal;
+use crate::problem::Problem;
+use crate::store::{IdempotencyClaim, Job, JobState, NewJob, Replay, Submit, now_ms};
+
+/// The longest webhook URL accepted.
+const MAX_WEBHOOK_LEN: usize = 2048;
+/// Listing size when the request names none.
+const DEFAULT_PAGE: u32 = 100;
+/// What a client waits before retrying a full queue.
+const QUEUE_FULL_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The body of `POST /v1/jobs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobRequest {
+    prompt: String,
+    max_tokens: Option<u32>,
+    webhook: Option<String>,
+}
+
+/// `POST /v1/jobs`: answers 202 only once the job is committed.
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let request: JobRequest = json_body(&state, body, &headers).await?;
+    let max_tokens = check_prompt(&state, &request.prompt, request.max_tokens)?;
+    let webhook = match &request.webhook {
+        Some(url) => Some(check_webhook(&state, url)?),
+        None => None,
+    };
+    let key = idempotency_key(&headers)?;
+    let fingerprint = fingerprint(&request.prompt, max_tokens, webhook.as_deref());
+    let jobs = &state.config.jobs;
+    let job = NewJob {
+        id: uuid::Uuid::now_v7().to_string(),
+        tenant: principal.tenant.to_string(),
+        actor: principal.key_id.to_string(),
+        idempotency: key.map(|key| IdempotencyClaim { key, fingerprint }),
+        prompt: request.prompt,
+        max_tokens,
+        webhook,
+        max_attempts: jobs.max_attempts,
+        queue_capacity: jobs.queue_capacity,
+    };
+    let submitted = state
+        .store
+        .run(move |s| s.submit_job(&job, now_ms()))
+        .await
+        .map_err(store_problem)?;
+    match submitted {
+        Submit::Accepted { id } => {
+            state.metrics.jobs_submitted.inc();
+            state.job_wake.notify_one();
+            Ok(accepted(&id, JobState::Queued, false))
+        }
+        Submit::Existing {
+            id,
+            state: job_state,
+        } => {
+            state.metrics.idempotent_replays.inc();
+            Ok(accepted(&id, job_state, true))
+        }
+        Submit::FingerprintMismatch => Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "Idempotency key reused",
+            "this Idempotency-Key was used for a different job",
+        )),
+        Submit::QueueFull { depth, capacity } => Err(queue_full(&state, depth, capacity)),
+    }
+}
+
+/// 503 for a full queue (a submission or a replay), counted.
+fn queue_full(state: &AppState, depth: u64, capacity: u32) -> Problem {
+    state
+        .metrics
+        .jobs_rejected
+        .with_label_values(&["queue_full"])
+        .inc();
+    Problem::unavailable(
+        "queue-full",
+        format!(
+            "the job queue is full ({depth} of {capacity} jobs queued or running); retry later"
+        ),
+    )
+    .retry_after(QUEUE_FULL_RETRY_AFTER)
+    .with("queue_depth", depth)
+    .with("queue_capacity", capacity)
+}
+
+/// 202 `{"id", "state"}` with the job's location.
+fn accepted(id: &str, job_state: JobState, replayed: bool) -> Response {
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(json!({"id": id, "state": job_state})),
+    )
+        .into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/jobs/{id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+/// A webhook must be an `http(s)` URL under one of the configured outbound
+/// prefixes; with none configured, no webhook is accepted.
+fn check_webhook(state: &AppState, text: &str) -> Result<String, Problem> {
+    let invalid = |message: String| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "webhook-not-allowed",
+            "Webhook not allowed",
+            message,
+        )
+        .with("field", "webhook")
+    };
+    if text.len() > MAX_WEBHOOK_LEN {
+        return Err(invalid(format!(
+            "webhook: {} bytes is over the limit of {MAX_WEBHOOK_LEN}",
+            text.len()
+        )));
+    }
+    let url =
+        url::Url::parse(text).map_err(|e| invalid(format!("webhook: not a valid URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(format!(
+            "webhook: scheme {} is not http or https",
+            url.scheme()
+        )));
+    }
+    let allowlist = &state.config.security.outbound_url_allowlist;
+    if !allowlist
+        .iter()
+        .any(|p| url.as_str().starts_with(p.as_str()))
+    {
+        return Err(invalid(
+            "webhook: the URL is not under any prefix of security.outbound_url_allowlist"
+                .to_owned(),
+        ));
+    }
+    Ok(url.to_string())
+}
+
+/// What makes two submissions "the same" for idempotency.
+fn fingerprint(prompt: &str, max_tokens: u32, webhook: Option<&str>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"job");
+    h.update((prompt.len() as u64).to_be_bytes());
+    h.update(prompt.as_bytes());
+    h.update(max_tokens.to_be_bytes());
+    if let Some(webhook) = webhook {
+        h.update([1]);
+        h.update(webhook.as_bytes());
+    } else {
+        h.update([0]);
+    }
+    h.finalize().into()
+}
+
+/// A job as the API shows it.
+fn job_json(job: &Job) -> Value {
+    let output = job
+        .output
+        .as_deref()
+        .map(|o| serde_json::from_str(o).unwrap_or_else(|_| Value::String(o.to_owned())));
+    json!({
+        "id": job.id,
+        "state": job.state,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "last_error": job.last_error,
+        "output": output,
+        "charged_tokens": job.charged_tokens,
+        "idempotency_key": job.idempotency_key,
+        "webhook": job.webhook,
+        "created_at": rfc3339(Some(job.created_ms)),
+        "updated_at": rfc3339(Some(job.updated_ms)),
+        "finished_at": rfc3339(job.finished_ms),
+    })
+}
+
+fn rfc3339(ms: Option<i64>) -> Value {
+    match ms.and_then(|ms| u64::try_from(ms).ok()) {
+        Some(ms) => Value::String(
+            humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+                .to_string(),
+        ),
+        None => Value::Null,
+    }
+}
+
+/// `GET /v1/jobs/{id}`.
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let tenant = principal.tenant.to_string();
+    let job = state
+        .store
+        .run(move |s| s.job(&tenant, &id))
+        .await
+        .map_err(store_problem)?;
+    match job {
+        Some(job) => Ok(Json(job_json(&job))),
+        None => Err(Problem::not_found("no such job")),
+    }
+}
+
+/// The query of the listings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    state: Option<String>,
+    limit: Option<u32>,
+}
+
+fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, Problem> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|e| Problem::bad_request(format!("invalid query: {}", e.body_text())))
+}
+
+/// `GET /v1/jobs?state=&limit=`: the tenant's job ids (oldest first) and
+/// its counts by state.
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, Problem> {
+    let q = query(q)?;
+    let filter = match q.state.as_deref() {
+        None => None,
+        Some(name) => Some(JobState::parse(name).ok_or_else(|| {
+            Problem::bad_request(format!(
+                "state: unknown state {name:?}, expected queued, running, succeeded or dead"
+            ))
+            .with("field", "state")
+        })?),
+    };
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    let tenant = principal.tenant.to_string();
+    let (ids, counts) = state
+        .store
+        .run(move |s| s.list_jobs(&tenant, filter, limit))
+        .await
+        .map_err(store_problem)?;
+    Ok(Json(json!({"ids": ids, "counts": counts})))
+}
+
+/// The query of `GET /v1/dlq`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlqQuery {
+    limit: Option<u32>,
+}
+
+/// `GET /v1/dlq?limit=`: the tenant's dead jobs, oldest death first.
+pub async fn dlq(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    q: Result<Query<DlqQuery>, QueryRejection>,
+) -> Result<Json<Value>, Problem> {
+    let limit = query(q)?.limit.unwrap_or(DEFAULT_PAGE);
+    let tenant = principal.tenant.to_string();
+    let jobs = state
+        .store
+        .run(move |s| s.dead_jobs(&tenant, limit))
+        .await
+        .map_err(store_problem)?;
+    let jobs: Vec<Value> = jobs.iter().map(job_json).collect();
+    Ok(Json(json!({"jobs": jobs})))
+}
+
+/// `POST /v1/dlq/{id}/replay`: a dead job back to `queued`, attempts reset.
+pub async fn replay(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let tenant = principal.tenant.to_string();
+    let actor = principal.key_id.to_string();
+    let capacity = state.config.jobs.queue_capacity;
+    let job_id = id.clone();
+    let outcome = state
+        .store
+        .run(move |s| s.replay_job(&tenant, &job_id, &actor, capacity, now_ms()))
+        .await
+        .map_err(store_problem)?;
+    match outcome {
+        Replay::Replayed => {
+            state.job_wake.notify_one();
+            Ok(accepted(&id, JobState::Queued, false))
+        }
+        Replay::NotFound => Err(Problem::not_found("no such job")),
+        Replay::NotDead(job_state) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "job-not-dead",
+            "Job not in the dead-letter queue",
+            format!("job {id} is {job_state}; only dead jobs can be replayed"),
+        )
+        .with("state", job_state.as_str())),
+        Replay::QueueFull { depth, capacity } => Err(queue_full(&state, depth, capacity)),
+    }
+}
