@@ -1,3 +1,9 @@
-//! Gauntlet, the chaos and property-testing harness. It will bring the
-//! orchestrator up, inject faults, drive load and check SLOs and invariants
-//! (see ARCHITECTURE.md and the open issues for what lands when).
+//! Gauntlet, the chaos and property-testing harness (see ARCHITECTURE.md).
+//!
+//! Its hands, usable on their own: [`proxy`], a fault proxy that speaks
+//! Toxiproxy's HTTP API, and [`mock_llm`], a programmable OpenAI-compatible
+//! provider. Both draw all randomness from [`seed`], so a run replays.
+
+pub mod mock_llm;
+pub mod proxy;
+pub mod seed;
