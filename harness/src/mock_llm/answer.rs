@@ -10,7 +10,7 @@ use orchestrator::plan::ActionPlan;
 use serde::Serialize;
 
 use super::content::{
-    cut, inject, pick_violation, render, to_value, tokens, truncate_half, violate, with_preamble,
+    cut, inject, pick_violation, render, tokens, truncate_half, violate, with_preamble,
 };
 use super::journal::Usage;
 use super::program::{DEFAULT_INJECTION, Effect, RetryAfter, Target};
@@ -257,18 +257,18 @@ fn answer(request: &ChatRequest, plan: &ActionPlan, effect: Option<&Effect>, cal
         }
         Some(Effect::Injection { payload, field }) => {
             let payload = payload.as_deref().unwrap_or(DEFAULT_INJECTION);
-            render(&to_value(&inject(plan, payload, *field)), json_mode)
+            render(&inject(plan, payload, *field), json_mode)
         }
         Some(Effect::TruncatedJson {
             target: Target::Content,
         }) => {
             finish = "length";
-            truncate_half(&render(&to_value(plan), json_mode))
+            truncate_half(&render(plan, json_mode))
         }
         Some(Effect::InvalidJson {
             target: Target::Content,
-        }) => with_preamble(&render(&to_value(plan), json_mode)),
-        _ => render(&to_value(plan), json_mode),
+        }) => with_preamble(&render(plan, json_mode)),
+        _ => render(plan, json_mode),
     };
     // A model stops at max_tokens, mid-word if need be, and says so.
     let (content, finish) = match request.max_tokens {
@@ -378,7 +378,7 @@ fn answer(request: &ChatRequest, plan: &ActionPlan, effect: Option<&Effect>, cal
 fn oversized(request: &ChatRequest, plan: &ActionPlan, size_bytes: u64, call: Call) -> Reply {
     let mut marked = plan.clone();
     marked.reasoning = format!("{} {PAD_MARK}", marked.reasoning);
-    let content = render(&to_value(&marked), request.json_mode);
+    let content = render(&marked, request.json_mode);
     let usage = Usage {
         prompt_tokens: request.prompt_tokens,
         completion_tokens: tokens(size_bytes),

@@ -9,6 +9,7 @@
 //! prompt can make the default answer fail the orchestrator's injection screen.
 
 use orchestrator::plan::{ActionPlan, Step};
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
@@ -154,8 +155,9 @@ pub fn plan_for_digest(digest: &[u8; 32], tools: &[String]) -> ActionPlan {
 /// The plan as message content: bare JSON when the client asked for JSON
 /// (`response_format` `json_object` or `json_schema`), otherwise inside one
 /// `` ```json `` fence, as chat models tend to write it.
-pub fn render(plan: &Value, json_mode: bool) -> String {
-    let json = plan.to_string();
+pub fn render(plan: &impl Serialize, json_mode: bool) -> String {
+    // Serialising plain data to a string cannot fail.
+    let json = serde_json::to_string(plan).unwrap_or_default();
     if json_mode {
         json
     } else {
@@ -164,7 +166,7 @@ pub fn render(plan: &Value, json_mode: bool) -> String {
 }
 
 /// The plan as a JSON value.
-pub fn to_value(plan: &ActionPlan) -> Value {
+fn to_value(plan: &ActionPlan) -> Value {
     serde_json::to_value(plan).unwrap_or(Value::Null)
 }
 
@@ -340,7 +342,7 @@ mod tests {
             InjectionField::Tool,
         ] {
             let injected = inject(&plan, super::super::DEFAULT_INJECTION, field);
-            let content = render(&to_value(&injected), false);
+            let content = render(&injected, false);
             let error = plan::validate(&content, &base_policy()).expect_err("must be caught");
             assert_eq!(error.reason(), "injection", "{field:?}: {error}");
         }
