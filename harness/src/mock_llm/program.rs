@@ -474,6 +474,10 @@ impl Program {
                 limit_bytes: limits.max_request_bytes,
             });
         }
+        let tree: Value = serde_json::from_slice(text).map_err(|e| json_error(String::new(), e))?;
+        objects_where_expected(&tree)?;
+        // Decoded from the text rather than the tree, so that a repeated
+        // field is an error instead of the tree silently keeping the last.
         let mut de = serde_json::Deserializer::from_slice(text);
         let raw: RawProgram = serde_path_to_error::deserialize(&mut de)
             .map_err(|e| json_error(e.path().to_string(), e.into_inner()))?;
@@ -680,6 +684,46 @@ fn text_field(text: &str, path: &str, limits: &Limits) -> Result<(), ProgramErro
                 text.len()
             ),
         ));
+    }
+    Ok(())
+}
+
+/// Refuses anything but an object where the format has one. serde would
+/// otherwise accept an array for a struct, its fields in declaration order,
+/// which nobody writes on purpose and which hides mistakes.
+fn objects_where_expected(tree: &Value) -> Result<(), ProgramError> {
+    fn object(value: &Value, path: &str, what: &str) -> Result<(), ProgramError> {
+        let found = match value {
+            Value::Object(_) => return Ok(()),
+            Value::Array(_) => "an array",
+            Value::String(_) => "a string",
+            Value::Number(_) => "a number",
+            Value::Bool(_) => "a boolean",
+            Value::Null => "null",
+        };
+        Err(ProgramError::at(
+            path,
+            format!("expected {what}, found {found}"),
+        ))
+    }
+    object(tree, "<root>", "a program object with `rules`")?;
+    // Other shapes of `rules` are serde's to report.
+    let Some(Value::Array(rules)) = tree.get("rules") else {
+        return Ok(());
+    };
+    for (index, rule) in rules.iter().enumerate() {
+        let at = |field: &str| format!("rules[{index}]{field}");
+        object(rule, &at(""), "a rule object")?;
+        // `null` stands for an absent optional object; serde handles it.
+        if let Some(when) = rule.get("match").filter(|v| !v.is_null()) {
+            object(when, &at(".match"), "a match object")?;
+            if let Some(calls) = when.get("calls").filter(|v| !v.is_null()) {
+                object(calls, &at(".match.calls"), "a call range object")?;
+            }
+        }
+        if let Some(effect) = rule.get("effect").filter(|v| !v.is_null()) {
+            object(effect, &at(".effect"), "an effect object")?;
+        }
     }
     Ok(())
 }
