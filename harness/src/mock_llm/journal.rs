@@ -31,7 +31,8 @@ pub struct CallRecord {
     pub idempotency_key: Option<String>,
     /// Whether an `Authorization` header was sent (its value is never kept).
     pub authorization: bool,
-    /// The requested model, when the body could be read.
+    /// The requested model, cut to [`MAX_HEADER_BYTES`]; `None` when the body
+    /// could not be read.
     pub model: Option<String>,
     /// SHA-256 of the prompt (the last user message), in hex; `None` when the
     /// body could not be read.

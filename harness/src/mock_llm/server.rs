@@ -126,7 +126,11 @@ impl Shared {
             usage: None,
             error: None,
         };
-        let (request, digest) = match call.parsed {
+        let Parsed {
+            request,
+            digest,
+            plan,
+        } = match call.parsed {
             Ok(parsed) => parsed,
             Err(error) => {
                 record.status = error.status.as_u16();
@@ -150,7 +154,7 @@ impl Shared {
         }
         let reply = answer::reply(
             &request,
-            &call.plan,
+            &plan,
             rule.map(|r| &r.effect),
             Call {
                 seq,
@@ -175,10 +179,15 @@ struct Incoming {
     request_id: Option<String>,
     idempotency_key: Option<String>,
     authorization: bool,
-    /// The request and its prompt's SHA-256, or why it was refused.
-    parsed: Result<(request::ChatRequest, [u8; 32]), ApiError>,
-    /// The default plan, derived outside the lock because hashing a large
-    /// prompt takes a while.
+    /// The request, its prompt's SHA-256 and its default plan, or why it was
+    /// refused. Digest and plan are worked out before taking the lock,
+    /// because hashing a large prompt takes a while.
+    parsed: Result<Parsed, ApiError>,
+}
+
+struct Parsed {
+    request: request::ChatRequest,
+    digest: [u8; 32],
     plan: orchestrator::plan::ActionPlan,
 }
 
@@ -204,19 +213,19 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body)
         .and_then(|bytes| request::parse(&bytes))
         .map(|request| {
             let digest = prompt_digest(&request.prompt);
-            (request, digest)
+            let plan = plan_for_digest(&digest, &request.tools);
+            Parsed {
+                request,
+                digest,
+                plan,
+            }
         });
-    let plan = match &parsed {
-        Ok((request, digest)) => plan_for_digest(digest, &request.tools),
-        Err(_) => plan_for_digest(&[0; 32], &[]),
-    };
     let incoming = Incoming {
         received_unix_ms,
         request_id: header("x-request-id"),
         idempotency_key: header("idempotency-key"),
         authorization: headers.contains_key(header::AUTHORIZATION),
         parsed,
-        plan,
     };
     let reply = match shared.decide(incoming) {
         Ok(reply) => reply,
