@@ -417,6 +417,14 @@ async fn status_sends_the_code_retry_after_and_an_openai_error() {
     let body: Value = response.json().await.expect("the custom body");
     assert_eq!(body, json!({"custom": true}));
 
+    // A stream asked for gets the error as JSON before any event, as from OpenAI.
+    install(&mock, vec![rule(status(500))]);
+    let response = post(&mock, &streamed("p", true)).await;
+    assert_eq!(response.status(), 500);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let error: Value = response.json().await.expect("a JSON error");
+    assert_eq!(error["error"]["type"], "server_error");
+
     let journal = mock.calls();
     assert_eq!(journal[0].effect, Some(EffectKind::Status));
     assert_eq!((journal[0].status, journal[1].status), (503, 429));
@@ -712,6 +720,7 @@ async fn hang_holds_the_request_until_the_client_gives_up() {
         .expect_err("the client gives up");
     assert!(error.is_timeout(), "{error}");
     assert!(started.elapsed() >= Duration::from_millis(300));
+    journaled(&mock, 1).await;
     assert_eq!(mock.calls()[0].effect, Some(EffectKind::Hang));
     // The rule is used up; the mock answers again.
     complete(&mock, &request("hang")).await;
@@ -1126,6 +1135,24 @@ async fn zero_limits_are_refused_at_start() {
     assert_eq!(
         error.to_string(),
         "limits.max_connections: must be at least 1"
+    );
+}
+
+#[tokio::test]
+async fn a_taken_address_is_reported() {
+    let first = start().await;
+    let error = MockLlm::start(MockConfig {
+        listen: first.addr(),
+        ..MockConfig::default()
+    })
+    .await
+    .err()
+    .expect("the address is taken");
+    assert!(
+        error
+            .to_string()
+            .starts_with(&format!("cannot listen on {}: ", first.addr())),
+        "{error}"
     );
 }
 

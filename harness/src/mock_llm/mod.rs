@@ -57,7 +57,7 @@ use tokio::sync::watch;
 
 pub use answer::MODEL_ID;
 pub use client::{ClientError, MockClient};
-pub use content::{default_plan, tools_from_system};
+pub use content::{FALLBACK_TOOL, MAX_TOOL_NAME_BYTES, MAX_TOOLS, default_plan, tools_from_system};
 pub use journal::{CallRecord, CallsPage, MAX_HEADER_BYTES, Usage};
 pub use program::{
     CallRange, DEFAULT_INJECTION, Effect, EffectKind, Every, InjectionField, MAX_NAME_BYTES,
