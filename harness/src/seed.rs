@@ -62,7 +62,10 @@ mod tests {
         assert!(draws.iter().all(|d| (0.0..1.0).contains(d)));
         let below_half = draws.iter().filter(|d| **d < 0.5).count();
         // A fair coin over 1000 flips lands within 400..600 with overwhelming odds.
-        assert!((400..600).contains(&below_half), "{below_half} of 1000 below 0.5");
+        assert!(
+            (400..600).contains(&below_half),
+            "{below_half} of 1000 below 0.5"
+        );
     }
 
     #[test]
