@@ -316,6 +316,9 @@ impl Runtime {
     }
 }
 
+/// How late a `bandwidth` piece may start and still count as back to back.
+const BANDWIDTH_SLACK: Duration = Duration::from_millis(10);
+
 fn millis(ms: u64) -> Duration {
     Duration::from_millis(ms)
 }
@@ -581,7 +584,14 @@ fn step(
                     let rest = data.split_off(piece_bytes);
                     pending.push_front(Work::new(stage, Item::Data(rest), work.read_at));
                 }
-                let start = runtime.free_at.map_or(now, |free| free.max(now));
+                // Back to back, the next piece starts when the last one
+                // ended, so that timer overshoot does not add up over a long
+                // transfer; after an idle gap longer than the slack, it starts
+                // now, so that idle time is never saved up for a burst.
+                let start = match runtime.free_at {
+                    Some(free) if now <= free + BANDWIDTH_SLACK => free,
+                    _ => now,
+                };
                 work.ready_at = Some(start + transmit_time(data.len(), rate_kb_per_s));
             }
             let ready = work.ready_at.unwrap_or(now);

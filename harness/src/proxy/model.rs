@@ -358,9 +358,8 @@ impl RawToxic {
     pub(crate) fn kind(&self) -> Result<ToxicKind, ApiError> {
         let mut kind = ToxicKind::zeroed(self.kind.as_deref().unwrap_or(""))
             .ok_or(ApiError::InvalidToxicType)?;
-        if let Some(attributes) = &self.attributes {
-            kind.merge(attributes).map_err(ApiError::BadRequestBody)?;
-        }
+        let attributes = self.attributes.clone().unwrap_or_default();
+        kind.merge(&attributes).map_err(ApiError::BadRequestBody)?;
         Ok(kind)
     }
 }
