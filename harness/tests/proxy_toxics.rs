@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use gauntlet::proxy::{
-    ProxyClient, ProxyConfig, ProxyServer, ProxyServerConfig, Stream, Toxic, ToxicKind,
+    Limits, ProxyClient, ProxyConfig, ProxyServer, ProxyServerConfig, Stream, Toxic, ToxicKind,
 };
 use gauntlet::seed;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,10 +25,14 @@ async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
 }
 
 async fn start(seed: u64) -> (ProxyServer, ProxyClient) {
+    start_with(seed, Limits::default()).await
+}
+
+async fn start_with(seed: u64, limits: Limits) -> (ProxyServer, ProxyClient) {
     let server = ProxyServer::start(ProxyServerConfig {
         listen: "127.0.0.1:0".parse().expect("address"),
         seed,
-        ..ProxyServerConfig::default()
+        limits,
     })
     .await
     .expect("the proxy server starts");
@@ -482,4 +486,54 @@ async fn seeded_toxicity_hits_the_same_connections_every_run() {
         .map(|i| seed::unit(42, &[b"flaky", b"cut", &i.to_be_bytes()]) < 0.5)
         .collect();
     assert_eq!(first, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_closed_at_once() {
+    let limits = Limits {
+        max_connections_per_proxy: 1,
+        ..Limits::default()
+    };
+    let (server, client) = start_with(14, limits).await;
+    let listen = proxy(&client, "one", echo_server().await).await;
+    let mut first = connect(listen).await;
+    round_trip(&mut first, b"in").await;
+
+    let mut second = connect(listen).await;
+    let _ = second.write_all(b"out").await;
+    let mut buf = [0; 8];
+    let refused = within("the close", second.read(&mut buf)).await;
+    assert!(
+        matches!(refused, Ok(0)) || refused.is_err(),
+        "the second connection must be closed, got {refused:?}"
+    );
+    round_trip(&mut first, b"still").await;
+
+    // Once the first connection has ended, a new one is served.
+    within("shutdown", first.shutdown())
+        .await
+        .expect("shutdown");
+    let (rest, _) = read_to_end(&mut first).await;
+    assert!(rest.is_empty(), "{rest:?}");
+    let mut third = connect(listen).await;
+    round_trip(&mut third, b"again").await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_upstream_closes_the_client() {
+    let (server, client) = start(15).await;
+    let gone = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        listener.local_addr().expect("addr")
+    };
+    let listen = proxy(&client, "void", gone).await;
+    let mut stream = connect(listen).await;
+    let mut buf = [0; 8];
+    let ended = within("the close", stream.read(&mut buf)).await;
+    assert!(
+        matches!(ended, Ok(0)) || ended.is_err(),
+        "the client must be closed, got {ended:?}"
+    );
+    server.shutdown().await;
 }

@@ -5,6 +5,7 @@
 //! README's `curl -d` examples send `application/x-www-form-urlencoded`.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -80,6 +81,19 @@ fn json_body<T: DeserializeOwned>(body: Body, limit_bytes: usize) -> Result<T, A
     serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequestBody(e.to_string()))
 }
 
+/// Runs a change to the registry to completion even if the client goes
+/// away mid-request (axum then drops the handler): a change cut off halfway,
+/// say a proxy stopped for a new address but not started again, would leave
+/// the proxy in neither state.
+async fn complete<T: Send + 'static>(
+    change: impl Future<Output = T> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(change).await.map_err(|e| {
+        tracing::error!(error = %e, "proxy api change failed");
+        ApiError::Internal("the change failed; see the server log".to_owned())
+    })
+}
+
 async fn list_proxies(State(registry): Shared) -> Json<BTreeMap<String, Proxy>> {
     Json(registry.list().await)
 }
@@ -92,7 +106,7 @@ async fn create_proxy(
     let config = raw
         .validate()
         .map_err(|field| ApiError::MissingField(field.to_owned()))?;
-    let proxy = registry.create(config).await?;
+    let proxy = complete(async move { registry.create(config).await }).await??;
     Ok((StatusCode::CREATED, Json(proxy)))
 }
 
@@ -111,14 +125,16 @@ async fn update_proxy(
     // Toxiproxy looks the proxy up before it reads the body.
     registry.get(&proxy).await?;
     let update: ProxyUpdate = json_body(body, registry.limits().max_body_bytes)?;
-    Ok(Json(registry.update(&proxy, update).await?))
+    Ok(Json(
+        complete(async move { registry.update(&proxy, update).await }).await??,
+    ))
 }
 
 async fn delete_proxy(
     State(registry): Shared,
     Path(proxy): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    registry.delete(&proxy).await?;
+    complete(async move { registry.delete(&proxy).await }).await??;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -136,7 +152,9 @@ async fn create_toxic(
 ) -> Result<Json<Toxic>, ApiError> {
     registry.get(&proxy).await?;
     let raw: RawToxic = json_body(body, registry.limits().max_body_bytes)?;
-    Ok(Json(registry.add_toxic(&proxy, raw).await?))
+    Ok(Json(
+        complete(async move { registry.add_toxic(&proxy, raw).await }).await??,
+    ))
 }
 
 async fn show_toxic(
@@ -153,14 +171,16 @@ async fn update_toxic(
 ) -> Result<Json<Toxic>, ApiError> {
     registry.toxic(&proxy, &toxic).await?;
     let update: RawToxicUpdate = json_body(body, registry.limits().max_body_bytes)?;
-    Ok(Json(registry.update_toxic(&proxy, &toxic, update).await?))
+    Ok(Json(
+        complete(async move { registry.update_toxic(&proxy, &toxic, update).await }).await??,
+    ))
 }
 
 async fn delete_toxic(
     State(registry): Shared,
     Path((proxy, toxic)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    registry.remove_toxic(&proxy, &toxic).await?;
+    complete(async move { registry.remove_toxic(&proxy, &toxic).await }).await??;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -169,7 +189,8 @@ async fn populate(State(registry): Shared, body: Body) -> Response {
         Ok(configs) => configs,
         Err(e) => return e.into_response(),
     };
-    match registry.populate(configs).await {
+    let populated = complete(async move { registry.populate(configs).await }).await;
+    match populated.unwrap_or_else(|e| Err((e, Vec::new()))) {
         Ok(proxies) => (StatusCode::CREATED, Json(json!({"proxies": proxies}))).into_response(),
         Err((e, proxies)) => {
             // Toxiproxy answers a failed populate with the error and the
@@ -195,7 +216,7 @@ fn populate_configs(body: Body, limit_bytes: usize) -> Result<Vec<ProxyConfig>, 
 }
 
 async fn reset(State(registry): Shared) -> Result<StatusCode, ApiError> {
-    registry.reset().await?;
+    complete(async move { registry.reset().await }).await??;
     Ok(StatusCode::NO_CONTENT)
 }
 

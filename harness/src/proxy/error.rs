@@ -54,6 +54,9 @@ pub enum ApiError {
         /// The limit.
         limit: usize,
     },
+    /// The server failed to carry the request out: a bug (500).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// A proxy could not listen on its address (500, as in Toxiproxy).
     #[error("proxy {proxy} cannot listen on {listen}: {source}")]
     Listen {
@@ -78,7 +81,7 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::ProxyNotFound | ApiError::ToxicNotFound => StatusCode::NOT_FOUND,
             ApiError::ProxyAlreadyExists | ApiError::ToxicAlreadyExists => StatusCode::CONFLICT,
-            ApiError::Listen { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal(_) | ApiError::Listen { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

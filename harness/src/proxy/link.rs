@@ -747,6 +747,35 @@ mod tests {
         assert_eq!(slices(10, 100, 0, 0), vec![10]);
     }
 
+    fn delays(connection: u64, toxic: &str) -> Vec<Duration> {
+        let ctx = LinkContext {
+            seed: 9,
+            proxy: Arc::from("db"),
+            connection,
+            chunk_bytes: 1024,
+            channel_chunks: 4,
+        };
+        let kind = ToxicKind::Latency {
+            latency_ms: 100,
+            jitter_ms: 50,
+        };
+        let toxic = super::super::model::Toxic::new(Stream::Downstream, kind).named(toxic);
+        let active = Arc::new(ActiveToxic { id: 0, toxic });
+        let mut runtime = Runtime::meet(&ctx, Stream::Downstream, active, Instant::now());
+        (0..32).map(|_| runtime.delay(100, 50)).collect()
+    }
+
+    #[test]
+    fn jitter_replays_per_connection_and_toxic() {
+        let first = delays(3, "lag");
+        assert_eq!(first, delays(3, "lag"), "the same draws every run");
+        assert_ne!(first, delays(4, "lag"), "another connection draws others");
+        assert_ne!(first, delays(3, "lag2"), "another toxic draws others");
+        let range = Duration::from_millis(50)..Duration::from_millis(150);
+        assert!(first.iter().all(|d| range.contains(d)), "{first:?}");
+        assert!(first.iter().any(|d| *d != first[0]), "{first:?}");
+    }
+
     #[test]
     fn transmit_time_follows_the_rate() {
         // 100 KB/s: 10 000 bytes take 100 ms.

@@ -238,6 +238,9 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((client, peer)) => {
                     let connection = context.accepted.fetch_add(1, Ordering::Relaxed);
+                    // Connections that have ended count no more, even if the
+                    // loop has not been woken to reap them yet.
+                    while connections.try_join_next().is_some() {}
                     if connections.len() >= context.limits.max_connections_per_proxy {
                         tracing::warn!(
                             proxy = %context.name, %peer,
