@@ -643,6 +643,29 @@ async fn a_proxy_that_cannot_listen_is_not_created() {
     );
     let listed = curl(&server, "GET", "/proxies", None).await;
     assert_eq!(listed.json(), json!({}));
+
+    // A populate stops at the proxy that cannot listen and says which
+    // proxies it did create.
+    let populate = format!(
+        r#"[{{"name":"ok","listen":"127.0.0.1:0","upstream":"x:1"}},{{"name":"clash","listen":"{taken_addr}","upstream":"x:1"}},{{"name":"never","upstream":"x:1"}}]"#
+    );
+    let partial = curl(&server, "POST", "/populate", Some(&populate)).await;
+    assert_eq!(partial.status, 500, "{}", partial.text);
+    let body = partial.json();
+    assert_eq!(body["status"], 500);
+    assert!(
+        body["error"]
+            .as_str()
+            .expect("text")
+            .starts_with("proxy clash cannot listen on "),
+        "{body}"
+    );
+    let created: Vec<&Value> = body["proxies"].as_array().expect("a list").iter().collect();
+    assert_eq!(created.len(), 1, "{body}");
+    assert_eq!(created[0]["name"], "ok");
+    let listed = curl(&server, "GET", "/proxies", None).await.json();
+    let names: Vec<&String> = listed.as_object().expect("an object").keys().collect();
+    assert_eq!(names, ["ok"]);
     server.shutdown().await;
 }
 

@@ -10,8 +10,8 @@
 //! removed acts on live connections, as in Toxiproxy; a pipeline whose list has
 //! emptied and whose buffers have drained goes back to the direct copy.
 //!
-//! Both directions run in the connection's one task: an upstream dial, a
-//! disable or a delete ends the task, and with it the connection.
+//! Both directions run in the connection's one task, so that disabling or
+//! deleting the proxy ends the connection by aborting that task.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

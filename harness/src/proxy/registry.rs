@@ -390,7 +390,8 @@ impl Registry {
                 };
                 return Err((e, done));
             }
-            if let Some(mut old) = state.proxies.remove(&config.name) {
+            let mut old = state.proxies.remove(&config.name);
+            if let Some(old) = &mut old {
                 // Stopped first, so that the new proxy can take its address.
                 old.stop().await;
             }
@@ -398,6 +399,10 @@ impl Registry {
             if config.enabled
                 && let Err(e) = entry.start(self.seed, &self.limits).await
             {
+                // As in Toxiproxy, the old proxy stays, stopped.
+                if let Some(old) = old {
+                    state.proxies.insert(config.name, old);
+                }
                 return Err((e, done));
             }
             done.push(entry.view());
