@@ -19,8 +19,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -191,15 +192,35 @@ async fn populate(State(registry): Shared, body: Body) -> Response {
     };
     let populated = complete(async move { registry.populate(configs).await }).await;
     match populated.unwrap_or_else(|e| Err((e, Vec::new()))) {
-        Ok(proxies) => (StatusCode::CREATED, Json(json!({"proxies": proxies}))).into_response(),
+        Ok(proxies) => {
+            let body = Populated {
+                error: None,
+                status: None,
+                proxies,
+            };
+            (StatusCode::CREATED, Json(body)).into_response()
+        }
         Err((e, proxies)) => {
             // Toxiproxy answers a failed populate with the error and the
             // proxies it did create.
-            let mut body = e.body();
-            body["proxies"] = json!(proxies);
+            let body = Populated {
+                error: Some(e.to_string()),
+                status: Some(e.status().as_u16()),
+                proxies,
+            };
             (e.status(), Json(body)).into_response()
         }
     }
+}
+
+/// The answer of `POST /populate`, in Toxiproxy's field order.
+#[derive(Serialize)]
+struct Populated {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<u16>,
+    proxies: Vec<Proxy>,
 }
 
 /// The proxies of a populate body, all checked before any is created.
