@@ -6,4 +6,5 @@
 
 pub mod mock_llm;
 pub mod proxy;
+pub mod scenario;
 pub mod seed;

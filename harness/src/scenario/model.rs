@@ -1,0 +1,369 @@
+//! The validated scenario: what `gauntlet run` executes. Every value here has
+//! passed validation, so the engine never re-checks ranges or references.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A battle test: the system to bring up, the load to drive, the faults to
+/// inject and the checks to make.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scenario {
+    /// The scenario's name: lowercase letters, digits and `-`, unique in a suite.
+    pub name: String,
+    /// What the scenario proves, in a sentence or two.
+    pub description: String,
+    /// The seed every random choice of the run derives from (`--seed` overrides it).
+    pub seed: u64,
+    /// The file it was read from.
+    pub source: PathBuf,
+    /// The system under test.
+    pub system: SystemSpec,
+    /// The load driven through the client link.
+    pub load: LoadSpec,
+    /// The fault timeline, sorted by start time.
+    pub faults: Vec<Fault>,
+    /// Service-level objectives, in file order.
+    pub slos: Vec<Slo>,
+    /// Invariants, in file order.
+    pub invariants: Vec<Invariant>,
+}
+
+/// The system under test.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SystemSpec {
+    /// Orchestrator replicas; 1 until the Redis store lands.
+    pub replicas: u32,
+    /// The store behind the replicas.
+    pub store: StoreKind,
+    /// The orchestrator configuration: the named or given base file with the
+    /// scenario's overrides merged over it, validated. The engine still sets
+    /// the run's own values (listen address, provider URLs through the proxy,
+    /// database path, tenants' keys) before starting the service.
+    pub config_yaml: String,
+    /// Where `config_yaml` came from (for the report).
+    pub config_base: PathBuf,
+}
+
+/// Where the orchestrator keeps its state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    /// SQLite in the run's data directory (the only store today).
+    Sqlite,
+}
+
+/// The load: open loop, at the profile's rate, with a request mix.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadSpec {
+    /// The rate over time; the stages' durations add up to the run's length.
+    pub stages: Vec<Stage>,
+    /// Relative weights of request kinds; at least one is positive.
+    pub mix: Mix,
+    /// The tenants requests are spread over, each with its own key and budget.
+    pub tenants: Vec<Tenant>,
+    /// The share of requests, in [0, 1], that reuse an earlier request's
+    /// idempotency key (and its body), as a client retrying would.
+    pub idempotency_reuse: f64,
+    /// At most this many requests in flight; more wait (their latency still
+    /// counts from their intended send time).
+    pub max_in_flight: u32,
+    /// A request still unanswered after this long is recorded as timed out.
+    pub request_timeout: Duration,
+    /// Tokens each task or job asks for (`max_tokens`).
+    pub max_tokens: u32,
+}
+
+impl LoadSpec {
+    /// The total length of the load, the sum of its stages.
+    pub fn duration(&self) -> Duration {
+        self.stages.iter().map(|s| s.duration).sum()
+    }
+}
+
+/// A stretch of the load profile whose rate moves linearly from `start_rps`
+/// to `end_rps` (equal for a constant rate; a spike is a short stage).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stage {
+    /// How long the stage lasts.
+    pub duration: Duration,
+    /// Requests per second at the start of the stage.
+    pub start_rps: f64,
+    /// Requests per second at the end of the stage.
+    pub end_rps: f64,
+}
+
+/// Relative weights of the request kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mix {
+    /// `POST /v1/tasks`.
+    pub tasks: u32,
+    /// `POST /v1/jobs`.
+    pub jobs: u32,
+    /// Reads: `GET /v1/jobs/{id}` of an accepted job, else the tenant's budget.
+    pub reads: u32,
+}
+
+/// A tenant of the run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tenant {
+    /// The tenant's name (`[a-z0-9-]+`).
+    pub name: String,
+    /// Its token budget; `None` leaves the configuration's default.
+    pub budget_tokens: Option<u64>,
+    /// The role of its key (`admin` unless given).
+    pub role: String,
+}
+
+/// One fault on the timeline.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fault {
+    /// The fault's name, unique in the scenario; SLO windows refer to it.
+    pub name: String,
+    /// When it starts, from the start of the load.
+    pub at: Duration,
+    /// How long it lasts; `None` for an instant fault (kill, restart).
+    pub duration: Option<Duration>,
+    /// What it acts on and how.
+    pub action: FaultAction,
+}
+
+impl Fault {
+    /// When the fault ends (its start for an instant fault).
+    pub fn end(&self) -> Duration {
+        self.at + self.duration.unwrap_or_default()
+    }
+}
+
+/// A link of the topology: each passes through a named proxy of the fault proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Link {
+    /// Load generator → orchestrator (proxy `client`).
+    Client,
+    /// Orchestrator → LLM provider (proxy `llm`).
+    Llm,
+}
+
+impl Link {
+    /// The proxy's name, also the `target` in scenario files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Link::Client => "client",
+            Link::Llm => "llm",
+        }
+    }
+}
+
+/// What a fault does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FaultAction {
+    /// A Toxiproxy toxic on a link (`target: client|llm`).
+    Toxic {
+        /// The link.
+        link: Link,
+        /// The toxic, typed and validated by the fault proxy's model.
+        toxic: crate::proxy::model::ToxicKind,
+        /// The direction it acts on.
+        stream: crate::proxy::model::Stream,
+        /// The probability, in [0, 1], that a connection gets it.
+        toxicity: f32,
+    },
+    /// The link is cut: existing connections close, new ones are refused.
+    Partition {
+        /// The link.
+        link: Link,
+    },
+    /// A program installed on the mock LLM provider (`target: provider`),
+    /// validated by the mock's own parser; removed when the fault ends.
+    LlmProgram {
+        /// The program, as the JSON the mock's admin API takes.
+        program: serde_json::Value,
+    },
+    /// SIGKILL the orchestrator; it is started again when the fault ends
+    /// (at once for an instant fault).
+    Kill,
+    /// SIGSTOP the orchestrator for the fault's duration, then SIGCONT.
+    Pause,
+    /// Stop the orchestrator gracefully (SIGTERM) and start it again.
+    Restart,
+    /// Fill the orchestrator's data directory (a size-limited tmpfs) until the
+    /// fault ends.
+    DiskFull,
+    /// Fail the orchestrator's file I/O with this probability (libfiu).
+    IoErrors {
+        /// In (0, 1].
+        probability: f64,
+    },
+    /// Remount the orchestrator's data directory read-only.
+    ReadOnly,
+    /// Limit the orchestrator's memory so that the kernel OOM-kills it; it is
+    /// restarted, and runs normally again after the fault.
+    Oom {
+        /// The memory limit.
+        limit_bytes: u64,
+    },
+}
+
+/// A fault class, as `gauntlet list` shows and as needs are declared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FaultClass {
+    /// Toxics and partitions.
+    Network,
+    /// Mock LLM provider programs.
+    Llm,
+    /// Kill, pause, restart.
+    Process,
+    /// Disk full, I/O errors, read-only.
+    Disk,
+    /// Memory limits and OOM kills.
+    Memory,
+}
+
+impl FaultAction {
+    /// The kind as written in scenario files.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FaultAction::Toxic { toxic, .. } => toxic.type_name(),
+            FaultAction::Partition { .. } => "partition",
+            FaultAction::LlmProgram { .. } => "program",
+            FaultAction::Kill => "kill",
+            FaultAction::Pause => "pause",
+            FaultAction::Restart => "restart",
+            FaultAction::DiskFull => "disk_full",
+            FaultAction::IoErrors { .. } => "io_errors",
+            FaultAction::ReadOnly => "read_only",
+            FaultAction::Oom { .. } => "oom",
+        }
+    }
+
+    /// The fault's class.
+    pub fn class(&self) -> FaultClass {
+        match self {
+            FaultAction::Toxic { .. } | FaultAction::Partition { .. } => FaultClass::Network,
+            FaultAction::LlmProgram { .. } => FaultClass::Llm,
+            FaultAction::Kill | FaultAction::Pause | FaultAction::Restart => FaultClass::Process,
+            FaultAction::DiskFull | FaultAction::IoErrors { .. } | FaultAction::ReadOnly => {
+                FaultClass::Disk
+            }
+            FaultAction::Oom { .. } => FaultClass::Memory,
+        }
+    }
+}
+
+/// A service-level objective.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Slo {
+    /// What is measured, with its threshold.
+    pub objective: Objective,
+    /// Over which part of the run.
+    pub window: Window,
+}
+
+/// A measure and its threshold. Latencies count from each request's intended
+/// send time; errors are 5xx answers and requests that got no answer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Objective {
+    /// A latency quantile (0.5, 0.9, 0.95, 0.99 or 1.0 for the maximum) at most `max`.
+    Latency {
+        /// The quantile, in (0, 1].
+        quantile: f64,
+        /// The threshold.
+        max: Duration,
+    },
+    /// The share of requests that failed (5xx or no answer) at most `max`.
+    ErrorRate {
+        /// In [0, 1].
+        max: f64,
+    },
+    /// The share of one-second intervals in which the system answered
+    /// (fewer than half of its requests failed) at least `min`.
+    Availability {
+        /// In [0, 1].
+        min: f64,
+    },
+    /// Answered requests per second at least `min_rps`.
+    Throughput {
+        /// Requests per second.
+        min_rps: f64,
+    },
+    /// After the window's fault ends, the time until the error rate stays at
+    /// or under `error_rate` for three seconds, at most `max`.
+    RecoveryTime {
+        /// The threshold.
+        max: Duration,
+        /// What counts as recovered (default 0.05).
+        error_rate: f64,
+    },
+}
+
+/// A part of the run, relative to the load's start and the fault timeline.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Window {
+    /// The whole run.
+    All,
+    /// From the start to the named fault's start.
+    Before(String),
+    /// While the named fault is active.
+    During(String),
+    /// From the named fault's end plus `delay` to the end of the run.
+    After {
+        /// The fault's name.
+        fault: String,
+        /// Time left for recovery before the window opens.
+        delay: Duration,
+    },
+    /// Every sliding window of this length (stepping by one second) must hold.
+    Every(Duration),
+}
+
+/// A named invariant with its parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Invariant {
+    /// Every job acknowledged with 202 ends `succeeded` or `dead` (in the DLQ).
+    NoLostJobs {
+        /// How long to wait, after the load, for jobs to settle.
+        settle: Duration,
+    },
+    /// One charge per task and per idempotency key; each charge equals the
+    /// usage the mock provider reported for one of that task's calls.
+    ExactlyOnceCharge,
+    /// No tenant's usage exceeds its limit, sampled during and after the run.
+    BudgetNeverOverdrawn,
+    /// The audit chain verifies, online and offline.
+    AuditChainIntact,
+    /// Requests that reused an idempotency key and succeeded got the same body.
+    IdempotentReplayConsistent,
+    /// Every answer's status is one of these (no answer counts as status 0).
+    AllowedStatuses {
+        /// Allowed statuses.
+        statuses: Vec<u16>,
+    },
+    /// Per key, admitted requests in any interval stay within the configured
+    /// rate times the interval plus the burst; every 429 carries `Retry-After`.
+    RateLimitRespected,
+    /// `/health/live` answers 200 throughout; `/health/ready` is not 200
+    /// while the named faults last, and is 200 again within `within` after.
+    ReadyReflectsFaults {
+        /// The faults during which the service must say it is not ready.
+        faults: Vec<String>,
+        /// Time allowed to become ready again after each fault.
+        within: Duration,
+    },
+    /// The orchestrator's logs hold no panic.
+    NoPanics,
+}
+
+impl Invariant {
+    /// The name as written in scenario files.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Invariant::NoLostJobs { .. } => "no_lost_jobs",
+            Invariant::ExactlyOnceCharge => "exactly_once_charge",
+            Invariant::BudgetNeverOverdrawn => "budget_never_overdrawn",
+            Invariant::AuditChainIntact => "audit_chain_intact",
+            Invariant::IdempotentReplayConsistent => "idempotent_replay_consistent",
+            Invariant::AllowedStatuses { .. } => "allowed_statuses",
+            Invariant::RateLimitRespected => "rate_limit_respected",
+            Invariant::ReadyReflectsFaults { .. } => "ready_reflects_faults",
+            Invariant::NoPanics => "no_panics",
+        }
+    }
+}
