@@ -1,0 +1,407 @@
+//! SLOs: a measure over the operations whose intended send time falls in a
+//! window. Latency counts from the intended time (open loop), so a stalled
+//! system cannot hide behind requests it delayed.
+
+use std::time::Duration;
+
+use super::{CheckKind, CheckResult, Evidence, MAX_EVIDENCE_LINES};
+use crate::load::{Op, Outcome};
+use crate::scenario::{Objective, Scenario, Slo, Window};
+
+/// How many consecutive good seconds make a recovery.
+const RECOVERY_SECONDS: u32 = 3;
+
+/// The window as written in scenario files.
+pub fn window_label(window: &Window) -> String {
+    match window {
+        Window::All => "all".to_owned(),
+        Window::Before(f) => format!("before({f})"),
+        Window::During(f) => format!("during({f})"),
+        Window::After { fault, delay } if delay.is_zero() => format!("after({fault})"),
+        Window::After { fault, delay } => format!("after({fault}) + {}", secs(*delay)),
+        Window::Every(d) => format!("every {}", secs(*d)),
+    }
+}
+
+fn secs(d: Duration) -> String {
+    humantime_like(d)
+}
+
+/// Renders a duration the way scenario files write it (`500ms`, `2s`, `1.5s`).
+pub(crate) fn humantime_like(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else if ms < 1000 {
+        format!("{ms}ms")
+    } else {
+        format!("{:.3}s", d.as_secs_f64())
+            .trim_end_matches('0')
+            .to_owned()
+    }
+}
+
+/// Whether an operation failed in the SLO sense: a 5xx, or no answer.
+pub(crate) fn is_error(op: &Op) -> bool {
+    match &op.outcome {
+        Outcome::Status(s) => *s >= 500,
+        Outcome::Timeout | Outcome::ConnectError(_) | Outcome::IoError(_) => true,
+        Outcome::Cancelled | Outcome::NotSent => false,
+    }
+}
+
+/// Whether the operation was sent and ended (answered, timed out or failed).
+pub(crate) fn was_sent(op: &Op) -> bool {
+    !matches!(op.outcome, Outcome::Cancelled | Outcome::NotSent)
+}
+
+fn is_ok(op: &Op) -> bool {
+    matches!(op.outcome, Outcome::Status(s) if (200..300).contains(&s))
+}
+
+/// A span of the run in milliseconds from the epoch, `[from, to)`.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    from_ms: f64,
+    to_ms: f64,
+}
+
+impl Span {
+    fn seconds(self) -> f64 {
+        ((self.to_ms - self.from_ms) / 1000.0).max(0.0)
+    }
+    fn label(self) -> String {
+        format!("[{:.1}s, {:.1}s)", self.from_ms / 1000.0, self.to_ms / 1000.0)
+    }
+}
+
+/// Resolves a window into spans; `Every` gives one span per step.
+fn spans(window: &Window, evidence: &Evidence) -> Result<Vec<Span>, String> {
+    let end = evidence.load_end_ms;
+    let fault = |name: &String| {
+        evidence
+            .faults
+            .get(name)
+            .copied()
+            .ok_or_else(|| format!("fault {name} was never applied"))
+    };
+    Ok(match window {
+        Window::All => vec![Span {
+            from_ms: 0.0,
+            to_ms: end,
+        }],
+        Window::Before(f) => vec![Span {
+            from_ms: 0.0,
+            to_ms: fault(f)?.start_ms,
+        }],
+        Window::During(f) => {
+            let s = fault(f)?;
+            vec![Span {
+                from_ms: s.start_ms,
+                to_ms: s.end_ms,
+            }]
+        }
+        Window::After { fault: f, delay } => vec![Span {
+            from_ms: fault(f)?.end_ms + delay.as_secs_f64() * 1000.0,
+            to_ms: end,
+        }],
+        Window::Every(d) => {
+            let len = d.as_secs_f64() * 1000.0;
+            let mut out = Vec::new();
+            let mut from = 0.0;
+            // One-second steps, bounded by the run's length.
+            while from + len <= end + 1e-6 {
+                out.push(Span {
+                    from_ms: from,
+                    to_ms: from + len,
+                });
+                from += 1000.0;
+            }
+            if out.is_empty() {
+                out.push(Span {
+                    from_ms: 0.0,
+                    to_ms: end,
+                });
+            }
+            out
+        }
+    })
+}
+
+fn in_span<'a>(history: &'a [Op], span: Span) -> impl Iterator<Item = &'a Op> {
+    history
+        .iter()
+        .filter(move |op| op.intended_ms >= span.from_ms && op.intended_ms < span.to_ms)
+}
+
+/// Exact quantile of sorted values (nearest rank).
+fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+/// One measurement over a span: the value, whether it meets the objective,
+/// and what to say about it.
+struct Measured {
+    value: Option<f64>,
+    passed: bool,
+    observed: String,
+}
+
+fn measure(objective: &Objective, evidence: &Evidence, span: Span) -> Measured {
+    let ops: Vec<&Op> = in_span(&evidence.history, span)
+        .filter(|op| was_sent(op))
+        .collect();
+    match objective {
+        Objective::Latency { quantile: q, max } => {
+            let mut latencies: Vec<f64> = ops.iter().map(|op| op.end_ms - op.intended_ms).collect();
+            latencies.sort_by(f64::total_cmp);
+            match quantile(&latencies, *q) {
+                Some(v) => Measured {
+                    value: Some(v),
+                    passed: v <= max.as_secs_f64() * 1000.0,
+                    observed: format!("{v:.1}ms over {} requests", latencies.len()),
+                },
+                None => no_requests(),
+            }
+        }
+        Objective::ErrorRate { max } => {
+            if ops.is_empty() {
+                return no_requests();
+            }
+            let errors = ops.iter().filter(|op| is_error(op)).count();
+            let rate = errors as f64 / ops.len() as f64;
+            Measured {
+                value: Some(rate),
+                passed: rate <= *max,
+                observed: format!("{rate:.4} ({errors} of {})", ops.len()),
+            }
+        }
+        Objective::Availability { min } => {
+            let seconds = per_second(&ops, span);
+            let with_traffic: Vec<&(u64, u64)> = seconds.iter().filter(|(n, _)| *n > 0).collect();
+            if with_traffic.is_empty() {
+                return no_requests();
+            }
+            let up = with_traffic.iter().filter(|(n, e)| e * 2 < *n).count();
+            let share = up as f64 / with_traffic.len() as f64;
+            Measured {
+                value: Some(share),
+                passed: share >= *min,
+                observed: format!("{share:.4} ({up} of {} seconds up)", with_traffic.len()),
+            }
+        }
+        Objective::Throughput { min_rps } => {
+            let secs = span.seconds();
+            if secs <= 0.0 {
+                return no_requests();
+            }
+            let ok = ops.iter().filter(|op| is_ok(op)).count();
+            let rps = ok as f64 / secs;
+            Measured {
+                value: Some(rps),
+                passed: rps >= *min_rps,
+                observed: format!("{rps:.2} rps ({ok} successes in {secs:.1}s)"),
+            }
+        }
+        Objective::RecoveryTime { max, error_rate } => {
+            recovery(evidence, span, *max, *error_rate)
+        }
+    }
+}
+
+fn no_requests() -> Measured {
+    Measured {
+        value: None,
+        passed: false,
+        observed: "no requests in the window".to_owned(),
+    }
+}
+
+/// Requests and errors per second of a span: (sent, errors).
+fn per_second(ops: &[&Op], span: Span) -> Vec<(u64, u64)> {
+    let n = span.seconds().ceil() as usize;
+    let mut out = vec![(0u64, 0u64); n.max(1)];
+    for op in ops {
+        let i = (((op.intended_ms - span.from_ms) / 1000.0) as usize).min(out.len() - 1);
+        out[i].0 += 1;
+        if is_error(op) {
+            out[i].1 += 1;
+        }
+    }
+    out
+}
+
+/// The time from the span's start (a fault's end) until the error rate stays
+/// at or under `threshold` for [`RECOVERY_SECONDS`] consecutive seconds.
+/// Seconds without traffic count as good: nothing failed in them.
+fn recovery(evidence: &Evidence, span: Span, max: Duration, threshold: f64) -> Measured {
+    let ops: Vec<&Op> = in_span(&evidence.history, span)
+        .filter(|op| was_sent(op))
+        .collect();
+    let seconds = per_second(&ops, span);
+    let good = |(n, e): &(u64, u64)| *n == 0 || (*e as f64) <= threshold * (*n as f64);
+    let needed = RECOVERY_SECONDS as usize;
+    let found = (0..seconds.len())
+        .find(|&i| i + needed <= seconds.len() && seconds[i..i + needed].iter().all(good));
+    match found {
+        Some(i) => {
+            let ms = i as f64 * 1000.0;
+            Measured {
+                value: Some(ms),
+                passed: ms <= max.as_secs_f64() * 1000.0,
+                observed: format!("recovered after {ms:.0}ms"),
+            }
+        }
+        None => Measured {
+            value: None,
+            passed: false,
+            observed: format!(
+                "did not recover: no {RECOVERY_SECONDS} consecutive seconds at error rate <= {threshold} before the run ended"
+            ),
+        },
+    }
+}
+
+/// The metric's name as written in scenario files, and its threshold in words.
+fn describe(objective: &Objective) -> (String, String) {
+    match objective {
+        Objective::Latency { quantile, max } => {
+            let name = match quantile {
+                q if *q >= 1.0 => "latency_max".to_owned(),
+                q => format!("latency_p{}", (q * 100.0).round() as u32),
+            };
+            (name, format!("<= {}", humantime_like(*max)))
+        }
+        Objective::ErrorRate { max } => ("error_rate".to_owned(), format!("<= {max}")),
+        Objective::Availability { min } => ("availability".to_owned(), format!(">= {min}")),
+        Objective::Throughput { min_rps } => ("throughput".to_owned(), format!(">= {min_rps} rps")),
+        Objective::RecoveryTime { max, error_rate } => (
+            "recovery_time".to_owned(),
+            format!("<= {} (error rate <= {error_rate})", humantime_like(*max)),
+        ),
+    }
+}
+
+/// Judges one SLO. A sliding window must hold in every position; its
+/// observed value is the worst position's.
+pub(super) fn check(slo: &Slo, _scenario: &Scenario, evidence: &Evidence) -> CheckResult {
+    let (name, expected) = describe(&slo.objective);
+    let mut result = CheckResult {
+        kind: CheckKind::Slo,
+        name,
+        window: Some(window_label(&slo.window)),
+        passed: true,
+        expected,
+        observed: String::new(),
+        evidence: Vec::new(),
+    };
+    let spans = match spans(&slo.window, evidence) {
+        Ok(s) => s,
+        Err(why) => {
+            result.passed = false;
+            result.observed = why;
+            return result;
+        }
+    };
+    let mut failures = 0usize;
+    let mut worst: Option<(f64, String)> = None;
+    for span in &spans {
+        let m = measure(&slo.objective, evidence, *span);
+        if !m.passed {
+            failures += 1;
+            result.passed = false;
+            if result.evidence.len() < MAX_EVIDENCE_LINES {
+                result.evidence.push(format!("{}: {}", span.label(), m.observed));
+            }
+            if result.observed.is_empty() {
+                result.observed = m.observed.clone();
+            }
+        }
+        let higher_is_worse = matches!(
+            slo.objective,
+            Objective::Latency { .. } | Objective::ErrorRate { .. } | Objective::RecoveryTime { .. }
+        );
+        if let Some(v) = m.value {
+            let worse = match &worst {
+                None => true,
+                Some((w, _)) => (higher_is_worse && v > *w) || (!higher_is_worse && v < *w),
+            };
+            if worse {
+                worst = Some((v, m.observed.clone()));
+            }
+        }
+    }
+    if result.passed {
+        result.observed = worst.map(|(_, o)| o).unwrap_or_default();
+    } else if spans.len() > 1 {
+        result.observed = format!(
+            "{failures} of {} windows failed; first: {}",
+            spans.len(),
+            result.observed
+        );
+    }
+    if failures > result.evidence.len() {
+        let more = failures - result.evidence.len();
+        result.evidence.push(format!("... and {more} more"));
+    }
+    // The requests behind a failed latency or error SLO: the slowest or
+    // failed ones, with their request ids, so a reader can find them in logs.
+    if !result.passed && spans.len() == 1 {
+        let span = spans[0];
+        let mut ops: Vec<&Op> = in_span(&evidence.history, span)
+            .filter(|op| was_sent(op))
+            .collect();
+        match slo.objective {
+            Objective::Latency { .. } => {
+                ops.sort_by(|a, b| (b.end_ms - b.intended_ms).total_cmp(&(a.end_ms - a.intended_ms)));
+                for op in ops.iter().take(5) {
+                    result.evidence.push(describe_op(op));
+                }
+            }
+            Objective::ErrorRate { .. } | Objective::Availability { .. } => {
+                for op in ops.iter().filter(|op| is_error(op)).take(5) {
+                    result.evidence.push(describe_op(op));
+                }
+            }
+            _ => {}
+        }
+    }
+    result
+}
+
+/// One line naming an operation: index, kind, outcome, latency, request id.
+pub(crate) fn describe_op(op: &Op) -> String {
+    format!(
+        "op {} {:?} tenant {} at {:.0}ms: {} after {:.0}ms{}{}",
+        op.index,
+        op.kind,
+        op.tenant,
+        op.intended_ms,
+        outcome_text(&op.outcome),
+        op.end_ms - op.intended_ms,
+        op.request_id
+            .as_deref()
+            .map(|id| format!(", request id {id}"))
+            .unwrap_or_default(),
+        op.idempotency_key
+            .as_deref()
+            .map(|k| format!(", key {k}"))
+            .unwrap_or_default(),
+    )
+}
+
+/// An outcome in words.
+pub(crate) fn outcome_text(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Status(s) => format!("status {s}"),
+        Outcome::Timeout => "timed out".to_owned(),
+        Outcome::ConnectError(e) => format!("connect error ({e})"),
+        Outcome::IoError(e) => format!("i/o error ({e})"),
+        Outcome::Cancelled => "cancelled".to_owned(),
+        Outcome::NotSent => "not sent".to_owned(),
+    }
+}

@@ -1,0 +1,139 @@
+//! The orchestrator configuration of one run: the scenario's merged config
+//! with the run's own values (ports, paths, tenants' keys) set on the typed
+//! `Config`, then rendered back to YAML for the child process.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use orchestrator::config::{self, ApiKeyConfig, Config, StorageConfig, ValidateOptions};
+use sha2::{Digest, Sha256};
+
+use crate::scenario::Scenario;
+use crate::seed;
+
+/// The tenant the harness's own probes run as; never one of the scenario's.
+pub const OPS_TENANT: &str = "gauntlet-ops";
+
+/// The database path, relative to the run directory (the child's cwd).
+pub const DB_RELATIVE_PATH: &str = "data/orchestrator.db";
+
+/// A tenant's key and limits, as the load generator and checks need them.
+#[derive(Clone, Debug)]
+pub struct TenantKey {
+    /// The tenant.
+    pub tenant: String,
+    /// The API key, in clear (the config holds its SHA-256).
+    pub key: String,
+    /// Its rate limit: requests per second and burst.
+    pub rate_limit: (u32, u32),
+}
+
+/// The rendered configuration and the keys that go with it.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// The YAML the child reads.
+    pub yaml: String,
+    /// The typed config (for limits the checks need).
+    pub config: Config,
+    /// One key per scenario tenant.
+    pub tenants: Vec<TenantKey>,
+    /// The harness's own key (admin), for probes and final reads.
+    pub ops_key: String,
+}
+
+/// Builds the run's configuration. `llm_base_url` is the `llm` proxy's URL,
+/// so that every provider call crosses the fault proxy.
+pub fn render(scenario: &Scenario, run_seed: u64, llm_base_url: &str) -> Result<RunConfig, String> {
+    let outcome = config::validate(
+        scenario.system.config_yaml.as_bytes(),
+        &ValidateOptions::default(),
+    );
+    let Some(mut config) = outcome.config else {
+        let first = outcome
+            .diagnostics
+            .iter()
+            .map(|d| d.display_with_file("<merged config>").to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        return Err(format!("the merged orchestrator config is invalid:\n{first}"));
+    };
+    let url: reqwest::Url = llm_base_url
+        .parse()
+        .map_err(|e| format!("bad provider url {llm_base_url}: {e}"))?;
+    for provider in &mut config.llm.providers {
+        provider.base_url = url.clone();
+    }
+    config.storage = StorageConfig::Sqlite {
+        path: PathBuf::from(DB_RELATIVE_PATH),
+    };
+    let make_key = |tenant: &str| {
+        let v = seed::derive(run_seed, &[b"api-key", tenant.as_bytes()]);
+        format!("gauntlet-{tenant}-{v:016x}")
+    };
+    let hash = |key: &str| -> [u8; 32] { Sha256::digest(key.as_bytes()).into() };
+    let rate_limit_of = |config: &Config, role: &str| {
+        let limit = config
+            .security
+            .rate_limits
+            .get(role)
+            .copied()
+            .unwrap_or(config.security.default_rate_limit);
+        (limit.requests_per_second, limit.burst)
+    };
+    let mut tenants = Vec::new();
+    for t in &scenario.load.tenants {
+        let key = make_key(&t.name);
+        config.security.api_keys.push(ApiKeyConfig {
+            id: format!("gauntlet-{}", t.name),
+            sha256: hash(&key),
+            tenant: t.name.clone(),
+            role: t.role.clone(),
+            expires_at: None,
+        });
+        if let Some(limit) = t.budget_tokens {
+            config.budget.tenants.insert(t.name.clone(), limit);
+        }
+        tenants.push(TenantKey {
+            tenant: t.name.clone(),
+            key,
+            rate_limit: rate_limit_of(&config, &t.role),
+        });
+    }
+    let ops_key = make_key(OPS_TENANT);
+    config.security.api_keys.push(ApiKeyConfig {
+        id: OPS_TENANT.to_owned(),
+        sha256: hash(&ops_key),
+        tenant: OPS_TENANT.to_owned(),
+        role: "admin".to_owned(),
+        expires_at: None,
+    });
+    if !config.security.roles.contains_key("admin") {
+        return Err("the config defines no `admin` role, which the harness's probes use".to_owned());
+    }
+    let yaml = config.to_yaml();
+    // The rendered file must validate as the child will read it; a failure
+    // here is a harness bug, reported rather than discovered by the child.
+    let check = config::validate(yaml.as_bytes(), &ValidateOptions::default());
+    if check.config.is_none() {
+        let lines: Vec<String> = check
+            .diagnostics
+            .iter()
+            .map(|d| d.display_with_file("<run config>").to_string())
+            .collect();
+        return Err(format!("the run's config does not validate:\n{}", lines.join("\n")));
+    }
+    Ok(RunConfig {
+        yaml,
+        config,
+        tenants,
+        ops_key,
+    })
+}
+
+/// The limits by tenant, for the rate-limit invariant.
+pub fn rate_limits(run: &RunConfig) -> BTreeMap<String, (u32, u32)> {
+    run.tenants
+        .iter()
+        .map(|t| (t.tenant.clone(), t.rate_limit))
+        .collect()
+}

@@ -1,0 +1,211 @@
+//! The fault executor: applies each fault of the timeline at its time and
+//! reverts it at its end, recording when each really happened.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::local::LocalSystem;
+use crate::mock_llm::{MockLlm, Program};
+use crate::proxy::ProxyClient;
+use crate::proxy::model::Toxic;
+use crate::scenario::{Fault, FaultAction};
+
+/// What the executor acts through.
+pub struct Hands {
+    /// The fault proxy's API.
+    pub proxy: ProxyClient,
+    /// The mock LLM provider.
+    pub mock: Arc<MockLlm>,
+    /// The orchestrator's process, data directory and cgroup.
+    pub system: Arc<LocalSystem>,
+}
+
+/// What happened to one fault.
+#[derive(Clone, Debug, Serialize)]
+pub struct FaultRecord {
+    /// The fault's name.
+    pub name: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its class (`network`, `llm`...).
+    pub class: String,
+    /// Its target.
+    pub target: String,
+    /// When it was scheduled to start, from the load's epoch.
+    pub scheduled_ms: f64,
+    /// When it was applied; `None` if it never was.
+    pub applied_ms: Option<f64>,
+    /// When it was reverted.
+    pub reverted_ms: Option<f64>,
+    /// Why applying or reverting failed.
+    pub error: Option<String>,
+}
+
+/// The target as written in scenario files.
+pub fn target_of(action: &FaultAction) -> &'static str {
+    match action {
+        FaultAction::Toxic { link, .. } | FaultAction::Partition { link } => link.as_str(),
+        FaultAction::LlmProgram { .. } => "provider",
+        _ => "orchestrator",
+    }
+}
+
+fn class_name(action: &FaultAction) -> String {
+    format!("{:?}", action.class()).to_lowercase()
+}
+
+/// Runs the timeline from `epoch`. Each fault runs in its own task so that
+/// overlapping faults keep their own times. When `stop` turns true (the run
+/// was interrupted or the load ended early), pending faults are skipped and
+/// active ones reverted at once. Returns one record per fault, in timeline order.
+pub async fn execute(
+    faults: &[Fault],
+    hands: Arc<Hands>,
+    epoch: Instant,
+    stop: watch::Receiver<bool>,
+) -> Vec<FaultRecord> {
+    let mut tasks = Vec::new();
+    for fault in faults.iter().cloned() {
+        let hands = hands.clone();
+        let mut stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut record = FaultRecord {
+                name: fault.name.clone(),
+                kind: fault.action.kind().to_owned(),
+                class: class_name(&fault.action),
+                target: target_of(&fault.action).to_owned(),
+                scheduled_ms: fault.at.as_secs_f64() * 1000.0,
+                applied_ms: None,
+                reverted_ms: None,
+                error: None,
+            };
+            if !wait_until(epoch + fault.at, &mut stop).await {
+                record.error = Some("the run ended before the fault's time".to_owned());
+                return record;
+            }
+            let ms = |i: Instant| i.saturating_duration_since(epoch).as_secs_f64() * 1000.0;
+            if let Err(e) = apply(&fault, &hands).await {
+                record.error = Some(format!("could not apply: {e}"));
+                // A partly applied fault is reverted all the same.
+                let _ = revert(&fault, &hands).await;
+                return record;
+            }
+            record.applied_ms = Some(ms(Instant::now()));
+            if let Some(d) = fault.duration {
+                wait_until(epoch + fault.at + d, &mut stop).await;
+            }
+            if let Err(e) = revert(&fault, &hands).await {
+                record.error = Some(format!("could not revert: {e}"));
+            }
+            record.reverted_ms = Some(ms(Instant::now()));
+            record
+        }));
+    }
+    let mut records = Vec::new();
+    for (task, fault) in tasks.into_iter().zip(faults) {
+        match task.await {
+            Ok(r) => records.push(r),
+            Err(e) => records.push(FaultRecord {
+                name: fault.name.clone(),
+                kind: fault.action.kind().to_owned(),
+                class: class_name(&fault.action),
+                target: target_of(&fault.action).to_owned(),
+                scheduled_ms: fault.at.as_secs_f64() * 1000.0,
+                applied_ms: None,
+                reverted_ms: None,
+                error: Some(format!("the fault's task failed: {e}")),
+            }),
+        }
+    }
+    records
+}
+
+/// Sleeps until `deadline`; false if `stop` turned true first.
+async fn wait_until(deadline: Instant, stop: &mut watch::Receiver<bool>) -> bool {
+    if *stop.borrow() {
+        return false;
+    }
+    tokio::select! {
+        () = tokio::time::sleep_until(deadline) => true,
+        _ = stop.wait_for(|s| *s) => false,
+    }
+}
+
+async fn apply(fault: &Fault, hands: &Hands) -> Result<(), String> {
+    let s = &hands.system;
+    match &fault.action {
+        FaultAction::Toxic {
+            link,
+            toxic,
+            stream,
+            toxicity,
+        } => {
+            let t = Toxic::new(*stream, toxic.clone())
+                .named(fault.name.clone())
+                .with_toxicity(*toxicity);
+            hands
+                .proxy
+                .add_toxic(link.as_str(), &t)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+        FaultAction::Partition { link } => hands
+            .proxy
+            .set_enabled(link.as_str(), false)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        FaultAction::LlmProgram { program } => {
+            let bytes = serde_json::to_vec(program).map_err(|e| e.to_string())?;
+            let program = Program::from_json(&bytes, hands.mock.limits()).map_err(|e| e.to_string())?;
+            hands.mock.install(program).map_err(|e| e.to_string())
+        }
+        FaultAction::Kill => s.kill().await.map_err(|e| e.to_string()),
+        FaultAction::Pause => s.pause().await.map_err(|e| e.to_string()),
+        FaultAction::Restart => s.restart().await.map_err(|e| e.to_string()),
+        FaultAction::DiskFull => s.disk_fill().await.map_err(|e| e.to_string()),
+        FaultAction::IoErrors { probability } => {
+            s.io_errors(*probability).await.map_err(|e| e.to_string())
+        }
+        FaultAction::ReadOnly => s.set_read_only(true).await.map_err(|e| e.to_string()),
+        FaultAction::Oom { limit_bytes } => s.oom(*limit_bytes).await.map_err(|e| e.to_string()),
+    }
+}
+
+async fn revert(fault: &Fault, hands: &Hands) -> Result<(), String> {
+    let s = &hands.system;
+    match &fault.action {
+        FaultAction::Toxic { link, .. } => hands
+            .proxy
+            .remove_toxic(link.as_str(), &fault.name)
+            .await
+            .map_err(|e| e.to_string()),
+        FaultAction::Partition { link } => hands
+            .proxy
+            .set_enabled(link.as_str(), true)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        FaultAction::LlmProgram { .. } => hands
+            .mock
+            .install(Program::default())
+            .map_err(|e| e.to_string()),
+        FaultAction::Kill => s.start_again().await.map_err(|e| e.to_string()),
+        FaultAction::Pause => s.resume().await.map_err(|e| e.to_string()),
+        FaultAction::Restart => Ok(()),
+        FaultAction::DiskFull => s.disk_release().await.map_err(|e| e.to_string()),
+        FaultAction::IoErrors { .. } => s.io_errors_off().await.map_err(|e| e.to_string()),
+        FaultAction::ReadOnly => s.set_read_only(false).await.map_err(|e| e.to_string()),
+        FaultAction::Oom { .. } => s.oom_end().await.map_err(|e| e.to_string()),
+    }
+}
+
+/// How long after a process fault's end the service may still be down
+/// (starting, recovering its store), for the liveness part of
+/// `ready_reflects_faults`.
+pub const RESTART_GRACE: Duration = Duration::from_secs(5);

@@ -1,0 +1,516 @@
+//! The scenario engine: brings the system up on the local backend, drives
+//! the load while the fault timeline runs, gathers the evidence, judges it
+//! and writes the report. Teardown happens on every path: the backend's
+//! handles tear down when dropped, so an error or a panic leaves nothing.
+
+pub mod config;
+pub mod faults;
+pub mod observe;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::checks::{self, Evidence, FaultSpan};
+use crate::load::{self, LoadLimits, LoadTarget, OpKind, Outcome};
+use crate::local::{self, Launcher, LocalConfig, LocalSystem, Needs};
+use crate::mock_llm::{MockConfig, MockLlm};
+use crate::proxy::model::ProxyConfig;
+use crate::proxy::{ProxyServer, ProxyServerConfig};
+use crate::report::{self, Report};
+use crate::scenario::{FaultAction, Invariant, Scenario};
+
+/// How long the orchestrator gets to say it is listening.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long jobs get to settle when `no_lost_jobs` does not say.
+pub const DEFAULT_SETTLE: Duration = Duration::from_secs(10);
+/// Restarts the backend's supervisor may make in one run.
+pub const MAX_RESTARTS: u32 = 50;
+/// The most requests one run may plan.
+pub const MAX_REQUESTS: u64 = 200_000;
+/// Time given to requests in flight when the load ends.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How a run is made.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Replaces the scenario's seed.
+    pub seed: Option<u64>,
+    /// Multiplies every duration of the load and the fault timeline.
+    pub scale: f64,
+    /// Where the report goes: `<report_dir>/<scenario name>/`.
+    pub report_dir: PathBuf,
+    /// How the orchestrator is started.
+    pub launcher: Launcher,
+    /// Whether to draw a progress bar (on stderr).
+    pub progress: bool,
+}
+
+/// Why a run could not be made (as opposed to a check that failed).
+#[derive(Debug, Error)]
+pub enum RunError {
+    /// The machine lacks what a fault needs.
+    #[error("scenario {scenario}: {reason}")]
+    Unmet {
+        /// The scenario.
+        scenario: String,
+        /// What is missing.
+        reason: String,
+    },
+    /// The system could not be brought up or torn down.
+    #[error("scenario {scenario}: {message}")]
+    Environment {
+        /// The scenario.
+        scenario: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The run was interrupted (Ctrl-C).
+    #[error("scenario {scenario}: interrupted")]
+    Interrupted {
+        /// The scenario.
+        scenario: String,
+    },
+}
+
+/// What the scenario's faults need from the machine.
+pub fn needs_of(scenario: &Scenario) -> Needs {
+    let mut needs = Needs::default();
+    for f in &scenario.faults {
+        match f.action {
+            FaultAction::DiskFull | FaultAction::ReadOnly => {
+                needs.disk_tmpfs_bytes = Some(DATA_TMPFS_BYTES);
+            }
+            FaultAction::IoErrors { .. } => needs.io_errors = true,
+            FaultAction::Oom { .. } => needs.memory = true,
+            _ => {}
+        }
+    }
+    needs
+}
+
+/// The size of the data directory's tmpfs when a disk fault needs one.
+pub const DATA_TMPFS_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Returns a copy with every duration of the load and the timeline
+/// multiplied by `factor` (SLO thresholds are not scaled).
+pub fn scaled(scenario: &Scenario, factor: f64) -> Scenario {
+    let scale = |d: Duration| Duration::from_secs_f64(d.as_secs_f64() * factor);
+    let mut s = scenario.clone();
+    for stage in &mut s.load.stages {
+        stage.duration = scale(stage.duration);
+    }
+    for fault in &mut s.faults {
+        fault.at = scale(fault.at);
+        fault.duration = fault.duration.map(scale);
+    }
+    for slo in &mut s.slos {
+        match &mut slo.window {
+            crate::scenario::Window::After { delay, .. } => *delay = scale(*delay),
+            crate::scenario::Window::Every(d) => *d = scale(*d).max(Duration::from_secs(1)),
+            _ => {}
+        }
+    }
+    s
+}
+
+/// Cancels a run (Ctrl-C): the load stops sending, faults revert, the
+/// system is torn down, and the run reports [`RunError::Interrupted`].
+#[derive(Clone, Debug)]
+pub struct Cancel(watch::Sender<bool>);
+
+impl Cancel {
+    /// A signal not yet raised.
+    pub fn new() -> Cancel {
+        Cancel(watch::channel(false).0)
+    }
+    /// Raises it.
+    pub fn cancel(&self) {
+        self.0.send_replace(true);
+    }
+    /// Whether it was raised.
+    pub fn is_cancelled(&self) -> bool {
+        *self.0.borrow()
+    }
+    fn subscribe(&self) -> watch::Receiver<bool> {
+        self.0.subscribe()
+    }
+}
+
+impl Default for Cancel {
+    fn default() -> Cancel {
+        Cancel::new()
+    }
+}
+
+/// Runs one scenario and writes its report. `Ok` carries the report
+/// whatever the checks found; `Err` means the run could not be made.
+pub async fn run(scenario: &Scenario, options: &RunOptions, cancel: &Cancel) -> Result<Report, RunError> {
+    let scenario = scaled(scenario, options.scale);
+    let seed = options.seed.unwrap_or(scenario.seed);
+    let name = scenario.name.clone();
+    let env_err = |message: String| RunError::Environment {
+        scenario: name.clone(),
+        message,
+    };
+    let needs = needs_of(&scenario);
+    local::check_needs(&needs).map_err(|e| RunError::Unmet {
+        scenario: name.clone(),
+        reason: e.to_string(),
+    })?;
+    let started = std::time::SystemTime::now();
+    let run_id = format!(
+        "{name}-{seed}-{}",
+        started
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default()
+    );
+    let report_dir = options.report_dir.join(&name);
+    std::fs::create_dir_all(&report_dir)
+        .map_err(|e| env_err(format!("cannot create {}: {e}", report_dir.display())))?;
+    let run_dir = tempfile::Builder::new()
+        .prefix("gauntlet-run-")
+        .tempdir()
+        .map_err(|e| env_err(format!("cannot create a temporary directory: {e}")))?;
+
+    // The hands: the mock provider and the fault proxy, in-process.
+    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let mock = Arc::new(
+        MockLlm::start(MockConfig {
+            listen: loopback,
+            seed,
+            ..MockConfig::default()
+        })
+        .await
+        .map_err(|e| env_err(format!("cannot start the mock LLM provider: {e}")))?,
+    );
+    let proxy = ProxyServer::start(ProxyServerConfig {
+        listen: loopback,
+        seed,
+        ..ProxyServerConfig::default()
+    })
+    .await
+    .map_err(|e| env_err(format!("cannot start the fault proxy: {e}")))?;
+    let proxy_client = proxy
+        .client()
+        .map_err(|e| env_err(format!("cannot reach the fault proxy: {e}")))?;
+    let llm_proxy = proxy_client
+        .create_proxy(&ProxyConfig::new("llm", "127.0.0.1:0", &mock.addr().to_string(), true))
+        .await
+        .map_err(|e| env_err(format!("cannot create the llm proxy: {e}")))?;
+
+    let run_config = config::render(&scenario, seed, &format!("http://{}/v1", llm_proxy.listen))
+        .map_err(env_err)?;
+    let system = Arc::new(
+        LocalSystem::start(LocalConfig {
+            run_id: run_id.clone(),
+            run_dir: run_dir.path().to_path_buf(),
+            config_yaml: run_config.yaml.clone(),
+            launcher: options.launcher.clone(),
+            seed,
+            needs,
+            ready_timeout: READY_TIMEOUT,
+            max_restarts: MAX_RESTARTS,
+        })
+        .await
+        .map_err(|e| env_err(format!("cannot start the orchestrator: {e}")))?,
+    );
+    let direct = format!("http://{}", system.addr());
+    let client_proxy = proxy_client
+        .create_proxy(&ProxyConfig::new(
+            "client",
+            "127.0.0.1:0",
+            &system.addr().to_string(),
+            true,
+        ))
+        .await
+        .map_err(|e| env_err(format!("cannot create the client proxy: {e}")))?;
+
+    // The load, planned before anything starts so that a bad plan costs nothing.
+    let limits = LoadLimits {
+        max_requests: MAX_REQUESTS,
+        drain_timeout: DRAIN_TIMEOUT,
+    };
+    let plan = load::schedule(&scenario.load, seed, &limits).map_err(|e| env_err(e.to_string()))?;
+    let target = LoadTarget {
+        base_url: format!("http://{}", client_proxy.listen),
+        keys: run_config
+            .tenants
+            .iter()
+            .map(|t| (t.tenant.clone(), t.key.clone()))
+            .collect(),
+    };
+    let progress = load::Progress::default();
+    let bar = report::progress_bar(options.progress, &scenario, plan.len() as u64);
+
+    let probe = observe::client().map_err(env_err)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let epoch = Instant::now() + Duration::from_millis(200);
+    let hands = Arc::new(faults::Hands {
+        proxy: proxy_client.clone(),
+        mock: mock.clone(),
+        system: system.clone(),
+    });
+    // Faults stop early when the run is cancelled; otherwise they keep their
+    // own schedule, which ends within the load.
+    let fault_task = tokio::spawn(faults::execute(
+        &scenario.faults.clone(),
+        hands,
+        epoch,
+        cancel.subscribe(),
+    ));
+    let health_task = tokio::spawn(observe::health(
+        probe.clone(),
+        direct.clone(),
+        epoch,
+        stop_rx.clone(),
+    ));
+    let budget_task = tokio::spawn(observe::budgets(
+        probe.clone(),
+        direct.clone(),
+        run_config.ops_key.clone(),
+        run_config.tenants.iter().map(|t| t.tenant.clone()).collect(),
+        epoch,
+        stop_rx.clone(),
+    ));
+    let ticker = report::spawn_ticker(bar.clone(), progress.clone());
+    let outcome = load::run(
+        &scenario.load,
+        plan,
+        &target,
+        epoch,
+        &progress,
+        cancel.subscribe(),
+    )
+    .await;
+    ticker.abort();
+    let fault_records = fault_task.await.unwrap_or_default();
+    stop_tx.send_replace(true);
+    let health = health_task.await.unwrap_or_default();
+    let mut budgets = budget_task.await.unwrap_or_default();
+    if cancel.is_cancelled() {
+        bar.abandon_with_message("interrupted");
+        drop(system);
+        proxy.shutdown().await;
+        return Err(RunError::Interrupted { scenario: name });
+    }
+    bar.set_message("settling jobs");
+
+    // The final state, read directly from the orchestrator.
+    let accepted: Vec<String> = outcome
+        .history
+        .iter()
+        .filter(|op| op.kind == OpKind::Job && op.outcome == Outcome::Status(202))
+        .filter_map(|op| op.resource_id.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let settle = scenario
+        .invariants
+        .iter()
+        .find_map(|i| match i {
+            Invariant::NoLostJobs { settle } => Some(*settle),
+            _ => None,
+        })
+        .unwrap_or(DEFAULT_SETTLE);
+    let jobs = observe::settle_jobs(&probe, &direct, &run_config.ops_key, accepted, settle).await;
+    for t in &run_config.tenants {
+        if let Some(s) = observe::budget(&probe, &direct, &run_config.ops_key, &t.tenant, epoch).await {
+            budgets.push(s);
+        }
+    }
+    let audit_online = observe::audit_online(&probe, &direct, &run_config.ops_key).await;
+    let page = mock.journal();
+    let process_events = system.events();
+    let log_path = system.log_path();
+    let db_path = system.db_path();
+
+    // Shut the system down before reading its database offline.
+    let system = Arc::try_unwrap(system)
+        .map_err(|_| env_err("the orchestrator handle is still shared after the run".to_owned()))?;
+    let shutdown = system.shutdown().await;
+    proxy.shutdown().await;
+    if let Ok(mock) = Arc::try_unwrap(mock) {
+        mock.shutdown().await;
+    }
+    let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let audit_offline = orchestrator::store::verify_file(&db_path)
+        .map(|v| checks::AuditAnswer {
+            ok: v.ok,
+            entries: v.entries,
+            first_bad_seq: v.first_bad_seq,
+            reason: v.reason,
+        })
+        .map_err(|e| e.to_string());
+    let charges = read_charges(&db_path, &run_config);
+
+    let mut fault_spans = std::collections::BTreeMap::new();
+    let mut process_down = Vec::new();
+    for (record, fault) in fault_records.iter().zip(&scenario.faults) {
+        if let (Some(start_ms), Some(end_ms)) = (record.applied_ms, record.reverted_ms) {
+            fault_spans.insert(record.name.clone(), FaultSpan { start_ms, end_ms });
+            if matches!(
+                fault.action,
+                FaultAction::Kill | FaultAction::Pause | FaultAction::Restart | FaultAction::Oom { .. }
+            ) {
+                process_down.push((start_ms, end_ms + faults::RESTART_GRACE.as_secs_f64() * 1000.0));
+            }
+        }
+    }
+    let evidence = Evidence {
+        history: outcome.history.clone(),
+        load_end_ms: scenario.load.duration().as_secs_f64() * 1000.0,
+        faults: fault_spans,
+        health,
+        budgets,
+        jobs,
+        charges,
+        journal: page.calls,
+        journal_dropped: page.dropped,
+        audit_online,
+        audit_offline,
+        rate_limits: config::rate_limits(&run_config),
+        panics: observe::panics_in_log(&log_text),
+        process_down,
+    };
+    let mut results = checks::run_all(&scenario, &evidence);
+    // A fault that could not be applied means the scenario did not test what
+    // it says: that is a failed check, named, not a silent pass.
+    for r in &fault_records {
+        if let Some(error) = &r.error {
+            results.push(checks::CheckResult {
+                kind: checks::CheckKind::Invariant,
+                name: "fault_applied".to_owned(),
+                window: Some(r.name.clone()),
+                passed: false,
+                expected: format!("fault {} applied and reverted", r.name),
+                observed: error.clone(),
+                evidence: vec![error.clone()],
+            });
+        }
+    }
+    if let Err(e) = &shutdown {
+        results.push(checks::CheckResult {
+            kind: checks::CheckKind::Invariant,
+            name: "clean_shutdown".to_owned(),
+            window: None,
+            passed: false,
+            expected: "the orchestrator stops gracefully".to_owned(),
+            observed: e.to_string(),
+            evidence: vec![e.to_string()],
+        });
+    }
+    let finished = std::time::SystemTime::now();
+    let report = Report::new(report::ReportInput {
+        scenario: &scenario,
+        seed,
+        scale: options.scale,
+        run_id,
+        started,
+        finished,
+        checks: results,
+        faults: fault_records,
+        load: &outcome,
+        evidence: &evidence,
+        process_events,
+    });
+    bar.finish_and_clear();
+    report::write(&report, &outcome.history, &log_path, &report_dir)
+        .map_err(|e| env_err(format!("cannot write the report to {}: {e}", report_dir.display())))?;
+    Ok(report)
+}
+
+/// Reads the ledger offline, after the orchestrator stopped.
+fn read_charges(
+    db_path: &std::path::Path,
+    run: &config::RunConfig,
+) -> Result<Vec<orchestrator::store::ChargeRecord>, String> {
+    let options = orchestrator::store::StoreOptions::new(run.config.budget.clone());
+    let store = orchestrator::store::Store::open(db_path, &options)
+        .map_err(|e| format!("cannot open {}: {e}", db_path.display()))?;
+    let mut all = Vec::new();
+    for t in &run.tenants {
+        all.extend(store.charges(&t.tenant).map_err(|e| e.to_string())?);
+    }
+    Ok(all)
+}
+
+/// The exit code of `gauntlet run`: 0 every check passed, 1 a check failed,
+/// 2 bad input or an environment that cannot run a scenario.
+pub mod exit {
+    /// Every check of every scenario passed.
+    pub const PASSED: u8 = 0;
+    /// At least one check failed.
+    pub const CHECK_FAILED: u8 = 1;
+    /// Bad input (scenario, arguments) or an environment that cannot run it.
+    pub const BAD_INPUT: u8 = 2;
+}
+
+/// `gauntlet run`: validates every scenario first (one bad file stops the
+/// run before anything starts), then runs them one after another, printing
+/// each summary to `out` and problems to `err`.
+pub async fn run_paths(
+    paths: &[PathBuf],
+    options: &RunOptions,
+    cancel: &Cancel,
+    out: &mut dyn std::io::Write,
+    err: &mut dyn std::io::Write,
+) -> u8 {
+    let files = match crate::scenario::discover(paths) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            return exit::BAD_INPUT;
+        }
+    };
+    let mut scenarios = Vec::new();
+    let mut bad = false;
+    for file in &files {
+        match crate::scenario::load_file(file) {
+            Ok(s) => scenarios.push(s),
+            Err(e) => {
+                let _ = writeln!(err, "{e}");
+                bad = true;
+            }
+        }
+    }
+    if bad {
+        let _ = writeln!(err, "error: invalid scenarios; nothing was run");
+        return exit::BAD_INPUT;
+    }
+    if !(options.scale > 0.0 && options.scale.is_finite()) {
+        let _ = writeln!(err, "error: --scale must be a positive number, got {}", options.scale);
+        return exit::BAD_INPUT;
+    }
+    let colour = report::use_colour();
+    let mut code = exit::PASSED;
+    for scenario in &scenarios {
+        if cancel.is_cancelled() {
+            break;
+        }
+        match run(scenario, options, cancel).await {
+            Ok(report) => {
+                let _ = write!(out, "{}", report::summary(&report, colour));
+                let _ = writeln!(
+                    out,
+                    "report: {}",
+                    options.report_dir.join(&scenario.name).join("report.json").display()
+                );
+                if !report.passed {
+                    code = code.max(exit::CHECK_FAILED);
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(err, "error: {e}");
+                code = exit::BAD_INPUT;
+            }
+        }
+    }
+    code
+}

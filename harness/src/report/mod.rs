@@ -1,0 +1,342 @@
+//! Reports: `report.json` (everything; its schema is in REPORT.md),
+//! `history.jsonl` (one operation per line), `verdict.yaml` (redacted: no
+//! timings, ports or ids, so that it is stable across runs and insta can
+//! snapshot it), the terminal summary and the progress bar.
+
+mod terminal;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+use crate::checks::{BudgetSample, CheckKind, CheckResult, Evidence, HealthSample};
+use crate::engine::faults::FaultRecord;
+use crate::load::{LatencySummary, LoadOutcome, Op, WindowStats};
+use crate::local::ProcessEvent;
+use crate::scenario::Scenario;
+
+pub use terminal::{summary, use_colour};
+
+/// The version of report.json's shape; bumped on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Everything a run found. Serialized as report.json.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// The harness's version.
+    pub gauntlet_version: String,
+    /// The backend that ran the system (`local`).
+    pub backend: String,
+    /// The scenario's name.
+    pub scenario: String,
+    /// Its description.
+    pub description: String,
+    /// The file it came from.
+    pub source: String,
+    /// The seed the run used (replay with `--seed`).
+    pub seed: u64,
+    /// The duration multiplier.
+    pub scale: f64,
+    /// A unique id of this run.
+    pub run_id: String,
+    /// Start, in Unix milliseconds.
+    pub started_unix_ms: u64,
+    /// Wall time of the whole run, bring-up and teardown included.
+    pub duration_ms: u64,
+    /// Whether every check passed.
+    pub passed: bool,
+    /// The checks, SLOs first, in file order.
+    pub checks: Vec<CheckResult>,
+    /// The fault timeline as it happened.
+    pub faults: Vec<FaultRecord>,
+    /// What the load generator saw.
+    pub load: LoadSection,
+    /// Starts, exits and restarts of the orchestrator.
+    pub process_events: Vec<ProcessEvent>,
+    /// Health probe samples.
+    pub health: Vec<HealthSample>,
+    /// Budget samples.
+    pub budgets: Vec<BudgetSample>,
+    /// Jobs acknowledged, by final state (`lost` when never found).
+    pub jobs: BTreeMap<String, u64>,
+    /// Ledger entries and provider calls.
+    pub ledger: LedgerSection,
+}
+
+/// The load part of the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadSection {
+    /// Operations planned.
+    pub planned: u64,
+    /// Operations sent.
+    pub sent: u64,
+    /// Answers by status; `timeout`, `connect_error`, `io_error`,
+    /// `cancelled` and `not_sent` for the rest.
+    pub outcomes: BTreeMap<String, u64>,
+    /// Latency over the whole run, from intended send times.
+    pub overall: LatencySummary,
+    /// One entry per second.
+    pub windows: Vec<WindowStats>,
+    /// The history file, beside report.json.
+    pub history_file: String,
+}
+
+/// The ledger part of the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct LedgerSection {
+    /// Charges in the store after the run (absent if it could not be read).
+    pub charges: Option<u64>,
+    /// Tokens charged in all.
+    pub charged_tokens: Option<u64>,
+    /// Provider calls in the mock's journal.
+    pub provider_calls: u64,
+    /// Journal records dropped (its ring is bounded).
+    pub provider_calls_dropped: u64,
+}
+
+/// What [`Report::new`] is built from.
+pub struct ReportInput<'a> {
+    /// The scenario as run (scaled).
+    pub scenario: &'a Scenario,
+    /// The seed used.
+    pub seed: u64,
+    /// The scale used.
+    pub scale: f64,
+    /// The run's id.
+    pub run_id: String,
+    /// When it started.
+    pub started: SystemTime,
+    /// When it finished.
+    pub finished: SystemTime,
+    /// The judged checks.
+    pub checks: Vec<CheckResult>,
+    /// The fault records.
+    pub faults: Vec<FaultRecord>,
+    /// The load's outcome.
+    pub load: &'a LoadOutcome,
+    /// The evidence the checks judged.
+    pub evidence: &'a Evidence,
+    /// The backend's process events.
+    pub process_events: Vec<ProcessEvent>,
+}
+
+/// The outcome's key in `load.outcomes`.
+fn outcome_key(op: &Op) -> String {
+    use crate::load::Outcome;
+    match &op.outcome {
+        Outcome::Status(s) => s.to_string(),
+        Outcome::Timeout => "timeout".to_owned(),
+        Outcome::ConnectError(_) => "connect_error".to_owned(),
+        Outcome::IoError(_) => "io_error".to_owned(),
+        Outcome::Cancelled => "cancelled".to_owned(),
+        Outcome::NotSent => "not_sent".to_owned(),
+    }
+}
+
+impl Report {
+    /// Assembles the report.
+    pub fn new(input: ReportInput<'_>) -> Report {
+        let unix_ms = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or_default()
+        };
+        let mut outcomes = BTreeMap::new();
+        for op in &input.load.history {
+            *outcomes.entry(outcome_key(op)).or_insert(0u64) += 1;
+        }
+        let sent = input
+            .load
+            .history
+            .iter()
+            .filter(|op| crate::checks::was_sent(op))
+            .count() as u64;
+        let mut jobs = BTreeMap::new();
+        for job in input.evidence.jobs.values() {
+            let state = job.as_ref().map(|j| j.state.clone()).unwrap_or_else(|| "lost".to_owned());
+            *jobs.entry(state).or_insert(0u64) += 1;
+        }
+        let charges = input.evidence.charges.as_ref().ok();
+        Report {
+            schema_version: SCHEMA_VERSION,
+            gauntlet_version: env!("CARGO_PKG_VERSION").to_owned(),
+            backend: "local".to_owned(),
+            scenario: input.scenario.name.clone(),
+            description: input.scenario.description.clone(),
+            source: input.scenario.source.display().to_string(),
+            seed: input.seed,
+            scale: input.scale,
+            run_id: input.run_id,
+            started_unix_ms: unix_ms(input.started),
+            duration_ms: input
+                .finished
+                .duration_since(input.started)
+                .unwrap_or(Duration::ZERO)
+                .as_millis() as u64,
+            passed: input.checks.iter().all(|c| c.passed),
+            checks: input.checks,
+            faults: input.faults,
+            load: LoadSection {
+                planned: input.load.history.len() as u64,
+                sent,
+                outcomes,
+                overall: input.load.overall.latency.clone(),
+                windows: input.load.windows.clone(),
+                history_file: "history.jsonl".to_owned(),
+            },
+            process_events: input.process_events,
+            health: input.evidence.health.clone(),
+            budgets: input.evidence.budgets.clone(),
+            jobs,
+            ledger: LedgerSection {
+                charges: charges.map(|c| c.len() as u64),
+                charged_tokens: charges.map(|c| c.iter().map(|c| c.tokens).sum()),
+                provider_calls: input.evidence.journal.len() as u64,
+                provider_calls_dropped: input.evidence.journal_dropped,
+            },
+        }
+    }
+
+    /// The redacted verdict: what passed and failed, without timings, ports,
+    /// ids or measured values, so two runs of a healthy system agree.
+    pub fn verdict(&self) -> Verdict {
+        Verdict {
+            scenario: self.scenario.clone(),
+            seed: self.seed,
+            passed: self.passed,
+            faults: self
+                .faults
+                .iter()
+                .map(|f| VerdictFault {
+                    name: f.name.clone(),
+                    kind: f.kind.clone(),
+                    target: f.target.clone(),
+                    applied: f.applied_ms.is_some() && f.error.is_none(),
+                })
+                .collect(),
+            checks: self
+                .checks
+                .iter()
+                .map(|c| VerdictCheck {
+                    kind: c.kind,
+                    name: c.name.clone(),
+                    window: c.window.clone(),
+                    expected: c.expected.clone(),
+                    passed: c.passed,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The redacted verdict (verdict.yaml).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Verdict {
+    /// The scenario.
+    pub scenario: String,
+    /// The seed.
+    pub seed: u64,
+    /// Whether every check passed.
+    pub passed: bool,
+    /// The faults and whether each was applied.
+    pub faults: Vec<VerdictFault>,
+    /// The checks and their results.
+    pub checks: Vec<VerdictCheck>,
+}
+
+/// A fault in the verdict.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct VerdictFault {
+    /// Its name.
+    pub name: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its target.
+    pub target: String,
+    /// Whether it was applied and reverted without error.
+    pub applied: bool,
+}
+
+/// A check in the verdict.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct VerdictCheck {
+    /// SLO or invariant.
+    pub kind: CheckKind,
+    /// Its name.
+    pub name: String,
+    /// Its window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// Its threshold.
+    pub expected: String,
+    /// Whether it held.
+    pub passed: bool,
+}
+
+impl Verdict {
+    /// The verdict as YAML.
+    pub fn to_yaml(&self) -> String {
+        serde_saphyr::to_string(self).unwrap_or_else(|e| format!("# cannot render the verdict: {e}\n"))
+    }
+}
+
+/// Writes report.json, history.jsonl, verdict.yaml and a copy of the
+/// orchestrator's log into `dir`.
+pub fn write(report: &Report, history: &[Op], log: &Path, dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let json = serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?;
+    std::fs::write(dir.join("report.json"), json)?;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(dir.join("history.jsonl"))?);
+    for op in history {
+        serde_json::to_writer(&mut out, op).map_err(std::io::Error::other)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    std::fs::write(dir.join("verdict.yaml"), report.verdict().to_yaml())?;
+    if log.is_file() {
+        std::fs::copy(log, dir.join("orchestrator.log"))?;
+    }
+    Ok(())
+}
+
+/// The progress bar of a run, drawn on stderr when `enabled` and stderr is
+/// a terminal; otherwise hidden.
+pub fn progress_bar(enabled: bool, scenario: &Scenario, planned: u64) -> ProgressBar {
+    let bar = if enabled {
+        ProgressBar::with_draw_target(Some(planned), ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    let style = ProgressStyle::with_template(
+        "{prefix:.bold} [{elapsed_precise}] {wide_bar} {pos}/{len} requests {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_prefix(scenario.name.clone());
+    bar
+}
+
+/// Moves the bar along with the load's progress every 100 ms.
+pub fn spawn_ticker(bar: ProgressBar, progress: crate::load::Progress) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            let (done, errors) = progress.snapshot();
+            bar.set_position(done);
+            bar.set_message(format!("{errors} errors"));
+        }
+    })
+}
+
+/// Counts checks by result: (passed, failed).
+pub fn tally(report: &Report) -> (usize, usize) {
+    let passed = report.checks.iter().filter(|c| c.passed).count();
+    (passed, report.checks.len() - passed)
+}
