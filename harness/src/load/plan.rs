@@ -58,6 +58,13 @@ impl PlannedOp {
     }
 }
 
+/// A task or job with a fresh key, which later ones may reuse.
+struct Original {
+    index: u64,
+    key: String,
+    body: String,
+}
+
 /// Verbs and objects of the prompts: enough variety that prompts differ (and
 /// so do their hashes and the mock provider's plans), short enough that a
 /// prompt's token reservation stays small.
@@ -164,8 +171,8 @@ pub fn schedule(
     let planned = planned as u64;
 
     let mut ops = Vec::with_capacity(usize::try_from(planned).unwrap_or(0));
-    // Fresh keys and bodies by (kind, tenant), for reuse.
-    let mut originals: HashMap<(PlannedKind, usize), Vec<(u64, String, String)>> = HashMap::new();
+    // Fresh keys and bodies by (kind, tenant index), for reuse.
+    let mut originals: HashMap<(PlannedKind, usize), Vec<Original>> = HashMap::new();
     let mut stage_index = 0;
     let mut stage_start = Duration::ZERO;
     let mut before_stage = 0.0;
@@ -214,8 +221,12 @@ pub fn schedule(
                 // [0, 1): one draw decides both whether and which.
                 let scaled = reuse_draw / spec.idempotency_reuse;
                 let choice = ((earlier.len() as f64 * scaled) as usize).min(earlier.len() - 1);
-                let (of, key, body) = &earlier[choice];
-                (Some(key.clone()), Some(body.clone()), Some(*of))
+                let original = &earlier[choice];
+                (
+                    Some(original.key.clone()),
+                    Some(original.body.clone()),
+                    Some(original.index),
+                )
             } else {
                 let key = format!(
                     "k-{:016x}",
@@ -226,7 +237,11 @@ pub fn schedule(
                     "max_tokens": spec.max_tokens,
                 })
                 .to_string();
-                earlier.push((index, key.clone(), body.clone()));
+                earlier.push(Original {
+                    index,
+                    key: key.clone(),
+                    body: body.clone(),
+                });
                 (Some(key), Some(body), None)
             }
         };

@@ -311,6 +311,8 @@ async fn execute(shared: Arc<Shared>, planned: PlannedOp, mut stop: watch::Recei
             }
             return op;
         }
+        // Only a closed semaphore fails to give a slot, and this one is
+        // never closed; the permit is held until the answer is complete.
         slot = shared.slots.clone().acquire_owned() => slot,
     };
     op.start_ms = shared.ms_now();
@@ -338,14 +340,18 @@ async fn execute(shared: Arc<Shared>, planned: PlannedOp, mut stop: watch::Recei
                     .ok()
                     .and_then(|body| body.get("id")?.as_str().map(str::to_owned));
             }
-            if kind == OpKind::Job && answer.status == 202 && !op.replayed {
-                if let Some(id) = &op.resource_id {
-                    let mut accepted = shared.accepted.lock().unwrap_or_else(|e| e.into_inner());
-                    accepted
-                        .entry(planned.tenant.clone())
-                        .or_default()
-                        .push(id.clone());
-                }
+            // A replay names a job accepted already; listing it twice would
+            // only skew which jobs reads pick.
+            if kind == OpKind::Job
+                && answer.status == 202
+                && !op.replayed
+                && let Some(id) = &op.resource_id
+            {
+                let mut accepted = shared.accepted.lock().unwrap_or_else(|e| e.into_inner());
+                accepted
+                    .entry(planned.tenant.clone())
+                    .or_default()
+                    .push(id.clone());
             }
         }
         Err(outcome) => op.outcome = outcome,

@@ -45,14 +45,16 @@ impl LatencySummary {
     /// 0.95, 0.99 and 1.0 (the maximum). Other quantiles are not kept in a
     /// summary; use [`latency_quantile_over`] for them.
     pub fn at(&self, quantile: f64) -> Option<f64> {
-        match quantile {
-            q if q == 0.5 => Some(self.p50_ms),
-            q if q == 0.9 => Some(self.p90_ms),
-            q if q == 0.95 => Some(self.p95_ms),
-            q if q == 0.99 => Some(self.p99_ms),
-            q if q == 1.0 => Some(self.max_ms),
-            _ => None,
-        }
+        [
+            (0.5, self.p50_ms),
+            (0.9, self.p90_ms),
+            (0.95, self.p95_ms),
+            (0.99, self.p99_ms),
+            (1.0, self.max_ms),
+        ]
+        .into_iter()
+        .find(|(kept, _)| *kept == quantile)
+        .map(|(_, latency_ms)| latency_ms)
     }
 }
 
@@ -289,7 +291,7 @@ pub fn per_second(history: &[Op], seconds: u32) -> Vec<WindowStats> {
         .map(|_| (Summary::default(), Recorder::new()))
         .collect();
     for op in history {
-        if !(op.intended_ms >= 0.0) {
+        if op.intended_ms.is_nan() || op.intended_ms < 0.0 {
             continue;
         }
         // Truncation is the point: the second the op was intended in.
