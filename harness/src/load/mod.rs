@@ -165,7 +165,9 @@ pub struct ProgressSnapshot {
     pub planned: u64,
     /// Operations that went on the wire.
     pub sent: u64,
-    /// Sent operations that ended, answered or not.
+    /// Operations that ended, answered or not: the sent ones, and those
+    /// abandoned at the drain timeout while waiting for a slot (so it can
+    /// exceed `sent`). Not-sent ones are not counted.
     pub completed: u64,
     /// Completed operations that are errors ([`Outcome::is_error`]).
     pub errors: u64,
