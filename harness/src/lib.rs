@@ -3,7 +3,9 @@
 //! Its hands, usable on their own: [`proxy`], a fault proxy that speaks
 //! Toxiproxy's HTTP API, and [`mock_llm`], a programmable OpenAI-compatible
 //! provider. Both draw all randomness from [`seed`], so a run replays.
+//! [`load`] is the open-loop load generator scenarios drive the system with.
 
+pub mod load;
 pub mod mock_llm;
 pub mod proxy;
 pub mod scenario;

@@ -1,0 +1,179 @@
+//! The history: one [`Op`] per planned operation, whatever became of it. SLOs
+//! and invariants are checked on it after the run, so it records what the
+//! client saw (status, headers that matter, a digest of the body) and when,
+//! never an interpretation.
+
+use serde::Serialize;
+
+/// What an operation does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpKind {
+    /// `POST /v1/tasks`.
+    Task,
+    /// `POST /v1/jobs`.
+    Job,
+    /// `GET /v1/jobs/{id}` of a job accepted earlier in the run.
+    ReadJob,
+    /// `GET /v1/budgets/{tenant}`: a read when no job of the tenant has been
+    /// accepted yet.
+    ReadBudget,
+}
+
+/// How an operation ended.
+///
+/// Serialised externally tagged in snake case: `{"status": 200}`,
+/// `"timeout"`, `{"connect_error": "..."}`, `{"io_error": "..."}`,
+/// `"cancelled"`, `"not_sent"`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// An answer with this status and a complete body.
+    Status(u16),
+    /// No complete answer within the request timeout.
+    Timeout,
+    /// The connection could not be made (refused, reset during connect...);
+    /// the text says why.
+    ConnectError(String),
+    /// Any other failure to send the request or read the answer; the text
+    /// says what failed.
+    IoError(String),
+    /// Due and sent (or waiting for a slot) but abandoned: the drain timeout
+    /// ran out, or the run was cancelled while it was on the wire.
+    Cancelled,
+    /// Never sent: the run was cancelled before it went out.
+    NotSent,
+}
+
+impl Outcome {
+    /// The status of an answer, `None` when there was none.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Outcome::Status(status) => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The status, with 0 for no answer, as the `allowed_statuses` invariant
+    /// counts it. `None` for an operation never sent, which had no chance to
+    /// be answered.
+    pub fn status_or_zero(&self) -> Option<u16> {
+        match self {
+            Outcome::Status(status) => Some(*status),
+            Outcome::NotSent => None,
+            _ => Some(0),
+        }
+    }
+
+    /// Whether the operation went out (everything but [`Outcome::NotSent`]).
+    pub fn was_sent(&self) -> bool {
+        !matches!(self, Outcome::NotSent)
+    }
+
+    /// A 2xx answer.
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Outcome::Status(status) if (200..300).contains(status))
+    }
+
+    /// An error as SLOs count them: a 5xx answer, or no answer to a request
+    /// that was sent. 4xx answers are the service working as specified.
+    pub fn is_error(&self) -> bool {
+        match self {
+            Outcome::Status(status) => *status >= 500,
+            Outcome::NotSent => false,
+            Outcome::Timeout
+            | Outcome::ConnectError(_)
+            | Outcome::IoError(_)
+            | Outcome::Cancelled => true,
+        }
+    }
+}
+
+/// One operation of the run, as the client saw it. Times are milliseconds
+/// since the load's epoch, all read from one monotonic clock.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Op {
+    /// Its position in the plan, from 0.
+    pub index: u64,
+    /// What it did; a planned read becomes [`OpKind::ReadJob`] or
+    /// [`OpKind::ReadBudget`] when it is sent.
+    pub kind: OpKind,
+    /// The tenant it acted as.
+    pub tenant: String,
+    /// The `Idempotency-Key` sent, for tasks and jobs.
+    pub idempotency_key: Option<String>,
+    /// Whether the key (and body) are those of an earlier operation.
+    pub reused_key: bool,
+    /// When the plan meant to send it.
+    pub intended_ms: f64,
+    /// When it got a slot and went out (equal to `end_ms` when it never did).
+    pub start_ms: f64,
+    /// When its answer was complete, or it failed, or it was abandoned.
+    pub end_ms: f64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The answer's `x-request-id`.
+    pub request_id: Option<String>,
+    /// The answer's `Retry-After`, as sent.
+    pub retry_after: Option<String>,
+    /// Whether the answer carried `Idempotent-Replayed: true`.
+    pub replayed: bool,
+    /// The `"id"` of a 200 or 202 answer's JSON body.
+    pub resource_id: Option<String>,
+    /// Hex SHA-256 of the complete answer body, byte for byte as received.
+    pub body_sha256: Option<String>,
+    /// For [`OpKind::ReadJob`], the job it read.
+    pub job_id_read: Option<String>,
+}
+
+impl Op {
+    /// The latency the client experienced, counted from the intended send
+    /// time (so that time spent waiting for a slot or behind a stall is not
+    /// hidden): `end_ms - intended_ms`. `None` for an operation never sent.
+    /// For a cancelled operation it is a lower bound.
+    pub fn latency_ms(&self) -> Option<f64> {
+        self.outcome
+            .was_sent()
+            .then(|| (self.end_ms - self.intended_ms).max(0.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn outcomes_serialise_in_the_documented_shape() {
+        let shapes = [
+            (Outcome::Status(200), json!({"status": 200})),
+            (Outcome::Timeout, json!("timeout")),
+            (
+                Outcome::ConnectError("refused".into()),
+                json!({"connect_error": "refused"}),
+            ),
+            (Outcome::IoError("eof".into()), json!({"io_error": "eof"})),
+            (Outcome::Cancelled, json!("cancelled")),
+            (Outcome::NotSent, json!("not_sent")),
+        ];
+        for (outcome, expected) in shapes {
+            assert_eq!(serde_json::to_value(&outcome).ok(), Some(expected));
+        }
+        assert_eq!(
+            serde_json::to_value(OpKind::ReadBudget).ok(),
+            Some(json!("read_budget"))
+        );
+    }
+
+    #[test]
+    fn errors_are_5xx_and_unanswered_requests() {
+        assert!(Outcome::Status(503).is_error());
+        assert!(!Outcome::Status(429).is_error());
+        assert!(Outcome::Timeout.is_error());
+        assert!(Outcome::Cancelled.is_error());
+        assert!(!Outcome::NotSent.is_error());
+        assert!(Outcome::Status(202).is_ok());
+        assert_eq!(Outcome::Timeout.status_or_zero(), Some(0));
+        assert_eq!(Outcome::NotSent.status_or_zero(), None);
+    }
+}

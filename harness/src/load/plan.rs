@@ -1,0 +1,260 @@
+//! The schedule: every operation of the run, decided before the run starts
+//! from the spec and the seed alone, so that one seed always issues the same
+//! request sequence whatever the system does.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rand::Rng;
+use serde_json::json;
+
+use super::LoadError;
+use super::LoadLimits;
+use crate::scenario::LoadSpec;
+use crate::seed;
+
+/// The kind of a planned operation. Whether a read is of a job or of the
+/// budget is decided when it is sent (it needs a job accepted earlier).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PlannedKind {
+    /// `POST /v1/tasks`.
+    Task,
+    /// `POST /v1/jobs`.
+    Job,
+    /// `GET /v1/jobs/{id}`, or `GET /v1/budgets/{tenant}` when the tenant has
+    /// no accepted job yet.
+    Read,
+}
+
+/// One operation of the schedule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedOp {
+    /// Its position, from 0; offsets never decrease with it.
+    pub index: u64,
+    /// When to send it, from the load's epoch.
+    pub offset: Duration,
+    /// What to send.
+    pub kind: PlannedKind,
+    /// The tenant to act as (one of the spec's).
+    pub tenant: String,
+    /// The `Idempotency-Key` for tasks and jobs: `k-` and 16 hex digits drawn
+    /// from the seed, or an earlier operation's.
+    pub idempotency_key: Option<String>,
+    /// The earlier operation (same kind and tenant) whose key and body this
+    /// one reuses, as a client retrying would.
+    pub reuse_of: Option<u64>,
+    /// The JSON body of a task or job, exactly as sent:
+    /// `{"max_tokens": N, "prompt": "..."}`.
+    pub body: Option<String>,
+    /// For a read: which of the tenant's accepted jobs to read (this modulo
+    /// their number, in the order they were accepted).
+    pub read_pick: u64,
+}
+
+impl PlannedOp {
+    /// The offset in milliseconds, as history times are kept.
+    pub fn offset_ms(&self) -> f64 {
+        self.offset.as_secs_f64() * 1000.0
+    }
+}
+
+/// A task or job with a fresh key, which later ones may reuse.
+struct Original {
+    index: u64,
+    key: String,
+    body: String,
+}
+
+/// Verbs and objects of the prompts: enough variety that prompts differ (and
+/// so do their hashes and the mock provider's plans), short enough that a
+/// prompt's token reservation stays small.
+const VERBS: [&str; 8] = [
+    "summarise",
+    "translate",
+    "outline",
+    "review",
+    "classify",
+    "draft a reply to",
+    "list the risks in",
+    "plan the steps for",
+];
+const OBJECTS: [&str; 8] = [
+    "the quarterly report",
+    "this support ticket",
+    "the release notes",
+    "a customer email",
+    "the incident timeline",
+    "the onboarding guide",
+    "the meeting minutes",
+    "a pull request",
+];
+
+/// The expected number of operations by the end of each stage: the integral
+/// of the rate, which is linear within a stage.
+fn expected_counts(spec: &LoadSpec) -> Result<Vec<f64>, LoadError> {
+    let mut total = 0.0;
+    let mut ends = Vec::with_capacity(spec.stages.len());
+    for (stage_index, stage) in spec.stages.iter().enumerate() {
+        for rate in [stage.start_rps, stage.end_rps] {
+            if !rate.is_finite() || rate < 0.0 {
+                return Err(LoadError::InvalidRate {
+                    stage: stage_index,
+                    rate_rps: rate,
+                });
+            }
+        }
+        total += (stage.start_rps + stage.end_rps) / 2.0 * stage.duration.as_secs_f64();
+        ends.push(total);
+    }
+    Ok(ends)
+}
+
+/// The time into a stage at which `n` operations are due, for a rate moving
+/// linearly from `start_rps` to `end_rps` over `length_s` seconds: the root
+/// of `start_rps * t + (end_rps - start_rps) / (2 * length_s) * t^2 = n`.
+fn time_into_stage(n: f64, start_rps: f64, end_rps: f64, length_s: f64) -> f64 {
+    if n <= 0.0 || length_s <= 0.0 {
+        return 0.0;
+    }
+    let curvature = (end_rps - start_rps) / (2.0 * length_s);
+    // 2n / (a + sqrt(a^2 + 4cn)) is the quadratic's root written so that it
+    // stays exact for a constant rate (c = 0) and for a ramp from zero.
+    let discriminant = (start_rps * start_rps + 4.0 * curvature * n).max(0.0);
+    let denominator = start_rps + discriminant.sqrt();
+    if denominator > 0.0 {
+        (2.0 * n / denominator).min(length_s)
+    } else {
+        length_s
+    }
+}
+
+/// The schedule of `spec` under `seed`: intended send offsets (open loop,
+/// evenly spaced at the rate of the moment, the rate linear within each
+/// stage), each operation's kind by the mix's weights, its tenant, its
+/// idempotency key and body. Pure: the same inputs give the same schedule.
+///
+/// The count is the integral of the rate rounded up: a stage of `r` requests
+/// per second for `d` seconds alone schedules `ceil(r * d)`.
+pub fn schedule(
+    spec: &LoadSpec,
+    seed: u64,
+    limits: &LoadLimits,
+) -> Result<Vec<PlannedOp>, LoadError> {
+    if spec.tenants.is_empty() {
+        return Err(LoadError::NoTenants);
+    }
+    let weights = [
+        (PlannedKind::Task, spec.mix.tasks),
+        (PlannedKind::Job, spec.mix.jobs),
+        (PlannedKind::Read, spec.mix.reads),
+    ];
+    let total_weight: u64 = weights.iter().map(|(_, w)| u64::from(*w)).sum();
+    if total_weight == 0 {
+        return Err(LoadError::EmptyMix);
+    }
+    if !(0.0..=1.0).contains(&spec.idempotency_reuse) {
+        return Err(LoadError::InvalidReuse {
+            share: spec.idempotency_reuse,
+        });
+    }
+    let ends = expected_counts(spec)?;
+    let expected = ends.last().copied().unwrap_or(0.0);
+    // Checked before anything is allocated: a typo'd rate must not take the
+    // machine's memory. The float comparison also catches a count past u64.
+    let planned = expected.ceil();
+    if planned > limits.max_requests as f64 {
+        return Err(LoadError::TooManyRequests {
+            planned,
+            max_requests: limits.max_requests,
+        });
+    }
+    let planned = planned as u64;
+
+    let mut ops = Vec::with_capacity(usize::try_from(planned).unwrap_or(0));
+    // Fresh keys and bodies by (kind, tenant index), for reuse.
+    let mut originals: HashMap<(PlannedKind, usize), Vec<Original>> = HashMap::new();
+    let mut stage_index = 0;
+    let mut stage_start = Duration::ZERO;
+    let mut before_stage = 0.0;
+    for index in 0..planned {
+        let due = index as f64;
+        // Advance to the stage in which the index-th operation falls.
+        while stage_index + 1 < spec.stages.len() && due >= ends[stage_index] {
+            before_stage = ends[stage_index];
+            stage_start += spec.stages[stage_index].duration;
+            stage_index += 1;
+        }
+        let stage = &spec.stages[stage_index];
+        let into = time_into_stage(
+            due - before_stage,
+            stage.start_rps,
+            stage.end_rps,
+            stage.duration.as_secs_f64(),
+        );
+        let offset = stage_start + Duration::from_secs_f64(into);
+
+        let index_bytes = index.to_be_bytes();
+        let mut rng = seed::rng(seed, &[b"load", b"op", &index_bytes]);
+        let mut pick = rng.random_range(0..total_weight);
+        let mut kind = PlannedKind::Read;
+        for (candidate, weight) in weights {
+            if pick < u64::from(weight) {
+                kind = candidate;
+                break;
+            }
+            pick -= u64::from(weight);
+        }
+        let tenant_index = rng.random_range(0..spec.tenants.len());
+        let tenant = spec.tenants[tenant_index].name.clone();
+        let read_pick = rng.random::<u64>();
+        let reuse_draw: f64 = rng.random();
+        let verb = VERBS[rng.random_range(0..VERBS.len())];
+        let object = OBJECTS[rng.random_range(0..OBJECTS.len())];
+        let number = rng.random_range(0..10_000u32);
+
+        let (idempotency_key, body, reuse_of) = if kind == PlannedKind::Read {
+            (None, None, None)
+        } else {
+            let earlier = originals.entry((kind, tenant_index)).or_default();
+            if reuse_draw < spec.idempotency_reuse && !earlier.is_empty() {
+                // Given reuse, reuse_draw / idempotency_reuse is uniform in
+                // [0, 1): one draw decides both whether and which.
+                let scaled = reuse_draw / spec.idempotency_reuse;
+                let choice = ((earlier.len() as f64 * scaled) as usize).min(earlier.len() - 1);
+                let original = &earlier[choice];
+                (
+                    Some(original.key.clone()),
+                    Some(original.body.clone()),
+                    Some(original.index),
+                )
+            } else {
+                let key = format!(
+                    "k-{:016x}",
+                    seed::derive(seed, &[b"load", b"key", &index_bytes])
+                );
+                let body = json!({
+                    "prompt": format!("{verb} {object} #{number}"),
+                    "max_tokens": spec.max_tokens,
+                })
+                .to_string();
+                earlier.push(Original {
+                    index,
+                    key: key.clone(),
+                    body: body.clone(),
+                });
+                (Some(key), Some(body), None)
+            }
+        };
+        ops.push(PlannedOp {
+            index,
+            offset,
+            kind,
+            tenant,
+            idempotency_key,
+            reuse_of,
+            body,
+            read_pick,
+        });
+    }
+    Ok(ops)
+}
