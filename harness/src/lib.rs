@@ -5,8 +5,11 @@
 //! provider. Both draw all randomness from [`seed`], so a run replays.
 //! [`load`] is the open-loop load generator scenarios drive the system with.
 
+pub mod checks;
+pub mod engine;
 pub mod load;
 pub mod mock_llm;
 pub mod proxy;
+pub mod report;
 pub mod scenario;
 pub mod seed;

@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::load::CancellationSignal;
 use crate::local::LocalSystem;
 use crate::mock_llm::{MockLlm, Program};
 use crate::proxy::ProxyClient;
-use crate::proxy::model::Toxic;
+use crate::proxy::Toxic;
 use crate::scenario::{Fault, FaultAction};
 
 /// What the executor acts through.
@@ -63,15 +63,15 @@ fn class_name(action: &FaultAction) -> String {
 /// was interrupted or the load ended early), pending faults are skipped and
 /// active ones reverted at once. Returns one record per fault, in timeline order.
 pub async fn execute(
-    faults: &[Fault],
+    faults: Vec<Fault>,
     hands: Arc<Hands>,
     epoch: Instant,
-    stop: watch::Receiver<bool>,
+    stop: CancellationSignal,
 ) -> Vec<FaultRecord> {
     let mut tasks = Vec::new();
     for fault in faults.iter().cloned() {
         let hands = hands.clone();
-        let mut stop = stop.clone();
+        let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
             let mut record = FaultRecord {
                 name: fault.name.clone(),
@@ -83,7 +83,7 @@ pub async fn execute(
                 reverted_ms: None,
                 error: None,
             };
-            if !wait_until(epoch + fault.at, &mut stop).await {
+            if !wait_until(epoch + fault.at, &stop).await {
                 record.error = Some("the run ended before the fault's time".to_owned());
                 return record;
             }
@@ -96,7 +96,7 @@ pub async fn execute(
             }
             record.applied_ms = Some(ms(Instant::now()));
             if let Some(d) = fault.duration {
-                wait_until(epoch + fault.at + d, &mut stop).await;
+                wait_until(epoch + fault.at + d, &stop).await;
             }
             if let Err(e) = revert(&fault, &hands).await {
                 record.error = Some(format!("could not revert: {e}"));
@@ -106,7 +106,7 @@ pub async fn execute(
         }));
     }
     let mut records = Vec::new();
-    for (task, fault) in tasks.into_iter().zip(faults) {
+    for (task, fault) in tasks.into_iter().zip(&faults) {
         match task.await {
             Ok(r) => records.push(r),
             Err(e) => records.push(FaultRecord {
@@ -125,13 +125,13 @@ pub async fn execute(
 }
 
 /// Sleeps until `deadline`; false if `stop` turned true first.
-async fn wait_until(deadline: Instant, stop: &mut watch::Receiver<bool>) -> bool {
-    if *stop.borrow() {
+async fn wait_until(deadline: Instant, stop: &CancellationSignal) -> bool {
+    if stop.is_cancelled() {
         return false;
     }
     tokio::select! {
         () = tokio::time::sleep_until(deadline) => true,
-        _ = stop.wait_for(|s| *s) => false,
+        () = stop.cancelled() => false,
     }
 }
 

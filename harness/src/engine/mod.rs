@@ -20,7 +20,7 @@ use crate::checks::{self, Evidence, FaultSpan};
 use crate::load::{self, LoadLimits, LoadTarget, OpKind, Outcome};
 use crate::local::{self, Launcher, LocalConfig, LocalSystem, Needs};
 use crate::mock_llm::{MockConfig, MockLlm};
-use crate::proxy::model::ProxyConfig;
+use crate::proxy::ProxyConfig;
 use crate::proxy::{ProxyServer, ProxyServerConfig};
 use crate::report::{self, Report};
 use crate::scenario::{FaultAction, Invariant, Scenario};
@@ -121,32 +121,7 @@ pub fn scaled(scenario: &Scenario, factor: f64) -> Scenario {
 
 /// Cancels a run (Ctrl-C): the load stops sending, faults revert, the
 /// system is torn down, and the run reports [`RunError::Interrupted`].
-#[derive(Clone, Debug)]
-pub struct Cancel(watch::Sender<bool>);
-
-impl Cancel {
-    /// A signal not yet raised.
-    pub fn new() -> Cancel {
-        Cancel(watch::channel(false).0)
-    }
-    /// Raises it.
-    pub fn cancel(&self) {
-        self.0.send_replace(true);
-    }
-    /// Whether it was raised.
-    pub fn is_cancelled(&self) -> bool {
-        *self.0.borrow()
-    }
-    fn subscribe(&self) -> watch::Receiver<bool> {
-        self.0.subscribe()
-    }
-}
-
-impl Default for Cancel {
-    fn default() -> Cancel {
-        Cancel::new()
-    }
-}
+pub use crate::load::CancellationSignal as Cancel;
 
 /// Runs one scenario and writes its report. `Ok` carries the report
 /// whatever the checks found; `Err` means the run could not be made.
@@ -246,7 +221,10 @@ pub async fn run(scenario: &Scenario, options: &RunOptions, cancel: &Cancel) -> 
             .map(|t| (t.tenant.clone(), t.key.clone()))
             .collect(),
     };
-    let progress = load::Progress::default();
+    target
+        .validate(&scenario.load)
+        .map_err(|e| env_err(e.to_string()))?;
+    let progress = load::Progress::new();
     let bar = report::progress_bar(options.progress, &scenario, plan.len() as u64);
 
     let probe = observe::client().map_err(env_err)?;
@@ -260,10 +238,10 @@ pub async fn run(scenario: &Scenario, options: &RunOptions, cancel: &Cancel) -> 
     // Faults stop early when the run is cancelled; otherwise they keep their
     // own schedule, which ends within the load.
     let fault_task = tokio::spawn(faults::execute(
-        &scenario.faults.clone(),
+        scenario.faults.clone(),
         hands,
         epoch,
-        cancel.subscribe(),
+        cancel.clone(),
     ));
     let health_task = tokio::spawn(observe::health(
         probe.clone(),
@@ -284,9 +262,10 @@ pub async fn run(scenario: &Scenario, options: &RunOptions, cancel: &Cancel) -> 
         &scenario.load,
         plan,
         &target,
+        &limits,
         epoch,
         &progress,
-        cancel.subscribe(),
+        cancel.clone(),
     )
     .await;
     ticker.abort();

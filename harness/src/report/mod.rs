@@ -328,9 +328,9 @@ pub fn spawn_ticker(bar: ProgressBar, progress: crate::load::Progress) -> tokio:
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             tick.tick().await;
-            let (done, errors) = progress.snapshot();
-            bar.set_position(done);
-            bar.set_message(format!("{errors} errors"));
+            let snapshot = progress.snapshot();
+            bar.set_position(snapshot.completed.min(snapshot.planned));
+            bar.set_message(format!("{} errors", snapshot.errors));
         }
     })
 }
