@@ -160,9 +160,9 @@ pub enum FaultAction {
         /// The link.
         link: Link,
         /// The toxic, typed and validated by the fault proxy's model.
-        toxic: crate::proxy::model::ToxicKind,
+        toxic: crate::proxy::ToxicKind,
         /// The direction it acts on.
-        stream: crate::proxy::model::Stream,
+        stream: crate::proxy::Stream,
         /// The probability, in [0, 1], that a connection gets it.
         toxicity: f32,
     },
@@ -215,6 +215,19 @@ pub enum FaultClass {
     Disk,
     /// Memory limits and OOM kills.
     Memory,
+}
+
+impl FaultClass {
+    /// The class's name, as `gauntlet list` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultClass::Network => "network",
+            FaultClass::Llm => "llm",
+            FaultClass::Process => "process",
+            FaultClass::Disk => "disk",
+            FaultClass::Memory => "memory",
+        }
+    }
 }
 
 impl FaultAction {
