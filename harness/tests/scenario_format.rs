@@ -69,7 +69,10 @@ fn invalid_fixtures_report_located_errors() {
 #[test]
 fn invalid_fixtures_cover_every_failure_class() {
     let invalid = files("invalid");
-    assert!(invalid.len() >= 20, "at least 20 invalid fixtures, found {invalid:?}");
+    assert!(
+        invalid.len() >= 20,
+        "at least 20 invalid fixtures, found {invalid:?}"
+    );
     let mut codes = BTreeSet::new();
     for file in &invalid {
         for d in scenario::parse_file(file).diagnostics {
@@ -93,7 +96,10 @@ fn invalid_fixtures_cover_every_failure_class() {
         Code::Unsupported,
     ];
     let missing: Vec<_> = expected.iter().filter(|c| !codes.contains(c)).collect();
-    assert!(missing.is_empty(), "no invalid fixture produces {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "no invalid fixture produces {missing:?}"
+    );
 }
 
 /// A valid scenario with its paths made relative to the fixtures and its
@@ -180,7 +186,10 @@ fn overrides_merge_over_the_base_config() {
     assert_eq!(config.jobs.workers, 2, "overridden");
     assert_eq!(config.jobs.lease, Duration::from_secs(10), "overridden");
     assert_eq!(config.jobs.queue_capacity, 1000, "kept from base.yaml");
-    assert_eq!(config.llm.providers[0].name, "primary", "kept from base.yaml");
+    assert_eq!(
+        config.llm.providers[0].name, "primary",
+        "kept from base.yaml"
+    );
     let disk = load("disk-and-memory.yaml");
     assert!(disk.system.config_base.ends_with("configs/base.yaml"));
     assert!(disk.system.config_yaml.contains("path: data/stress.db"));
@@ -235,10 +244,18 @@ fn load_file_errors_render_one_line_per_diagnostic() {
     let diagnostics = error.diagnostics();
     assert!(diagnostics.len() > 10, "{text}");
     assert_eq!(text.lines().count(), diagnostics.len());
-    assert!(text.lines().all(|l| l.starts_with(&format!("{}:", path.display()))));
+    assert!(
+        text.lines()
+            .all(|l| l.starts_with(&format!("{}:", path.display())))
+    );
     let missing = scenario::load_file(&fixtures().join("no-such-file.yaml")).expect_err("missing");
     assert!(matches!(missing, scenario::ScenarioError::Io { .. }));
-    assert!(missing.to_string().contains(": error[io]: <root>: cannot read file: "), "{missing}");
+    assert!(
+        missing
+            .to_string()
+            .contains(": error[io]: <root>: cannot read file: "),
+        "{missing}"
+    );
 }
 
 #[test]
@@ -247,9 +264,16 @@ fn discover_lists_yaml_files_sorted_and_refuses_missing_paths() {
     let mut sorted = valid.clone();
     sorted.sort();
     assert_eq!(valid, sorted);
-    assert!(valid.iter().all(|p| p.extension().is_some_and(|e| e == "yaml")));
+    assert!(
+        valid
+            .iter()
+            .all(|p| p.extension().is_some_and(|e| e == "yaml"))
+    );
     let one = fixtures().join("valid/smoke.yaml");
-    assert_eq!(scenario::discover(std::slice::from_ref(&one)).ok(), Some(vec![one]));
+    assert_eq!(
+        scenario::discover(std::slice::from_ref(&one)).ok(),
+        Some(vec![one])
+    );
     assert!(matches!(
         scenario::discover(&[fixtures().join("nowhere")]),
         Err(scenario::DiscoverError::NotFound { .. })
@@ -258,7 +282,14 @@ fn discover_lists_yaml_files_sorted_and_refuses_missing_paths() {
 
 /// Runs a command of the library's CLI from the harness directory, with
 /// paths relative to it, and renders its exit code and output.
-fn run(command: fn(&[PathBuf], &mut dyn std::io::Write, &mut dyn std::io::Write) -> std::io::Result<u8>, args: &[&str]) -> String {
+fn run(
+    command: fn(
+        &[PathBuf],
+        &mut dyn std::io::Write,
+        &mut dyn std::io::Write,
+    ) -> std::io::Result<u8>,
+    args: &[&str],
+) -> String {
     let paths: Vec<PathBuf> = args.iter().map(PathBuf::from).collect();
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let code = command(&paths, &mut out, &mut err).expect("writing to memory works");
@@ -312,11 +343,17 @@ fn the_binary_exits_as_documented() {
     };
     let (code, stdout) = gauntlet(&["validate", "valid"]);
     assert_eq!(code, Some(0), "{stdout}");
-    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok: ")).count(), files("valid").len());
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("ok: ")).count(),
+        files("valid").len()
+    );
     let (code, stdout) = gauntlet(&["validate", "valid/smoke.yaml", "invalid/two-replicas.yaml"]);
     assert_eq!(code, Some(2), "{stdout}");
     assert!(stdout.contains("ok: valid/smoke.yaml (smoke)"), "{stdout}");
-    assert!(stdout.contains("invalid/two-replicas.yaml:4:13: error[unsupported]: system.replicas: "), "{stdout}");
+    assert!(
+        stdout.contains("invalid/two-replicas.yaml:4:13: error[unsupported]: system.replicas: "),
+        "{stdout}"
+    );
     assert_eq!(gauntlet(&["validate", "invalid"]).0, Some(2));
     assert_eq!(gauntlet(&["validate", "nowhere"]).0, Some(2));
     let (code, stdout) = gauntlet(&["list", "valid"]);
@@ -337,8 +374,8 @@ enum Edit {
 
 fn edit() -> impl Strategy<Value = Edit> {
     let syntax = prop::sample::select(vec![
-        b':', b'-', b'{', b'}', b'[', b']', b'&', b'*', b'!', b'#', b'\n', b' ', b'"', b'\'',
-        b'0', b'9', b'a', b'(', b')', b'+', b'|', b'>', 0xff,
+        b':', b'-', b'{', b'}', b'[', b']', b'&', b'*', b'!', b'#', b'\n', b' ', b'"', b'\'', b'0',
+        b'9', b'a', b'(', b')', b'+', b'|', b'>', 0xff,
     ]);
     prop_oneof![
         (any::<usize>(), 0..40usize).prop_map(|(at, len)| Edit::Delete { at, len }),
@@ -382,7 +419,10 @@ fn apply(mut bytes: Vec<u8>, edit: &Edit) -> Vec<u8> {
 /// The scenario comes out exactly when there is no error, and every
 /// diagnostic is located.
 fn assert_consistent(outcome: &scenario::Outcome) {
-    assert_eq!(outcome.scenario.is_some(), !has_errors(&outcome.diagnostics));
+    assert_eq!(
+        outcome.scenario.is_some(),
+        !has_errors(&outcome.diagnostics)
+    );
     for d in &outcome.diagnostics {
         assert!(d.location.line >= 1 && d.location.column >= 1, "{d:?}");
         assert!(d.severity == Severity::Error || d.severity == Severity::Warning);

@@ -96,11 +96,7 @@ impl Validator<'_> {
 
     /// A finding about the base file, reported at `system.config`.
     fn base_finding(&mut self, shown: &str, d: &Diagnostic, at: yaml::Location) {
-        let path = if d.path.is_empty() {
-            "<root>"
-        } else {
-            &d.path
-        };
+        let path = if d.path.is_empty() { "<root>" } else { &d.path };
         self.push_at(Diagnostic {
             severity: d.severity,
             code: d.code,
@@ -376,7 +372,8 @@ mod tests {
         let options = yaml::DecodeOptions {
             unknown_fields: yaml::Severity::Error,
         };
-        let value = yaml::decode::<serde_json::Value>(&mut doc, options, &mut diags, &mut Vec::new());
+        let value =
+            yaml::decode::<serde_json::Value>(&mut doc, options, &mut diags, &mut Vec::new());
         assert!(diags.is_empty(), "{diags:?}");
         value.unwrap_or_default()
     }

@@ -204,6 +204,8 @@ pub fn parse(bytes: &[u8], source: &Path) -> Outcome {
 }
 
 fn finish(scenario: Option<Scenario>, mut diagnostics: Vec<Diagnostic>) -> Outcome {
+    let misspelt = misspelt_fields(&diagnostics);
+    diagnostics.retain(|d| !(d.code == Code::MissingField && misspelt.contains(&d.path)));
     diagnostics.sort_by(|a, b| (a.location, &a.path).cmp(&(b.location, &b.path)));
     diagnostics.dedup();
     if diagnostics.len() > MAX_DIAGNOSTICS {
@@ -223,6 +225,28 @@ fn finish(scenario: Option<Scenario>, mut diagnostics: Vec<Diagnostic>) -> Outco
         scenario,
         diagnostics,
     }
+}
+
+/// The paths of fields that an unknown field's suggestion names (`descripton`
+/// → `description`): their missing-field errors would repeat one mistake.
+fn misspelt_fields(diagnostics: &[Diagnostic]) -> Vec<String> {
+    diagnostics
+        .iter()
+        .filter(|d| d.code == Code::UnknownField)
+        .filter_map(|d| {
+            let field = d
+                .message
+                .rsplit_once("did you mean `")?
+                .1
+                .strip_suffix("`?")?;
+            // The unknown key is the path's last segment; its sibling is the field.
+            let parent = match d.path.rfind(['.', '[']) {
+                Some(i) => &d.path[..i],
+                None => "",
+            };
+            Some(yaml::child_path(parent, field))
+        })
+        .collect()
 }
 
 /// The scenario files among `paths`: a directory stands for its `*.yaml`

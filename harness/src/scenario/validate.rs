@@ -163,6 +163,7 @@ struct FaultInfo {
     kind: Option<String>,
     /// Whether it was given a `for`.
     lasts: bool,
+    start: Option<Duration>,
     end: Option<Duration>,
 }
 
@@ -187,7 +188,8 @@ impl<'a> Validator<'a> {
     }
 
     fn location(&self, path: &str) -> Location {
-        self.root.map_or(Location::START, |r| r.locate(path).location)
+        self.root
+            .map_or(Location::START, |r| r.locate(path).location)
     }
 
     fn suppressed(&self, path: &str) -> bool {
@@ -381,8 +383,7 @@ impl<'a> Validator<'a> {
         let infos = fault_infos(raw_faults);
         let faults = self.faults(raw_faults, duration);
         let slos = self.slos(raw.slo.as_deref().unwrap_or_default(), &infos, duration);
-        let invariants =
-            self.invariants(raw.invariants.as_deref().unwrap_or_default(), &infos);
+        let invariants = self.invariants(raw.invariants.as_deref().unwrap_or_default(), &infos);
         let config = self.system_config(&system);
         if self.has_errors() {
             return None;
@@ -591,10 +592,7 @@ impl<'a> Validator<'a> {
                     self.error(
                         Code::Limit,
                         "load.stages",
-                        format!(
-                            "{} stages, over the limit of {MAX_STAGES}",
-                            stages.len()
-                        ),
+                        format!("{} stages, over the limit of {MAX_STAGES}", stages.len()),
                     );
                     return None;
                 }
@@ -638,8 +636,10 @@ impl<'a> Validator<'a> {
             (None, true) => {
                 let from = self.required(path, "from", raw.from);
                 let to = self.required(path, "to", raw.to);
-                let from = from.and_then(|v| self.number(&child_path(path, "from"), v, 0.0, MAX_RATE_RPS));
-                let to = to.and_then(|v| self.number(&child_path(path, "to"), v, 0.0, MAX_RATE_RPS));
+                let from =
+                    from.and_then(|v| self.number(&child_path(path, "from"), v, 0.0, MAX_RATE_RPS));
+                let to =
+                    to.and_then(|v| self.number(&child_path(path, "to"), v, 0.0, MAX_RATE_RPS));
                 if from == Some(0.0) && to == Some(0.0) {
                     self.error(
                         Code::Range,
@@ -725,15 +725,18 @@ impl<'a> Validator<'a> {
                 for (i, tenant) in list.iter().enumerate() {
                     let path = format!("load.tenants[{i}]");
                     let name = self.required(&path, "name", tenant.name.as_deref());
-                    let name = name.filter(|n| self.name(&child_path(&path, "name"), n, "tenant name"));
-                    if let Some(name) = name {
-                        if let Some(first) = seen.insert(name.to_owned(), i) {
-                            self.error(
-                                Code::Duplicate,
-                                &child_path(&path, "name"),
-                                format!("duplicate tenant `{name}`, first listed at load.tenants[{first}]"),
-                            );
-                        }
+                    let name =
+                        name.filter(|n| self.name(&child_path(&path, "name"), n, "tenant name"));
+                    if let Some(name) = name
+                        && let Some(first) = seen.insert(name.to_owned(), i)
+                    {
+                        self.error(
+                            Code::Duplicate,
+                            &child_path(&path, "name"),
+                            format!(
+                                "duplicate tenant `{name}`, first listed at load.tenants[{first}]"
+                            ),
+                        );
                     }
                     if tenant.budget_tokens == Some(0) {
                         self.error(
@@ -770,14 +773,14 @@ impl<'a> Validator<'a> {
         let mut faults = Vec::new();
         for (i, fault) in raw.iter().enumerate() {
             let path = format!("faults[{i}]");
-            if let Some(name) = fault.name.as_deref() {
-                if let Some(first) = seen.insert(name, i) {
-                    self.error(
-                        Code::Duplicate,
-                        &child_path(&path, "name"),
-                        format!("duplicate fault name `{name}`, first used at faults[{first}]"),
-                    );
-                }
+            if let Some(name) = fault.name.as_deref()
+                && let Some(first) = seen.insert(name, i)
+            {
+                self.error(
+                    Code::Duplicate,
+                    &child_path(&path, "name"),
+                    format!("duplicate fault name `{name}`, first used at faults[{first}]"),
+                );
             }
             if let Some(fault) = self.fault(&path, fault, duration) {
                 faults.push(fault);
@@ -809,7 +812,11 @@ impl<'a> Validator<'a> {
                 self.error(
                     Code::Reference,
                     &kind_path,
-                    format!("unknown fault kind `{}`{}", shown(kind), suggest(kind, &all_kinds())),
+                    format!(
+                        "unknown fault kind `{}`{}",
+                        shown(kind),
+                        suggest(kind, &all_kinds())
+                    ),
                 );
             }
             known
@@ -820,7 +827,11 @@ impl<'a> Validator<'a> {
                 self.error(
                     Code::Reference,
                     &target_path,
-                    format!("unknown target `{}`{}", shown(target), suggest(target, &TARGETS)),
+                    format!(
+                        "unknown target `{}`{}",
+                        shown(target),
+                        suggest(target, &TARGETS)
+                    ),
                 );
             }
             known
@@ -838,17 +849,18 @@ impl<'a> Validator<'a> {
                 );
             }
         }
-        if let Some(kind) = kind {
-            if raw.duration.is_none() && !INSTANT_KINDS.contains(&kind) {
-                self.error(
-                    Code::MissingField,
-                    &for_path,
-                    format!(
-                        "missing `for` in `{path}`: a `{kind}` fault lasts for a while (only {} may be instant)",
-                        list(&INSTANT_KINDS)
-                    ),
-                );
-            }
+        if let Some(kind) = kind
+            && raw.duration.is_none()
+            && !INSTANT_KINDS.contains(&kind)
+        {
+            self.error(
+                Code::MissingField,
+                &for_path,
+                format!(
+                    "missing `for` in `{path}`: a `{kind}` fault lasts for a while (only {} may be instant)",
+                    list(&INSTANT_KINDS)
+                ),
+            );
         }
         if let (Some(at), Some(load)) = (at, load) {
             if at >= load {
@@ -881,7 +893,12 @@ impl<'a> Validator<'a> {
             _ => None,
         };
         let action = kind.and_then(|kind| {
-            self.action(&child_path(path, "params"), kind, target_link, raw.params.as_ref())
+            self.action(
+                &child_path(path, "params"),
+                kind,
+                target_link,
+                raw.params.as_ref(),
+            )
         });
         Some(Fault {
             name: name?.to_owned(),
@@ -908,8 +925,12 @@ impl<'a> Validator<'a> {
                 Some(FaultAction::Partition { link: link? })
             }
             PROGRAM => self.program(path, params),
-            "kill" => self.no_params(path, kind, params).then_some(FaultAction::Kill),
-            "pause" => self.no_params(path, kind, params).then_some(FaultAction::Pause),
+            "kill" => self
+                .no_params(path, kind, params)
+                .then_some(FaultAction::Kill),
+            "pause" => self
+                .no_params(path, kind, params)
+                .then_some(FaultAction::Pause),
             "restart" => self
                 .no_params(path, kind, params)
                 .then_some(FaultAction::Restart),
@@ -1134,10 +1155,7 @@ impl<'a> Validator<'a> {
             Ok(_) => Some(FaultAction::LlmProgram {
                 program: program.clone(),
             }),
-            Err(ProgramError::Invalid {
-                path: at,
-                message,
-            }) => {
+            Err(ProgramError::Invalid { path: at, message }) => {
                 let at = if at.is_empty() || at == "<root>" {
                     path.to_owned()
                 } else if at.starts_with('[') {
@@ -1159,12 +1177,7 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn slos(
-        &mut self,
-        raw: &[RawSlo],
-        faults: &[FaultInfo],
-        load: Option<Duration>,
-    ) -> Vec<Slo> {
+    fn slos(&mut self, raw: &[RawSlo], faults: &[FaultInfo], load: Option<Duration>) -> Vec<Slo> {
         if raw.len() > MAX_SLOS {
             self.error(
                 Code::Limit,
@@ -1199,7 +1212,11 @@ impl<'a> Validator<'a> {
             self.error(
                 Code::Reference,
                 &child_path(path, "metric"),
-                format!("unknown metric `{}`{}", shown(metric), suggest(metric, &METRICS)),
+                format!(
+                    "unknown metric `{}`{}",
+                    shown(metric),
+                    suggest(metric, &METRICS)
+                ),
             );
             return None;
         }
@@ -1221,7 +1238,11 @@ impl<'a> Validator<'a> {
             (raw.max.as_ref(), raw.min.as_ref())
         };
         if wrong.is_some() {
-            let what = if bound == "min" { "a lower" } else { "an upper" };
+            let what = if bound == "min" {
+                "a lower"
+            } else {
+                "an upper"
+            };
             self.error(
                 Code::Conflict,
                 &child_path(path, other),
@@ -1243,7 +1264,8 @@ impl<'a> Validator<'a> {
             "error_rate" => ObjectiveDraft::Ratio(self.ratio(&threshold_path, threshold)?),
             "availability" => ObjectiveDraft::Ratio(self.ratio(&threshold_path, threshold)?),
             "throughput" => {
-                let v = self.json_number(&threshold_path, threshold, "a rate in requests per second")?;
+                let v =
+                    self.json_number(&threshold_path, threshold, "a rate in requests per second")?;
                 ObjectiveDraft::Ratio(self.positive(&threshold_path, v, MAX_THROUGHPUT_RPS)?)
             }
             _ => ObjectiveDraft::Duration(self.json_duration(&threshold_path, threshold)?),
@@ -1370,10 +1392,19 @@ impl<'a> Validator<'a> {
             WindowText::All => Some(Window::All),
             WindowText::Every(every) => {
                 let max = load.unwrap_or(MAX_LOAD_DURATION).max(MIN_EVERY);
-                self.duration(path, every, MIN_EVERY, max).map(Window::Every)
+                self.duration(path, every, MIN_EVERY, max)
+                    .map(Window::Every)
             }
             WindowText::Before(name) => {
-                self.fault_ref(path, name, faults)?;
+                let fault = self.fault_ref(path, name, faults)?;
+                if fault.start == Some(Duration::ZERO) {
+                    self.error(
+                        Code::Conflict,
+                        path,
+                        format!("`before({name})` is empty: `{name}` starts at 0s"),
+                    );
+                    return None;
+                }
                 Some(Window::Before(name.to_owned()))
             }
             WindowText::During(name) => {
@@ -1401,20 +1432,22 @@ impl<'a> Validator<'a> {
                     None => Duration::ZERO,
                     Some(text) => self.duration(path, text, Duration::ZERO, MAX_LOAD_DURATION)?,
                 };
-                if let (Some(end), Some(load)) = (fault.end, load) {
-                    if end + delay >= load && end < load {
-                        self.error(
-                            Code::Range,
-                            path,
-                            format!(
-                                "window `{}` opens at {}, not before the end of the load at {}",
-                                text.trim(),
-                                format_duration(end + delay),
-                                format_duration(load)
-                            ),
-                        );
-                        return None;
-                    }
+                // A fault ending after the load is reported on the fault.
+                if let (Some(end), Some(load)) = (fault.end, load)
+                    && end < load
+                    && end.saturating_add(delay) >= load
+                {
+                    self.error(
+                        Code::Range,
+                        path,
+                        format!(
+                            "window `{}` opens at {}, not before the end of the load at {}",
+                            text.trim(),
+                            format_duration(end + delay),
+                            format_duration(load)
+                        ),
+                    );
+                    return None;
                 }
                 Some(Window::After {
                     fault: name.to_owned(),
@@ -1434,7 +1467,11 @@ impl<'a> Validator<'a> {
                 self.error(
                     Code::Reference,
                     &path,
-                    format!("unknown invariant `{}`{}", shown(name), suggest(name, &INVARIANTS)),
+                    format!(
+                        "unknown invariant `{}`{}",
+                        shown(name),
+                        suggest(name, &INVARIANTS)
+                    ),
                 );
                 continue;
             }
@@ -1591,7 +1628,9 @@ fn fault_infos(raw: &[RawFault]) -> Vec<FaultInfo> {
                 name: f.name.clone()?,
                 kind: f.kind.clone(),
                 lasts: f.duration.is_some(),
-                end: at.map(|at| at + lasts.unwrap_or_default()),
+                start: at,
+                // Unchecked values may be huge; the fault itself reports them.
+                end: at.map(|at| at.saturating_add(lasts.unwrap_or_default())),
             })
         })
         .collect()
@@ -1665,7 +1704,10 @@ mod tests {
             parse_window("after(a) + 2s"),
             Some(WindowText::After("a", Some("2s")))
         );
-        assert_eq!(parse_window("after(a)+2s"), Some(WindowText::After("a", Some("2s"))));
+        assert_eq!(
+            parse_window("after(a)+2s"),
+            Some(WindowText::After("a", Some("2s")))
+        );
         assert_eq!(parse_window("after(a) 2s"), None);
         assert_eq!(parse_window("during(a) + 2s"), None);
         assert_eq!(parse_window("sometimes"), None);
@@ -1673,7 +1715,10 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(suggest("latncy", &["latency", "timeout"]), "; did you mean `latency`?");
+        assert_eq!(
+            suggest("latncy", &["latency", "timeout"]),
+            "; did you mean `latency`?"
+        );
         assert_eq!(suggest("zzz", &["a", "b"]), "; expected one of `a`, `b`");
     }
 }
