@@ -363,6 +363,44 @@ fn the_binary_exits_as_documented() {
     assert_eq!(gauntlet(&["list"]).0, Some(2));
 }
 
+/// Lists as long as the input limit allows cost one finding each, not one
+/// per item (locating a finding walks the tree, so per-item findings would
+/// be quadratic).
+#[test]
+fn huge_lists_are_refused_quickly() {
+    let head = "name: huge\ndescription: Huge lists.\nload: {duration: 20s, rate: 10}\n";
+    let invariants = format!("{head}invariants:\n{}", "  - no_panics\n".repeat(50_000));
+    let params: String = (0..40_000).map(|i| format!("k{i}: 1, ")).collect();
+    let params = format!(
+        "{head}faults:\n  - {{name: a, at: 1s, for: 1s, target: llm, kind: latency, params: {{{params}}}}}\n"
+    );
+    let faults = format!(
+        "{head}faults:\n{}",
+        "  - {name: a, at: 1s, for: 1s, target: llm, kind: partition}\n".repeat(15_000)
+    );
+    let slos = format!(
+        "{head}slo:\n{}",
+        "  - {metric: error_rate, max: 2}\n".repeat(25_000)
+    );
+    for text in [invariants, params, faults, slos] {
+        assert!(text.len() < 1024 * 1024, "{} bytes", text.len());
+        let started = std::time::Instant::now();
+        let outcome = scenario::parse(text.as_bytes(), &fixtures().join("valid/huge.yaml"));
+        assert!(outcome.scenario.is_none());
+        assert!(
+            outcome.diagnostics.len() <= 2,
+            "{:#?}",
+            &outcome.diagnostics[..3]
+        );
+        assert_eq!(outcome.diagnostics[0].code, Code::Limit);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
+
 /// Edits applied to a valid file's bytes by the mutation property.
 #[derive(Clone, Debug)]
 enum Edit {

@@ -23,9 +23,9 @@ use orchestrator::yaml::{
 
 pub use model::*;
 pub use validate::{
-    MAX_DESCRIPTION_BYTES, MAX_FAULTS, MAX_IN_FLIGHT, MAX_LIST_ITEMS, MAX_LOAD_DURATION,
-    MAX_MIX_WEIGHT, MAX_NAME_BYTES, MAX_OOM_LIMIT_BYTES, MAX_RATE_RPS, MAX_SLOS, MAX_STAGES,
-    MAX_TENANTS, MAX_THROUGHPUT_RPS, MAX_TOKENS, MAX_WAIT,
+    MAX_DESCRIPTION_BYTES, MAX_FAULTS, MAX_IN_FLIGHT, MAX_INVARIANTS, MAX_LIST_ITEMS,
+    MAX_LOAD_DURATION, MAX_MIX_WEIGHT, MAX_NAME_BYTES, MAX_OOM_LIMIT_BYTES, MAX_PARAMS,
+    MAX_RATE_RPS, MAX_SLOS, MAX_STAGES, MAX_TENANTS, MAX_THROUGHPUT_RPS, MAX_TOKENS, MAX_WAIT,
 };
 
 use raw::RawScenario;
@@ -229,7 +229,7 @@ fn finish(scenario: Option<Scenario>, mut diagnostics: Vec<Diagnostic>) -> Outco
 
 /// The paths of fields that an unknown field's suggestion names (`descripton`
 /// → `description`): their missing-field errors would repeat one mistake.
-fn misspelt_fields(diagnostics: &[Diagnostic]) -> Vec<String> {
+fn misspelt_fields(diagnostics: &[Diagnostic]) -> std::collections::HashSet<String> {
     diagnostics
         .iter()
         .filter(|d| d.code == Code::UnknownField)

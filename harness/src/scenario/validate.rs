@@ -41,6 +41,10 @@ pub const MAX_FAULTS: usize = 100;
 pub const MAX_SLOS: usize = 100;
 /// The most entries in an invariant's list parameter (statuses, faults).
 pub const MAX_LIST_ITEMS: usize = 100;
+/// The most entries in `invariants` (each may appear once, so more is a mistake).
+pub const MAX_INVARIANTS: usize = 100;
+/// The most keys in a fault's `params`.
+pub const MAX_PARAMS: usize = 16;
 /// The largest `oom` memory limit.
 pub const MAX_OOM_LIMIT_BYTES: u64 = 64 << 30;
 /// The highest throughput an SLO may ask for, in requests per second.
@@ -1051,6 +1055,14 @@ impl<'a> Validator<'a> {
                 return None;
             }
         };
+        if map.len() > MAX_PARAMS {
+            self.error(
+                Code::Limit,
+                path,
+                format!("{} params, over the limit of {MAX_PARAMS}", map.len()),
+            );
+            return None;
+        }
         let mut ok = true;
         for key in map.keys() {
             if !allowed.contains(&key.as_str()) {
@@ -1458,6 +1470,18 @@ impl<'a> Validator<'a> {
     }
 
     fn invariants(&mut self, raw: &[RawInvariant], faults: &[FaultInfo]) -> Vec<Invariant> {
+        // Bounded before the per-item checks, so that a huge list costs one finding.
+        if raw.len() > MAX_INVARIANTS {
+            self.error(
+                Code::Limit,
+                "invariants",
+                format!(
+                    "{} invariants, over the limit of {MAX_INVARIANTS}",
+                    raw.len()
+                ),
+            );
+            return Vec::new();
+        }
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
         let mut out = Vec::new();
         for (i, invariant) in raw.iter().enumerate() {
