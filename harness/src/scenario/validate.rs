@@ -7,7 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use orchestrator::config::{format_duration, parse_duration, parse_size};
-use orchestrator::yaml::{Code, Diagnostic, Location, Node, Severity, child_path, is_path_prefix};
+use orchestrator::yaml::{
+    Code, Diagnostic, Location, Node, NodeKind, Severity, child_path, is_null, is_path_prefix,
+};
 use serde_json::{Map, Value};
 
 use super::model::*;
@@ -454,12 +456,8 @@ impl<'a> Validator<'a> {
         let overrides = self.root.map(|r| r.locate("system.overrides"));
         let overrides = match overrides {
             Some(node) if node.path == "system.overrides" => match &node.kind {
-                orchestrator::yaml::NodeKind::Map(_) => Some(node),
-                orchestrator::yaml::NodeKind::Scalar { value, plain: true }
-                    if orchestrator::yaml::is_null(value) =>
-                {
-                    None
-                }
+                NodeKind::Map(_) => Some(node),
+                NodeKind::Scalar { value, plain: true } if is_null(value) => None,
                 _ => {
                     self.error(
                         Code::Type,
