@@ -6,6 +6,7 @@
 //! [`load`] is the open-loop load generator scenarios drive the system with.
 
 pub mod checks;
+pub mod cli;
 pub mod engine;
 pub mod load;
 pub mod mock_llm;

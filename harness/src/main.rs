@@ -47,10 +47,27 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Check scenario files: prints every finding as
+    /// `FILE:LINE:COL: error[CODE]: path: message` and `ok: FILE (NAME)` for
+    /// each valid file. Exits 0 when all are valid, 2 otherwise.
+    Validate {
+        /// Scenario files, or directories standing for their `*.yaml` files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// List scenarios: name, duration and fault kinds by class, one per line.
+    /// Exits 2 when a file is invalid (its findings go to stderr).
+    List {
+        /// Scenario files or directories (default: `scenarios/`).
+        paths: Vec<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(code) = run_offline(&cli.command) {
+        return code;
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -73,6 +90,8 @@ fn main() -> ExitCode {
                 config,
             } => run_proxy(listen, seed, config).await,
             Command::MockLlm { listen, seed } => run_mock_llm(listen, seed).await,
+            // Handled by `run_offline`, before the runtime starts.
+            Command::Validate { .. } | Command::List { .. } => Ok(()),
         }
     });
     match result {
@@ -82,6 +101,23 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The commands that need no runtime and no logging: scenario files in,
+/// a report and an exit code out. `None` for the other commands.
+fn run_offline(command: &Command) -> Option<ExitCode> {
+    let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
+    let (mut out, mut err) = (stdout.lock(), stderr.lock());
+    let result = match command {
+        Command::Validate { paths } => gauntlet::cli::validate(paths, &mut out, &mut err),
+        Command::List { paths } => gauntlet::cli::list(paths, &mut out, &mut err),
+        _ => return None,
+    };
+    Some(match result {
+        Ok(code) => ExitCode::from(code),
+        // Output failed (a closed pipe): nothing more can be reported.
+        Err(_) => ExitCode::from(gauntlet::cli::EXIT_BAD_INPUT),
+    })
 }
 
 async fn run_proxy(listen: SocketAddr, seed: u64, config: Option<PathBuf>) -> anyhow::Result<()> {

@@ -59,6 +59,7 @@ pub use model::{
     Proxy, ProxyConfig, ProxyUpdate, Stream, TOXIC_TYPES, Toxic, ToxicKind, ToxicUpdate,
 };
 
+pub(crate) use model::check_toxicity;
 use model::{RawProxy, populate_entries};
 use registry::Registry;
 

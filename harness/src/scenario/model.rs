@@ -217,6 +217,19 @@ pub enum FaultClass {
     Memory,
 }
 
+impl FaultClass {
+    /// The class's name, as `gauntlet list` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultClass::Network => "network",
+            FaultClass::Llm => "llm",
+            FaultClass::Process => "process",
+            FaultClass::Disk => "disk",
+            FaultClass::Memory => "memory",
+        }
+    }
+}
+
 impl FaultAction {
     /// The kind as written in scenario files.
     pub fn kind(&self) -> &'static str {

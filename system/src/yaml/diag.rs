@@ -58,6 +58,8 @@ pub enum Code {
     Policy,
     /// Fields that contradict each other.
     Conflict,
+    /// A value the format names but this version does not support yet.
+    Unsupported,
 }
 
 impl Code {
@@ -79,6 +81,7 @@ impl Code {
             Code::Duplicate => "duplicate",
             Code::Policy => "policy",
             Code::Conflict => "conflict",
+            Code::Unsupported => "unsupported",
         }
     }
 }
