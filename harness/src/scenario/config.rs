@@ -249,6 +249,25 @@ fn merge(base: &mut Node, over: &Node, touched: &mut Touched) {
                 }
             }
         }
+        // A list of mappings (providers, API keys) merges item by item, so
+        // that an override can change one field of the first provider
+        // without repeating it; items past the base's end are appended.
+        // Lists of scalars (allowed tools, origins) are replaced whole.
+        (NodeKind::Seq(items), NodeKind::Seq(over_items))
+            if !over_items.is_empty()
+                && over_items.iter().all(|i| matches!(i.kind, NodeKind::Map(_))) =>
+        {
+            touched.merged.push(config_path(over));
+            for (i, over_item) in over_items.iter().enumerate() {
+                match items.get_mut(i) {
+                    Some(existing) => merge(existing, over_item, touched),
+                    None => {
+                        touched.replaced.push(config_path(over_item));
+                        items.push(over_item.clone());
+                    }
+                }
+            }
+        }
         _ => {
             touched.replaced.push(config_path(over));
             *base = over.clone();
@@ -384,6 +403,18 @@ mod tests {
         let rendered = render(&tree(text));
         assert_eq!(typed(&rendered), typed(text), "{rendered}");
         assert!(rendered.contains("b: \"2\""), "{rendered}");
+    }
+
+    #[test]
+    fn lists_of_mappings_merge_by_position() {
+        let mut base = tree("p: [{a: 1, b: 2}, {a: 3}]\nt: [x, y]\n");
+        let over = tree("p: [{b: 5}, {c: 6}, {a: 7}]\nt: [z]\n");
+        let mut touched = Touched::default();
+        merge(&mut base, &over, &mut touched);
+        assert_eq!(
+            render(&base),
+            "p:\n  - a: 1\n    b: 5\n  - a: 3\n    c: 6\n  - a: 7\nt:\n  - z\n"
+        );
     }
 
     #[test]
