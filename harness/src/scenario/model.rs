@@ -160,9 +160,9 @@ pub enum FaultAction {
         /// The link.
         link: Link,
         /// The toxic, typed and validated by the fault proxy's model.
-        toxic: crate::proxy::model::ToxicKind,
+        toxic: crate::proxy::ToxicKind,
         /// The direction it acts on.
-        stream: crate::proxy::model::Stream,
+        stream: crate::proxy::Stream,
         /// The probability, in [0, 1], that a connection gets it.
         toxicity: f32,
     },
