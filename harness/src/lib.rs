@@ -4,6 +4,7 @@
 //! Toxiproxy's HTTP API, and [`mock_llm`], a programmable OpenAI-compatible
 //! provider. Both draw all randomness from [`seed`], so a run replays.
 
+pub mod local;
 pub mod mock_llm;
 pub mod proxy;
 pub mod scenario;

@@ -47,10 +47,41 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Remove what killed runs of the local backend left behind (orchestrator
+    /// processes, mounts, cgroups), as named by their state records under
+    /// `$GAUNTLET_STATE_DIR` (default `/tmp/gauntlet-state`). Records of runs
+    /// whose harness is still alive are left alone. Exits 0, or 2 when the
+    /// state directory cannot be read.
+    Gc,
+    /// Run the orchestrator service in this process (the local backend spawns
+    /// its own executable with this, so nothing else needs to be built).
+    #[command(name = "__serve-orchestrator", hide = true)]
+    ServeOrchestrator {
+        /// The orchestrator's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Listen here instead of `server.listen` (port 0 picks a free port).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Seed of the service's random choices.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before the subscriber and runtime below: the service sets up its own
+    // JSON logs and its own runtime.
+    let command = match cli.command {
+        Command::ServeOrchestrator {
+            config,
+            listen,
+            seed,
+        } => return serve_orchestrator(config, listen, seed),
+        Command::Gc => return gc(),
+        command => command,
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -66,13 +97,16 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        match command {
             Command::Proxy {
                 listen,
                 seed,
                 config,
             } => run_proxy(listen, seed, config).await,
             Command::MockLlm { listen, seed } => run_mock_llm(listen, seed).await,
+            Command::Gc | Command::ServeOrchestrator { .. } => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     });
     match result {
@@ -81,6 +115,40 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// `gauntlet __serve-orchestrator`: `orchestrator serve`, in this executable.
+fn serve_orchestrator(config: PathBuf, listen: Option<SocketAddr>, seed: Option<u64>) -> ExitCode {
+    let args = orchestrator::cli::ServeArgs {
+        config,
+        listen,
+        level: orchestrator::config::Level::Strict,
+        seed,
+        env: std::env::vars().collect(),
+    };
+    // Not a lock: the service's log writers need stderr too.
+    match orchestrator::cli::serve(args, &mut std::io::stderr()) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: cannot write diagnostics: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `gauntlet gc`: prints what it removed; exits 2 when the state directory
+/// cannot be read.
+fn gc() -> ExitCode {
+    let report = gauntlet::local::gc();
+    print!("{report}");
+    if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        for e in &report.errors {
+            eprintln!("error: {e}");
+        }
+        ExitCode::from(2)
     }
 }
 
