@@ -1,14 +1,15 @@
 //! The run's memory cgroup: v2 when the unified hierarchy has the memory
 //! controller, v1 otherwise.
 //!
-//! How an OOM is made (both versions): the limit is set, then a "hog" joins
-//! the cgroup with `oom_score_adj` -1000 and writes the limit's worth of
-//! bytes into a file on a tmpfs of its own. Tmpfs pages are charged to the
-//! writer's cgroup and cannot be reclaimed without swap, so the cgroup runs
-//! out; the kernel's OOM killer picks the orchestrator (`oom_score_adj`
-//! 1000, the only killable member) and SIGKILLs it. The pages stay charged
-//! after the hog exits, so a restarted orchestrator is killed again until
-//! the file is deleted. Writing a v1 limit below usage is not an option: the
+//! How an OOM is made (both versions): the limit is set, then a "hog" (`dd`)
+//! joins the cgroup and writes the limit's worth of bytes into a file on a
+//! tmpfs of its own. Tmpfs pages are charged to the writer's cgroup and
+//! cannot be reclaimed without swap, so the cgroup runs out; the kernel's OOM
+//! killer picks the orchestrator (`oom_score_adj` 1000) and SIGKILLs it, then
+//! possibly the hog. The pages stay charged after the hog is gone, so a
+//! restarted orchestrator is killed again until the tmpfs is unmounted. (The
+//! hog keeps the default score: lowering it needs CAP_SYS_RESOURCE, which
+//! containers often lack.) Writing a v1 limit below usage is not an option: the
 //! kernel answers EBUSY instead of killing anything.
 
 use std::fs;

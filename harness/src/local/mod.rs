@@ -73,8 +73,6 @@ const MAX_RUN_ID_LEN: usize = 64;
 /// `oom_score_adj` of the orchestrator in a memory cgroup: the OOM killer's
 /// first choice.
 const ORCHESTRATOR_OOM_SCORE_ADJ: i32 = 1000;
-/// `oom_score_adj` of the memory hog: never chosen.
-const HOG_OOM_SCORE_ADJ: i32 = -1000;
 
 /// How to start the orchestrator: a program and the arguments that make it
 /// serve, before `--config FILE --listen ADDR --seed N`.
@@ -362,6 +360,9 @@ struct Proc {
     restarts: u32,
     io_errors: Option<f64>,
     read_only: Option<ReadOnly>,
+    /// The running process has failure points enabled (libfiu refuses to
+    /// disable one that is not).
+    fiu_applied: bool,
 }
 
 impl Proc {
@@ -474,9 +475,10 @@ impl Inner {
         let procs = self.cgroup.as_ref().map(Cgroup::procs_file);
         let placement = Placement {
             cgroup_procs: procs.as_deref(),
-            oom_score_adj: ORCHESTRATOR_OOM_SCORE_ADJ,
+            oom_score_adj: Some(ORCHESTRATOR_OOM_SCORE_ADJ),
             fiu_args: self.fiu.as_ref().map(|f| f.run_args(&st.injections())),
         };
+        st.fiu_applied = self.fiu.is_some() && !st.injections().is_empty();
         let mut cmd = process::command(&self.launcher.program, &args, &placement);
         let log_path = self.log_path();
         let log = process::open_log(&log_path)?;
@@ -611,15 +613,25 @@ impl Inner {
 
     /// Applies the current libfiu injections to the running process (a
     /// process started later gets them from `fiu-run`).
-    async fn apply_fiu(&self, st: &Proc) -> Result<(), LocalError> {
+    async fn apply_fiu(&self, st: &mut Proc) -> Result<(), LocalError> {
         let (Some(fiu), Some(child)) = (&self.fiu, st.alive_child()) else {
             return Ok(());
         };
-        let mut commands = fiu::disable_commands();
-        for injection in st.injections() {
-            commands.extend(fiu::enable_commands(injection));
+        let mut commands = if st.fiu_applied {
+            fiu::disable_commands()
+        } else {
+            Vec::new()
+        };
+        let injections = st.injections();
+        for injection in &injections {
+            commands.extend(fiu::enable_commands(*injection));
         }
-        fiu.control(child.pid, &commands).await
+        if commands.is_empty() {
+            return Ok(());
+        }
+        fiu.control(child.pid, &commands).await?;
+        st.fiu_applied = !injections.is_empty();
+        Ok(())
     }
 
     /// Kills the hog if it still runs, deletes its file and unmounts its tmpfs.
@@ -834,6 +846,7 @@ impl LocalSystem {
                 restarts: 0,
                 io_errors: None,
                 read_only: None,
+                fiu_applied: false,
             }),
         });
         // From here on a failure returns through `Drop`, which undoes it all.
@@ -1013,7 +1026,7 @@ impl LocalSystem {
                 Ok(()) => st.read_only = Some(ReadOnly::Remount),
                 Err(nix::Error::EBUSY) if self.inner.fiu.is_some() => {
                     st.read_only = Some(ReadOnly::Fiu);
-                    if let Err(e) = self.inner.apply_fiu(&st).await {
+                    if let Err(e) = self.inner.apply_fiu(&mut st).await {
                         st.read_only = None;
                         return Err(e);
                     }
@@ -1039,7 +1052,7 @@ impl LocalSystem {
                     source,
                 })
             }
-            Some(ReadOnly::Fiu) => self.inner.apply_fiu(&st).await,
+            Some(ReadOnly::Fiu) => self.inner.apply_fiu(&mut st).await,
             None => Ok(()),
         }
     }
@@ -1058,7 +1071,7 @@ impl LocalSystem {
         }
         let mut st = self.inner.proc.lock().await;
         let before = st.io_errors.replace(probability);
-        let applied = self.inner.apply_fiu(&st).await;
+        let applied = self.inner.apply_fiu(&mut st).await;
         if applied.is_err() {
             st.io_errors = before;
         }
@@ -1075,7 +1088,7 @@ impl LocalSystem {
         }
         let mut st = self.inner.proc.lock().await;
         st.io_errors = None;
-        self.inner.apply_fiu(&st).await
+        self.inner.apply_fiu(&mut st).await
     }
 
     /// Limits the cgroup to `limit_bytes` and fills it, so that the kernel's
@@ -1123,7 +1136,9 @@ impl LocalSystem {
             &args,
             &Placement {
                 cgroup_procs: Some(&procs),
-                oom_score_adj: HOG_OOM_SCORE_ADJ,
+                // Default: the orchestrator at 1000 is chosen first; once it
+                // is dead the hog may be killed too, and its pages stay charged.
+                oom_score_adj: None,
                 fiu_args: None,
             },
         );

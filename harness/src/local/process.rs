@@ -27,18 +27,19 @@ const MAX_LINE_BYTES: u64 = 4096;
 const MAX_TAIL_BYTES: u64 = 256 * 1024;
 
 /// Joins the cgroup whose `cgroup.procs` is `$GAUNTLET_CGROUP_PROCS`, sets the
-/// OOM score adjustment to `$GAUNTLET_OOM_SCORE_ADJ`, then becomes the
-/// program: the process is in the cgroup before its first allocation, so
+/// OOM score adjustment to `$GAUNTLET_OOM_SCORE_ADJ` when given, then becomes
+/// the program: the process is in the cgroup before its first allocation, so
 /// everything it ever uses is charged there. `/proc/self` in a redirection is
 /// the shell itself, which `exec` keeps as the same process.
-const JOIN_CGROUP_SCRIPT: &str = r#"echo $$ > "$GAUNTLET_CGROUP_PROCS" && echo "$GAUNTLET_OOM_SCORE_ADJ" > /proc/self/oom_score_adj && exec "$@""#;
+const JOIN_CGROUP_SCRIPT: &str = r#"echo $$ > "$GAUNTLET_CGROUP_PROCS" && { [ -z "$GAUNTLET_OOM_SCORE_ADJ" ] || echo "$GAUNTLET_OOM_SCORE_ADJ" > /proc/self/oom_score_adj; } && exec "$@""#;
 
 /// How a process is placed before it runs.
 pub struct Placement<'a> {
     /// `cgroup.procs` of the cgroup to join, if any.
     pub cgroup_procs: Option<&'a Path>,
-    /// Its `oom_score_adj` (with a cgroup only).
-    pub oom_score_adj: i32,
+    /// Its `oom_score_adj` (with a cgroup only). Raising needs no privilege;
+    /// lowering below 0 needs CAP_SYS_RESOURCE, which containers often lack.
+    pub oom_score_adj: Option<i32>,
     /// `fiu-run` arguments, when it runs under libfiu.
     pub fiu_args: Option<Vec<String>>,
 }
@@ -61,7 +62,10 @@ pub fn command(program: &Path, args: &[OsString], placement: &Placement<'_>) -> 
                 .env("GAUNTLET_CGROUP_PROCS", procs)
                 .env(
                     "GAUNTLET_OOM_SCORE_ADJ",
-                    placement.oom_score_adj.to_string(),
+                    placement
+                        .oom_score_adj
+                        .map(|adj| adj.to_string())
+                        .unwrap_or_default(),
                 );
             cmd.args(&argv);
             cmd
