@@ -25,7 +25,9 @@ pub enum UnmetNeed {
         source: nix::Error,
     },
     /// libfiu's tools are missing.
-    #[error("io error faults need libfiu's `{tool}`, which is not on PATH: install it with `apt-get install fiu-utils`")]
+    #[error(
+        "io error faults need libfiu's `{tool}`, which is not on PATH: install it with `apt-get install fiu-utils`"
+    )]
     FiuNotInstalled {
         /// The missing tool (`fiu-run` or `fiu-ctrl`).
         tool: &'static str,
@@ -46,7 +48,9 @@ pub enum LocalError {
     #[error(transparent)]
     Unmet(#[from] UnmetNeed),
     /// The run id names files, mounts and cgroups, so it is restricted.
-    #[error("run id {run_id:?} is invalid: use 1 to 64 of A-Z a-z 0-9 . _ -, not starting with a dot")]
+    #[error(
+        "run id {run_id:?} is invalid: use 1 to 64 of A-Z a-z 0-9 . _ -, not starting with a dot"
+    )]
     BadRunId {
         /// The rejected id.
         run_id: String,

@@ -95,8 +95,9 @@ pub fn gc_in(state_dir: &Path) -> GcReport {
         }
         let record = match fs::read(&path)
             .map_err(|e| e.to_string())
-            .and_then(|bytes| serde_json::from_slice::<StateRecord>(&bytes).map_err(|e| e.to_string()))
-        {
+            .and_then(|bytes| {
+                serde_json::from_slice::<StateRecord>(&bytes).map_err(|e| e.to_string())
+            }) {
             Ok(record) => record,
             Err(detail) => {
                 report.errors.push(GcError::Record { path, detail });

@@ -862,11 +862,13 @@ impl LocalSystem {
                 &inner.data_dir,
                 bytes,
             )?,
-            None => std::fs::create_dir_all(&inner.data_dir).map_err(|source| LocalError::File {
-                action: "create",
-                path: inner.data_dir.clone(),
-                source,
-            })?,
+            None => {
+                std::fs::create_dir_all(&inner.data_dir).map_err(|source| LocalError::File {
+                    action: "create",
+                    path: inner.data_dir.clone(),
+                    source,
+                })?
+            }
         }
         if let Some(cgroup) = &inner.cgroup {
             cgroup.create()?;
@@ -1152,8 +1154,7 @@ impl LocalSystem {
             .store(hog.id().unwrap_or(0), Ordering::SeqCst);
         // The hog fails with ENOMEM or ENOSPC once the cgroup or its tmpfs is
         // full, which is the point; only the time it takes matters.
-        let waited =
-            tokio::time::timeout(Duration::from_millis(HOG_WAIT_MS), hog.wait()).await;
+        let waited = tokio::time::timeout(Duration::from_millis(HOG_WAIT_MS), hog.wait()).await;
         self.inner.hog_pid.store(0, Ordering::SeqCst);
         match waited {
             Ok(_) => Ok(()),
@@ -1232,7 +1233,9 @@ impl LocalSystem {
         }
         // Any failure keeps the record, for `gauntlet gc`.
         let exit = exit?;
-        results.into_iter().collect::<Result<Vec<()>, LocalError>>()?;
+        results
+            .into_iter()
+            .collect::<Result<Vec<()>, LocalError>>()?;
         StateRecord::remove(&inner.state_dir, &inner.run_id).map_err(|source| {
             LocalError::File {
                 action: "remove",

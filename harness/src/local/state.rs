@@ -37,9 +37,8 @@ impl ProcessId {
     /// holds no memory, mount or cgroup any more).
     pub fn is_alive(&self) -> bool {
         match fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
-            Ok(stat) => {
-                parse_stat(&stat).is_some_and(|(state, ticks)| ticks == self.start_ticks && state != 'Z')
-            }
+            Ok(stat) => parse_stat(&stat)
+                .is_some_and(|(state, ticks)| ticks == self.start_ticks && state != 'Z'),
             Err(_) => false,
         }
     }
@@ -169,9 +168,15 @@ mod tests {
 
     #[test]
     fn only_orchestrator_command_lines_match() {
-        assert!(is_orchestrator_cmdline("/x/gauntlet __serve-orchestrator --config a"));
-        assert!(is_orchestrator_cmdline("/usr/bin/orchestrator serve --config a"));
-        assert!(!is_orchestrator_cmdline("/usr/bin/orchestrator config validate a"));
+        assert!(is_orchestrator_cmdline(
+            "/x/gauntlet __serve-orchestrator --config a"
+        ));
+        assert!(is_orchestrator_cmdline(
+            "/usr/bin/orchestrator serve --config a"
+        ));
+        assert!(!is_orchestrator_cmdline(
+            "/usr/bin/orchestrator config validate a"
+        ));
         assert!(!is_orchestrator_cmdline("sleep 100"));
     }
 }
