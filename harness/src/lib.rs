@@ -9,6 +9,7 @@ pub mod checks;
 pub mod cli;
 pub mod engine;
 pub mod load;
+pub mod local;
 pub mod mock_llm;
 pub mod proxy;
 pub mod report;

@@ -19,6 +19,13 @@ struct Cli {
     command: Command,
 }
 
+/// Where `gauntlet run` brings the system up.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Backend {
+    /// Child processes on loopback, in temporary directories; no Docker.
+    Local,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the fault proxy: Toxiproxy's HTTP API and TCP proxies with toxics.
@@ -47,6 +54,29 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Run scenarios on the local backend: brings the orchestrator up behind
+    /// the fault proxy, drives the load, injects the faults, checks every SLO
+    /// and invariant, prints a summary and writes report.json, history.jsonl
+    /// and verdict.yaml under `--report-dir/<scenario>/`. Exits 0 when every
+    /// check passed, 1 when one failed, 2 on bad input or an environment that
+    /// cannot run a scenario (each scenario is validated before any runs).
+    Run {
+        /// Scenario files, or directories standing for their `*.yaml` files
+        /// (default: `scenarios/`).
+        paths: Vec<PathBuf>,
+        /// Where the system runs (the Docker backend comes later).
+        #[arg(long, value_enum, default_value_t = Backend::Local)]
+        backend: Backend,
+        /// Replaces each scenario's seed, to replay or vary a run.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Where reports go, one directory per scenario.
+        #[arg(long, default_value = "target/gauntlet")]
+        report_dir: PathBuf,
+        /// Multiplies every duration of the load and the fault timeline.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+    },
     /// Check scenario files: prints every finding as
     /// `FILE:LINE:COL: error[CODE]: path: message` and `ok: FILE (NAME)` for
     /// each valid file. Exits 0 when all are valid, 2 otherwise.
@@ -61,6 +91,26 @@ enum Command {
         /// Scenario files or directories (default: `scenarios/`).
         paths: Vec<PathBuf>,
     },
+    /// Remove what killed runs of the local backend left behind (orchestrator
+    /// processes, mounts, cgroups), as named by their state records under
+    /// `$GAUNTLET_STATE_DIR` (default `/tmp/gauntlet-state`). Records of runs
+    /// whose harness is still alive are left alone. Exits 0, or 2 when the
+    /// state directory cannot be read.
+    Gc,
+    /// Run the orchestrator service in this process (the local backend spawns
+    /// its own executable with this, so nothing else needs to be built).
+    #[command(name = "__serve-orchestrator", hide = true)]
+    ServeOrchestrator {
+        /// The orchestrator's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Listen here instead of `server.listen` (port 0 picks a free port).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Seed of the service's random choices.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -68,6 +118,24 @@ fn main() -> ExitCode {
     if let Some(code) = run_offline(&cli.command) {
         return code;
     }
+    // Before the subscriber and runtime below: the service sets up its own
+    // JSON logs and its own runtime.
+    let command = match cli.command {
+        Command::ServeOrchestrator {
+            config,
+            listen,
+            seed,
+        } => return serve_orchestrator(config, listen, seed),
+        Command::Gc => return gc(),
+        Command::Run {
+            paths,
+            backend: Backend::Local,
+            seed,
+            report_dir,
+            scale,
+        } => return run_scenarios(paths, seed, report_dir, scale),
+        command => command,
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -83,7 +151,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        match command {
             Command::Proxy {
                 listen,
                 seed,
@@ -92,6 +160,9 @@ fn main() -> ExitCode {
             Command::MockLlm { listen, seed } => run_mock_llm(listen, seed).await,
             // Handled by `run_offline`, before the runtime starts.
             Command::Validate { .. } | Command::List { .. } => Ok(()),
+            Command::Gc | Command::ServeOrchestrator { .. } | Command::Run { .. } => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     });
     match result {
@@ -118,6 +189,93 @@ fn run_offline(command: &Command) -> Option<ExitCode> {
         // Output failed (a closed pipe): nothing more can be reported.
         Err(_) => ExitCode::from(gauntlet::cli::EXIT_BAD_INPUT),
     })
+}
+
+/// `gauntlet __serve-orchestrator`: `orchestrator serve`, in this executable.
+fn serve_orchestrator(config: PathBuf, listen: Option<SocketAddr>, seed: Option<u64>) -> ExitCode {
+    let args = orchestrator::cli::ServeArgs {
+        config,
+        listen,
+        level: orchestrator::config::Level::Strict,
+        seed,
+        env: std::env::vars().collect(),
+    };
+    // Not a lock: the service's log writers need stderr too.
+    match orchestrator::cli::serve(args, &mut std::io::stderr()) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: cannot write diagnostics: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `gauntlet run`: a runtime of its own, quiet logs (warnings only, so the
+/// progress bar and summary stay readable), and Ctrl-C turned into a
+/// cancellation that tears everything down before exiting.
+fn run_scenarios(paths: Vec<PathBuf>, seed: Option<u64>, report_dir: PathBuf, scale: f64) -> ExitCode {
+    use gauntlet::engine::{self, Cancel, RunOptions};
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let launcher = match gauntlet::local::Launcher::current_exe() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot find the gauntlet executable to start the orchestrator with: {e}");
+            return ExitCode::from(engine::exit::BAD_INPUT);
+        }
+    };
+    let paths = if paths.is_empty() {
+        vec![PathBuf::from(gauntlet::cli::DEFAULT_SCENARIO_DIR)]
+    } else {
+        paths
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(engine::exit::BAD_INPUT);
+        }
+    };
+    let options = RunOptions {
+        seed,
+        scale,
+        report_dir,
+        launcher,
+        progress: true,
+    };
+    let code = runtime.block_on(async {
+        let cancel = Cancel::new();
+        let on_signal = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("interrupted: stopping the load, reverting faults, tearing down");
+                on_signal.cancel();
+            }
+        });
+        let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
+        engine::run_paths(&paths, &options, &cancel, &mut stdout.lock(), &mut stderr.lock()).await
+    });
+    ExitCode::from(code)
+}
+
+/// `gauntlet gc`: prints what it removed; exits 2 when the state directory
+/// cannot be read.
+fn gc() -> ExitCode {
+    let report = gauntlet::local::gc();
+    print!("{report}");
+    if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        for e in &report.errors {
+            eprintln!("error: {e}");
+        }
+        ExitCode::from(2)
+    }
 }
 
 async fn run_proxy(listen: SocketAddr, seed: u64, config: Option<PathBuf>) -> anyhow::Result<()> {

@@ -252,11 +252,13 @@ pub(super) fn audit_chain_intact(evidence: &Evidence) -> CheckResult {
     r.finish(violations)
 }
 
-/// Requests that reused a key and succeeded got the body of the first success.
+/// Requests that reused a key and succeeded got the first success's answer:
+/// for tasks the same body, byte for byte; for jobs the same job (a replayed
+/// `POST /v1/jobs` reports the job's current state, which moves on).
 pub(super) fn idempotent_replay_consistent(evidence: &Evidence) -> CheckResult {
     let mut r = CheckResult::invariant(
         "idempotent_replay_consistent",
-        "every success under one key has the same body",
+        "every success under one key has the same task body or the same job",
     );
     let mut first: BTreeMap<(&str, &str), &Op> = BTreeMap::new();
     let mut violations = 0;
@@ -270,6 +272,19 @@ pub(super) fn idempotent_replay_consistent(evidence: &Evidence) -> CheckResult {
         match first.get(&(op.tenant.as_str(), key)) {
             None => {
                 first.insert((op.tenant.as_str(), key), op);
+            }
+            Some(earlier) if op.kind == OpKind::Job => {
+                reused += 1;
+                if earlier.resource_id != op.resource_id {
+                    violations += 1;
+                    r.violation(format!(
+                        "key {key}: op {} and op {} were answered with different jobs ({} and {})",
+                        earlier.index,
+                        op.index,
+                        earlier.resource_id.as_deref().unwrap_or("?"),
+                        op.resource_id.as_deref().unwrap_or("?")
+                    ));
+                }
             }
             Some(earlier) => {
                 reused += 1;

@@ -21,7 +21,7 @@ pub(crate) use slo::was_sent;
 pub const MAX_EVIDENCE_LINES: usize = 20;
 
 /// What the run observed, as the checks need it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Evidence {
     /// Every operation the load generator planned, in plan order.
     pub history: Vec<Op>,

@@ -14,6 +14,10 @@ use crate::seed;
 /// The tenant the harness's own probes run as; never one of the scenario's.
 pub const OPS_TENANT: &str = "gauntlet-ops";
 
+/// The role of the harness's own keys: every permission, and a rate limit
+/// high enough that probes are never limited (they are not the load).
+pub const OPS_ROLE: &str = "gauntlet-ops";
+
 /// The database path, relative to the run directory (the child's cwd).
 pub const DB_RELATIVE_PATH: &str = "data/orchestrator.db";
 
@@ -26,6 +30,9 @@ pub struct TenantKey {
     pub key: String,
     /// Its rate limit: requests per second and burst.
     pub rate_limit: (u32, u32),
+    /// A second key of the same tenant with [`OPS_ROLE`], for the harness's
+    /// own reads of the tenant's jobs (jobs are visible to their tenant only).
+    pub ops_key: String,
 }
 
 /// The rendered configuration and the keys that go with it.
@@ -80,6 +87,17 @@ pub fn render(scenario: &Scenario, run_seed: u64, llm_base_url: &str) -> Result<
             .unwrap_or(config.security.default_rate_limit);
         (limit.requests_per_second, limit.burst)
     };
+    config
+        .security
+        .roles
+        .insert(OPS_ROLE.to_owned(), orchestrator::config::raw::Permission::ALL.to_vec());
+    config.security.rate_limits.insert(
+        OPS_ROLE.to_owned(),
+        orchestrator::config::RateLimitConfig {
+            requests_per_second: 100_000,
+            burst: 100_000,
+        },
+    );
     let mut tenants = Vec::new();
     for t in &scenario.load.tenants {
         let key = make_key(&t.name);
@@ -93,10 +111,19 @@ pub fn render(scenario: &Scenario, run_seed: u64, llm_base_url: &str) -> Result<
         if let Some(limit) = t.budget_tokens {
             config.budget.tenants.insert(t.name.clone(), limit);
         }
+        let ops_key = make_key(&format!("{}-ops", t.name));
+        config.security.api_keys.push(ApiKeyConfig {
+            id: format!("gauntlet-{}-ops", t.name),
+            sha256: hash(&ops_key),
+            tenant: t.name.clone(),
+            role: OPS_ROLE.to_owned(),
+            expires_at: None,
+        });
         tenants.push(TenantKey {
             tenant: t.name.clone(),
             key,
             rate_limit: rate_limit_of(&config, &t.role),
+            ops_key,
         });
     }
     let ops_key = make_key(OPS_TENANT);
@@ -104,12 +131,9 @@ pub fn render(scenario: &Scenario, run_seed: u64, llm_base_url: &str) -> Result<
         id: OPS_TENANT.to_owned(),
         sha256: hash(&ops_key),
         tenant: OPS_TENANT.to_owned(),
-        role: "admin".to_owned(),
+        role: OPS_ROLE.to_owned(),
         expires_at: None,
     });
-    if !config.security.roles.contains_key("admin") {
-        return Err("the config defines no `admin` role, which the harness's probes use".to_owned());
-    }
     let yaml = config.to_yaml();
     // The rendered file must validate as the child will read it; a failure
     // here is a harness bug, reported rather than discovered by the child.

@@ -165,10 +165,10 @@ async fn apply(fault: &Fault, hands: &Hands) -> Result<(), String> {
             let program = Program::from_json(&bytes, hands.mock.limits()).map_err(|e| e.to_string())?;
             hands.mock.install(program).map_err(|e| e.to_string())
         }
-        FaultAction::Kill => s.kill().await.map_err(|e| e.to_string()),
+        FaultAction::Kill => s.kill().await.map(|_| ()).map_err(|e| e.to_string()),
         FaultAction::Pause => s.pause().await.map_err(|e| e.to_string()),
         FaultAction::Restart => s.restart().await.map_err(|e| e.to_string()),
-        FaultAction::DiskFull => s.disk_fill().await.map_err(|e| e.to_string()),
+        FaultAction::DiskFull => s.disk_fill().await.map(|_| ()).map_err(|e| e.to_string()),
         FaultAction::IoErrors { probability } => {
             s.io_errors(*probability).await.map_err(|e| e.to_string())
         }

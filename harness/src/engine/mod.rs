@@ -83,8 +83,13 @@ pub fn needs_of(scenario: &Scenario) -> Needs {
     let mut needs = Needs::default();
     for f in &scenario.faults {
         match f.action {
-            FaultAction::DiskFull | FaultAction::ReadOnly => {
+            FaultAction::DiskFull => needs.disk_tmpfs_bytes = Some(DATA_TMPFS_BYTES),
+            // The kernel refuses to remount a filesystem read-only while a
+            // file on it is open for writing (SQLite always has one), so a
+            // running service is made read-only through libfiu (EROFS).
+            FaultAction::ReadOnly => {
                 needs.disk_tmpfs_bytes = Some(DATA_TMPFS_BYTES);
+                needs.io_errors = true;
             }
             FaultAction::IoErrors { .. } => needs.io_errors = true,
             FaultAction::Oom { .. } => needs.memory = true,
@@ -176,23 +181,24 @@ pub async fn run(scenario: &Scenario, options: &RunOptions, cancel: &Cancel) -> 
         .client()
         .map_err(|e| env_err(format!("cannot reach the fault proxy: {e}")))?;
     let llm_proxy = proxy_client
-        .create_proxy(&ProxyConfig::new("llm", "127.0.0.1:0", &mock.addr().to_string(), true))
+        .create_proxy(&ProxyConfig::new("llm", "127.0.0.1:0", mock.addr().to_string()))
         .await
         .map_err(|e| env_err(format!("cannot create the llm proxy: {e}")))?;
 
     let run_config = config::render(&scenario, seed, &format!("http://{}/v1", llm_proxy.listen))
         .map_err(env_err)?;
+    let mut local_config = LocalConfig::new(
+        run_id.clone(),
+        run_dir.path(),
+        run_config.yaml.clone(),
+        options.launcher.clone(),
+    );
+    local_config.seed = seed;
+    local_config.needs = needs;
+    local_config.ready_timeout = READY_TIMEOUT;
+    local_config.max_restarts = MAX_RESTARTS;
     let system = Arc::new(
-        LocalSystem::start(LocalConfig {
-            run_id: run_id.clone(),
-            run_dir: run_dir.path().to_path_buf(),
-            config_yaml: run_config.yaml.clone(),
-            launcher: options.launcher.clone(),
-            seed,
-            needs,
-            ready_timeout: READY_TIMEOUT,
-            max_restarts: MAX_RESTARTS,
-        })
+        LocalSystem::start(local_config)
         .await
         .map_err(|e| env_err(format!("cannot start the orchestrator: {e}")))?,
     );
@@ -201,8 +207,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions, cancel: &Cancel) -> 
         .create_proxy(&ProxyConfig::new(
             "client",
             "127.0.0.1:0",
-            &system.addr().to_string(),
-            true,
+            system.addr().to_string(),
         ))
         .await
         .map_err(|e| env_err(format!("cannot create the client proxy: {e}")))?;
@@ -281,12 +286,12 @@ pub async fn run(scenario: &Scenario, options: &RunOptions, cancel: &Cancel) -> 
     }
     bar.set_message("settling jobs");
 
-    // The final state, read directly from the orchestrator.
-    let accepted: Vec<String> = outcome
+    // Jobs acknowledged, with their tenants (a job is visible to its tenant only).
+    let accepted: Vec<(String, String)> = outcome
         .history
         .iter()
         .filter(|op| op.kind == OpKind::Job && op.outcome == Outcome::Status(202))
-        .filter_map(|op| op.resource_id.clone())
+        .filter_map(|op| op.resource_id.clone().map(|id| (id, op.tenant.clone())))
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -298,12 +303,12 @@ pub async fn run(scenario: &Scenario, options: &RunOptions, cancel: &Cancel) -> 
             _ => None,
         })
         .unwrap_or(DEFAULT_SETTLE);
-    let jobs = observe::settle_jobs(&probe, &direct, &run_config.ops_key, accepted, settle).await;
-    for t in &run_config.tenants {
-        if let Some(s) = observe::budget(&probe, &direct, &run_config.ops_key, &t.tenant, epoch).await {
-            budgets.push(s);
-        }
-    }
+    let tenant_keys: Vec<(String, String)> = run_config
+        .tenants
+        .iter()
+        .map(|t| (t.tenant.clone(), t.ops_key.clone()))
+        .collect();
+    let settled = observe::settle_jobs(&probe, &direct, &tenant_keys, settle).await;
     let audit_online = observe::audit_online(&probe, &direct, &run_config.ops_key).await;
     let page = mock.journal();
     let process_events = system.events();
@@ -319,7 +324,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions, cancel: &Cancel) -> 
         mock.shutdown().await;
     }
     let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
-    let audit_offline = orchestrator::store::verify_file(&db_path)
+    let audit_offline = orchestrator::store::verify_audit_file(&db_path)
         .map(|v| checks::AuditAnswer {
             ok: v.ok,
             entries: v.entries,
@@ -327,7 +332,14 @@ pub async fn run(scenario: &Scenario, options: &RunOptions, cancel: &Cancel) -> 
             reason: v.reason,
         })
         .map_err(|e| e.to_string());
-    let charges = read_charges(&db_path, &run_config);
+    let end_ms = epoch.elapsed().as_secs_f64() * 1000.0;
+    let (charges, jobs) = match read_final(&db_path, &run_config, &accepted, end_ms) {
+        Ok(f) => {
+            budgets.extend(f.budgets);
+            (Ok(f.charges), f.jobs)
+        }
+        Err(e) => (Err(e), accepted.iter().map(|(id, _)| (id.clone(), None)).collect()),
+    };
 
     let mut fault_spans = std::collections::BTreeMap::new();
     let mut process_down = Vec::new();
@@ -359,6 +371,11 @@ pub async fn run(scenario: &Scenario, options: &RunOptions, cancel: &Cancel) -> 
         process_down,
     };
     let mut results = checks::run_all(&scenario, &evidence);
+    if let Err(pending) = &settled {
+        for r in results.iter_mut().filter(|r| r.name == "no_lost_jobs") {
+            r.evidence.insert(0, format!("jobs had not settled after {}: {pending}", slo_duration(settle)));
+        }
+    }
     // A fault that could not be applied means the scenario did not test what
     // it says: that is a failed check, named, not a silent pass.
     for r in &fault_records {
@@ -397,7 +414,10 @@ pub async fn run(scenario: &Scenario, options: &RunOptions, cancel: &Cancel) -> 
         faults: fault_records,
         load: &outcome,
         evidence: &evidence,
-        process_events,
+        process_events: process_events
+            .iter()
+            .map(report::ProcessRecord::from)
+            .collect(),
     });
     bar.finish_and_clear();
     report::write(&report, &outcome.history, &log_path, &report_dir)
@@ -405,19 +425,58 @@ pub async fn run(scenario: &Scenario, options: &RunOptions, cancel: &Cancel) -> 
     Ok(report)
 }
 
-/// Reads the ledger offline, after the orchestrator stopped.
-fn read_charges(
+fn slo_duration(d: Duration) -> String {
+    format!("{:.0}s", d.as_secs_f64())
+}
+
+/// The state the orchestrator left in its database.
+struct Final {
+    charges: Vec<orchestrator::store::ChargeRecord>,
+    budgets: Vec<checks::BudgetSample>,
+    jobs: std::collections::BTreeMap<String, Option<checks::JobFinal>>,
+}
+
+/// Reads the ledger, the budgets and the acknowledged jobs offline, after
+/// the orchestrator stopped: the database is the truth, whatever the API said.
+fn read_final(
     db_path: &std::path::Path,
     run: &config::RunConfig,
-) -> Result<Vec<orchestrator::store::ChargeRecord>, String> {
+    accepted: &[(String, String)],
+    at_ms: f64,
+) -> Result<Final, String> {
     let options = orchestrator::store::StoreOptions::new(run.config.budget.clone());
     let store = orchestrator::store::Store::open(db_path, &options)
         .map_err(|e| format!("cannot open {}: {e}", db_path.display()))?;
-    let mut all = Vec::new();
+    let mut charges = Vec::new();
+    let mut budgets = Vec::new();
     for t in &run.tenants {
-        all.extend(store.charges(&t.tenant).map_err(|e| e.to_string())?);
+        charges.extend(store.charges(&t.tenant).map_err(|e| e.to_string())?);
+        let b = store.budget(&t.tenant).map_err(|e| e.to_string())?;
+        budgets.push(checks::BudgetSample {
+            at_ms,
+            tenant: t.tenant.clone(),
+            used_tokens: b.used_tokens,
+            reserved_tokens: b.reserved_tokens,
+            limit_tokens: b.limit_tokens,
+        });
     }
-    Ok(all)
+    let mut jobs = std::collections::BTreeMap::new();
+    for (id, tenant) in accepted {
+        let job = store.job(tenant, id).map_err(|e| e.to_string())?;
+        jobs.insert(
+            id.clone(),
+            job.map(|j| checks::JobFinal {
+                state: j.state.as_str().to_owned(),
+                attempts: u64::from(j.attempts),
+                last_error: j.last_error,
+            }),
+        );
+    }
+    Ok(Final {
+        charges,
+        budgets,
+        jobs,
+    })
 }
 
 /// The exit code of `gauntlet run`: 0 every check passed, 1 a check failed,

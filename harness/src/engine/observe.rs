@@ -3,7 +3,6 @@
 //! the orchestrator directly, not through the client link, because probes
 //! model the platform's own checks, not a client's view.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use reqwest::Client;
@@ -11,7 +10,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::checks::{AuditAnswer, BudgetSample, HealthSample, JobFinal};
+use crate::checks::{AuditAnswer, BudgetSample, HealthSample};
 
 /// How often health is probed.
 pub const HEALTH_PERIOD: Duration = Duration::from_millis(250);
@@ -22,8 +21,6 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// At most this many samples of each kind are kept (a bound on memory for
 /// long runs; at the periods above it covers hours).
 pub const MAX_SAMPLES: usize = 50_000;
-/// Concurrent job lookups while settling.
-const LOOKUP_CONCURRENCY: usize = 16;
 
 /// A client for probes: rustls, no proxy, bounded timeouts.
 pub fn client() -> Result<Client, String> {
@@ -50,6 +47,7 @@ pub async fn health(
     epoch: Instant,
     mut stop: watch::Receiver<bool>,
 ) -> Vec<HealthSample> {
+    let (live_url, ready_url) = (format!("{base}/health/live"), format!("{base}/health/ready"));
     let mut samples = Vec::new();
     let mut tick = tokio::time::interval(HEALTH_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -60,8 +58,8 @@ pub async fn health(
         }
         let at_ms = ms_since(epoch);
         let (live, ready) = tokio::join!(
-            status_of(&client, &format!("{base}/health/live")),
-            status_of(&client, &format!("{base}/health/ready")),
+            status_of(&client, &live_url),
+            status_of(&client, &ready_url),
         );
         samples.push(HealthSample { at_ms, live, ready });
     }
@@ -130,63 +128,54 @@ pub async fn budgets(
 }
 
 #[derive(Deserialize)]
-struct JobAnswer {
-    state: String,
-    attempts: u64,
-    last_error: Option<String>,
+struct JobList {
+    counts: JobCountsAnswer,
 }
 
-/// Looks every job up until each is `succeeded` or `dead`, or `settle`
-/// runs out; returns the last state seen of each (`None`: the service said
-/// it does not exist, or never answered).
+#[derive(Deserialize)]
+struct JobCountsAnswer {
+    queued: u64,
+    running: u64,
+}
+
+/// Waits until no tenant has a job queued or running, asking each tenant's
+/// counts (`GET /v1/jobs?limit=1` with the tenant's ops key), or until
+/// `settle` runs out. `Err` says what was still pending.
 pub async fn settle_jobs(
     client: &Client,
     base: &str,
-    ops_key: &str,
-    ids: Vec<String>,
+    tenants: &[(String, String)],
     settle: Duration,
-) -> BTreeMap<String, Option<JobFinal>> {
-    use futures_util::StreamExt;
+) -> Result<(), String> {
     let deadline = Instant::now() + settle;
-    let mut finals: BTreeMap<String, Option<JobFinal>> =
-        ids.iter().map(|id| (id.clone(), None)).collect();
-    let mut pending = ids;
     loop {
-        let lookups = futures_util::stream::iter(pending.clone())
-            .map(|id| async move {
-                let answer = client
-                    .get(format!("{base}/v1/jobs/{id}"))
-                    .bearer_auth(ops_key)
-                    .send()
-                    .await;
-                let job = match answer {
-                    Ok(a) if a.status().is_success() => a.json::<JobAnswer>().await.ok().map(|j| JobFinal {
-                        state: j.state,
-                        attempts: j.attempts,
-                        last_error: j.last_error,
-                    }),
-                    _ => None,
-                };
-                (id, job)
-            })
-            .buffer_unordered(LOOKUP_CONCURRENCY)
-            .collect::<Vec<_>>()
-            .await;
-        pending.clear();
-        for (id, job) in lookups {
-            let done = matches!(&job, Some(j) if j.state == "succeeded" || j.state == "dead");
-            if !done {
-                pending.push(id.clone());
-            }
-            if job.is_some() || !finals.get(&id).is_some_and(Option::is_some) {
-                finals.insert(id, job);
+        let mut pending = Vec::new();
+        for (tenant, key) in tenants {
+            let answer = client
+                .get(format!("{base}/v1/jobs?limit=1"))
+                .bearer_auth(key)
+                .send()
+                .await;
+            match answer {
+                Ok(a) if a.status().is_success() => match a.json::<JobList>().await {
+                    Ok(list) if list.counts.queued + list.counts.running == 0 => {}
+                    Ok(list) => pending.push(format!(
+                        "{tenant}: {} queued, {} running",
+                        list.counts.queued, list.counts.running
+                    )),
+                    Err(e) => pending.push(format!("{tenant}: unreadable job counts: {e}")),
+                },
+                Ok(a) => pending.push(format!("{tenant}: job counts answered {}", a.status())),
+                Err(e) => pending.push(format!("{tenant}: job counts failed: {e}")),
             }
         }
-        if pending.is_empty() || Instant::now() >= deadline {
-            return finals;
+        if pending.is_empty() {
+            return Ok(());
         }
-        pending.sort();
-        tokio::time::sleep(Duration::from_millis(500).min(deadline - Instant::now())).await;
+        if Instant::now() >= deadline {
+            return Err(pending.join("; "));
+        }
+        tokio::time::sleep(Duration::from_millis(250).min(deadline - Instant::now())).await;
     }
 }
 

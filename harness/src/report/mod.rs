@@ -58,7 +58,7 @@ pub struct Report {
     /// What the load generator saw.
     pub load: LoadSection,
     /// Starts, exits and restarts of the orchestrator.
-    pub process_events: Vec<ProcessEvent>,
+    pub process_events: Vec<ProcessRecord>,
     /// Health probe samples.
     pub health: Vec<HealthSample>,
     /// Budget samples.
@@ -123,7 +123,25 @@ pub struct ReportInput<'a> {
     /// The evidence the checks judged.
     pub evidence: &'a Evidence,
     /// The backend's process events.
-    pub process_events: Vec<ProcessEvent>,
+    pub process_events: Vec<ProcessRecord>,
+}
+
+/// Something that happened to the orchestrator's process.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessRecord {
+    /// Since the backend started it, in milliseconds.
+    pub elapsed_ms: f64,
+    /// What happened (`Started { pid: 12 }`, `Exited { .. oom: true .. }`).
+    pub event: String,
+}
+
+impl From<&ProcessEvent> for ProcessRecord {
+    fn from(e: &ProcessEvent) -> ProcessRecord {
+        ProcessRecord {
+            elapsed_ms: e.elapsed.as_secs_f64() * 1000.0,
+            event: format!("{:?}", e.kind),
+        }
+    }
 }
 
 /// The outcome's key in `load.outcomes`.

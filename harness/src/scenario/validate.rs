@@ -102,7 +102,9 @@ const INVARIANTS: [&str; 9] = [
 /// Defaults.
 const DEFAULT_MAX_IN_FLIGHT: u32 = 256;
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-const DEFAULT_MAX_TOKENS: u32 = 64;
+/// A plan is a few hundred bytes and providers cut content at `max_tokens`
+/// (the mock at 4 bytes a token), so the default leaves plenty of room.
+const DEFAULT_MAX_TOKENS: u32 = 512;
 const DEFAULT_SETTLE: Duration = Duration::from_secs(30);
 const DEFAULT_READY_WITHIN: Duration = Duration::from_secs(15);
 const DEFAULT_RECOVERY_ERROR_RATE: f64 = 0.05;
