@@ -219,7 +219,7 @@ fn run_scenarios(paths: Vec<PathBuf>, seed: Option<u64>, report_dir: PathBuf, sc
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,gauntlet::proxy=error")),
         )
         .init();
     let launcher = match gauntlet::local::Launcher::current_exe() {
@@ -257,8 +257,9 @@ fn run_scenarios(paths: Vec<PathBuf>, seed: Option<u64>, report_dir: PathBuf, sc
                 on_signal.cancel();
             }
         });
-        let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
-        engine::run_paths(&paths, &options, &cancel, &mut stdout.lock(), &mut stderr.lock()).await
+        // Unlocked handles: a lock held across the run would block every
+        // log line other threads write, and with them the runtime.
+        engine::run_paths(&paths, &options, &cancel, &mut std::io::stdout(), &mut std::io::stderr()).await
     });
     ExitCode::from(code)
 }

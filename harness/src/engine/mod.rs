@@ -183,7 +183,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions, cancel: &Cancel) -> 
     let llm_proxy = proxy_client
         .create_proxy(&ProxyConfig::new("llm", "127.0.0.1:0", mock.addr().to_string()))
         .await
-        .map_err(|e| env_err(format!("cannot create the llm proxy: {e}")))?;
+        .map_err(|e| env_err(format!("cannot create the llm proxy: {e}: {e:?}")))?;
 
     let run_config = config::render(&scenario, seed, &format!("http://{}/v1", llm_proxy.listen))
         .map_err(env_err)?;
@@ -313,12 +313,21 @@ pub async fn run(scenario: &Scenario, options: &RunOptions, cancel: &Cancel) -> 
     let page = mock.journal();
     let process_events = system.events();
     let log_path = system.log_path();
-    let db_path = system.db_path();
+    // The database is read after shutdown from a copy, because a tmpfs data
+    // directory goes with the teardown.
+    let kept = run_dir.path().join("final");
+    let db_path = kept.join(
+        system
+            .db_path()
+            .file_name()
+            .map(std::ffi::OsStr::to_os_string)
+            .unwrap_or_default(),
+    );
 
     // Shut the system down before reading its database offline.
     let system = Arc::try_unwrap(system)
         .map_err(|_| env_err("the orchestrator handle is still shared after the run".to_owned()))?;
-    let shutdown = system.shutdown().await;
+    let shutdown = system.shutdown_preserving(Some(&kept)).await;
     proxy.shutdown().await;
     if let Ok(mock) = Arc::try_unwrap(mock) {
         mock.shutdown().await;
@@ -444,6 +453,10 @@ fn read_final(
     accepted: &[(String, String)],
     at_ms: f64,
 ) -> Result<Final, String> {
+    // Opening creates a missing database, which would read as an empty ledger.
+    if !db_path.is_file() {
+        return Err(format!("{} does not exist", db_path.display()));
+    }
     let options = orchestrator::store::StoreOptions::new(run.config.budget.clone());
     let store = orchestrator::store::Store::open(db_path, &options)
         .map_err(|e| format!("cannot open {}: {e}", db_path.display()))?;

@@ -1197,7 +1197,19 @@ impl LocalSystem {
     /// SIGTERM (resumed first if paused; SIGKILL after 20 s), then removes the
     /// mounts, the cgroup and the state record. On an error the record stays,
     /// for `gauntlet gc`.
-    pub async fn shutdown(mut self) -> Result<ShutdownReport, LocalError> {
+    pub async fn shutdown(self) -> Result<ShutdownReport, LocalError> {
+        self.shutdown_preserving(None).await
+    }
+
+    /// [`LocalSystem::shutdown`], but first, once the process has stopped,
+    /// copies the data directory's files (the database and its WAL) into
+    /// `preserve`, because a tmpfs data directory vanishes with the teardown
+    /// and the checks read the database afterwards. The disk filler is not
+    /// copied.
+    pub async fn shutdown_preserving(
+        mut self,
+        preserve: Option<&Path>,
+    ) -> Result<ShutdownReport, LocalError> {
         self.torn_down = true;
         let inner = self.inner.clone();
         inner.closed.store(true, Ordering::SeqCst);
@@ -1208,6 +1220,9 @@ impl LocalSystem {
             (exit, st.restarts)
         };
         let mut results = vec![inner.remove_hog()];
+        if let Some(dest) = preserve {
+            results.push(copy_data(&inner.data_dir, dest));
+        }
         if inner.disk_bytes.is_some() {
             results.push(
                 disk::unmount(&inner.data_dir).map_err(|source| LocalError::Mount {
@@ -1250,6 +1265,31 @@ impl LocalSystem {
             events: lock(&inner.events).clone(),
         })
     }
+}
+
+/// Copies the regular files of `data_dir` whose names start with the
+/// database's (`orchestrator.db`, `-wal`, `-shm`) into `dest`.
+fn copy_data(data_dir: &Path, dest: &Path) -> Result<(), LocalError> {
+    let file_error = |action: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| LocalError::File {
+            action,
+            path,
+            source,
+        }
+    };
+    std::fs::create_dir_all(dest).map_err(file_error("create", dest))?;
+    let entries = std::fs::read_dir(data_dir).map_err(file_error("read", data_dir))?;
+    for entry in entries {
+        let entry = entry.map_err(file_error("read", data_dir))?;
+        let name = entry.file_name();
+        let keep = name.to_string_lossy().starts_with("orchestrator.db");
+        if keep && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let to = dest.join(&name);
+            std::fs::copy(entry.path(), &to).map_err(file_error("copy", &to))?;
+        }
+    }
+    Ok(())
 }
 
 impl Drop for LocalSystem {
