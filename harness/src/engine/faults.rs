@@ -37,9 +37,9 @@ pub struct FaultRecord {
     pub target: String,
     /// When it was scheduled to start, from the load's epoch.
     pub scheduled_ms: f64,
-    /// When it was applied; `None` if it never was.
+    /// When applying it began; `None` if it never was applied.
     pub applied_ms: Option<f64>,
-    /// When it was reverted.
+    /// When reverting it completed (the service may still be recovering).
     pub reverted_ms: Option<f64>,
     /// Why applying or reverting failed.
     pub error: Option<String>,
@@ -88,13 +88,16 @@ pub async fn execute(
                 return record;
             }
             let ms = |i: Instant| i.saturating_duration_since(epoch).as_secs_f64() * 1000.0;
+            // The fault counts from when applying began: some take effect
+            // while being applied (an OOM kill happens before `oom` returns).
+            let began = Instant::now();
             if let Err(e) = apply(&fault, &hands).await {
                 record.error = Some(format!("could not apply: {e}"));
                 // A partly applied fault is reverted all the same.
                 let _ = revert(&fault, &hands).await;
                 return record;
             }
-            record.applied_ms = Some(ms(Instant::now()));
+            record.applied_ms = Some(ms(began));
             if let Some(d) = fault.duration {
                 wait_until(epoch + fault.at + d, &stop).await;
             }
