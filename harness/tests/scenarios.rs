@@ -57,9 +57,9 @@ fn run_one(path: &Path) -> Result<(), Failed> {
     settings.set_snapshot_path(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots"));
     settings.set_prepend_module_to_snapshot(false);
     settings.set_input_file(path);
-    let result = std::panic::catch_unwind(|| {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         settings.bind(|| insta::assert_snapshot!(format!("verdict@{}", scenario.name), verdict));
-    });
+    }));
     result.map_err(|_| Failed::from(format!("the verdict of {} differs from its snapshot\n{summary}", scenario.name)))
 }
 
