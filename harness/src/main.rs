@@ -213,19 +213,27 @@ fn serve_orchestrator(config: PathBuf, listen: Option<SocketAddr>, seed: Option<
 /// `gauntlet run`: a runtime of its own, quiet logs (warnings only, so the
 /// progress bar and summary stay readable), and Ctrl-C turned into a
 /// cancellation that tears everything down before exiting.
-fn run_scenarios(paths: Vec<PathBuf>, seed: Option<u64>, report_dir: PathBuf, scale: f64) -> ExitCode {
+fn run_scenarios(
+    paths: Vec<PathBuf>,
+    seed: Option<u64>,
+    report_dir: PathBuf,
+    scale: f64,
+) -> ExitCode {
     use gauntlet::engine::{self, Cancel, RunOptions};
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,gauntlet::proxy=error")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,gauntlet::proxy=error")
+            }),
         )
         .init();
     let launcher = match gauntlet::local::Launcher::current_exe() {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: cannot find the gauntlet executable to start the orchestrator with: {e}");
+            eprintln!(
+                "error: cannot find the gauntlet executable to start the orchestrator with: {e}"
+            );
             return ExitCode::from(engine::exit::BAD_INPUT);
         }
     };
@@ -259,7 +267,14 @@ fn run_scenarios(paths: Vec<PathBuf>, seed: Option<u64>, report_dir: PathBuf, sc
         });
         // Unlocked handles: a lock held across the run would block every
         // log line other threads write, and with them the runtime.
-        engine::run_paths(&paths, &options, &cancel, &mut std::io::stdout(), &mut std::io::stderr()).await
+        engine::run_paths(
+            &paths,
+            &options,
+            &cancel,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        )
+        .await
     });
     ExitCode::from(code)
 }

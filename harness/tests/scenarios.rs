@@ -43,8 +43,9 @@ fn run_one(path: &Path) -> Result<(), Failed> {
     // Everything the run found is printed on failure, as the CLI would.
     let summary = gauntlet::report::summary(&report, false);
     if !report.passed {
-        let log = std::fs::read_to_string(reports.path().join(&scenario.name).join("orchestrator.log"))
-            .unwrap_or_default();
+        let log =
+            std::fs::read_to_string(reports.path().join(&scenario.name).join("orchestrator.log"))
+                .unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(30).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         return Err(Failed::from(format!(
@@ -60,7 +61,12 @@ fn run_one(path: &Path) -> Result<(), Failed> {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         settings.bind(|| insta::assert_snapshot!(format!("verdict@{}", scenario.name), verdict));
     }));
-    result.map_err(|_| Failed::from(format!("the verdict of {} differs from its snapshot\n{summary}", scenario.name)))
+    result.map_err(|_| {
+        Failed::from(format!(
+            "the verdict of {} differs from its snapshot\n{summary}",
+            scenario.name
+        ))
+    })
 }
 
 fn main() {

@@ -29,7 +29,11 @@ fn check(file: &str, check: &str) {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let context = format!("--- stdout\n{stdout}\n--- stderr\n{stderr}");
-    assert_eq!(output.status.code(), Some(1), "{file}: expected exit 1\n{context}");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{file}: expected exit 1\n{context}"
+    );
     let failed_line = format!("failed {check}");
     assert!(
         stdout.lines().any(|l| l.starts_with(&failed_line)),
@@ -43,7 +47,11 @@ fn check(file: &str, check: &str) {
     )
     .expect("report.json written");
     let report: serde_json::Value = serde_json::from_str(&report).expect("report.json is JSON");
-    assert_eq!(report["passed"], serde_json::Value::Bool(false), "{context}");
+    assert_eq!(
+        report["passed"],
+        serde_json::Value::Bool(false),
+        "{context}"
+    );
 }
 
 fn scenario_name(path: &Path) -> String {

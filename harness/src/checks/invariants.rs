@@ -46,7 +46,9 @@ pub(super) fn no_lost_jobs(evidence: &Evidence) -> CheckResult {
             }
             Some(None) => {
                 violations += 1;
-                r.violation(format!("job {id} was acknowledged but the service does not know it"));
+                r.violation(format!(
+                    "job {id} was acknowledged but the service does not know it"
+                ));
             }
             None => {
                 violations += 1;
@@ -117,7 +119,10 @@ pub(super) fn exactly_once_charge(evidence: &Evidence) -> CheckResult {
             && !by_task.contains_key(id)
         {
             violations += 1;
-            r.violation(format!("task {id} succeeded but was never charged: {}", describe_op(op)));
+            r.violation(format!(
+                "task {id} succeeded but was never charged: {}",
+                describe_op(op)
+            ));
         }
     }
     for (id, job) in &evidence.jobs {
@@ -134,7 +139,10 @@ pub(super) fn exactly_once_charge(evidence: &Evidence) -> CheckResult {
     let mut usage_by_task: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
     for call in &evidence.journal {
         if let (Some(key), Some(usage)) = (call.idempotency_key.as_deref(), &call.usage) {
-            usage_by_task.entry(key).or_default().push(usage.total_tokens);
+            usage_by_task
+                .entry(key)
+                .or_default()
+                .push(usage.total_tokens);
         }
     }
     let mut unmatched_journal = 0;
@@ -228,17 +236,25 @@ pub(super) fn budget_never_overdrawn(evidence: &Evidence) -> CheckResult {
 
 /// The audit chain verifies through the API and offline.
 pub(super) fn audit_chain_intact(evidence: &Evidence) -> CheckResult {
-    let mut r = CheckResult::invariant("audit_chain_intact", "the chain verifies online and offline");
+    let mut r = CheckResult::invariant(
+        "audit_chain_intact",
+        "the chain verifies online and offline",
+    );
     let mut violations = 0;
     let mut entries = 0;
-    for (how, answer) in [("online", &evidence.audit_online), ("offline", &evidence.audit_offline)] {
+    for (how, answer) in [
+        ("online", &evidence.audit_online),
+        ("offline", &evidence.audit_offline),
+    ] {
         match answer {
             Ok(a) if a.ok => entries = entries.max(a.entries),
             Ok(a) => {
                 violations += 1;
                 r.violation(format!(
                     "{how}: entry {} does not verify: {}",
-                    a.first_bad_seq.map(|s| s.to_string()).unwrap_or_else(|| "?".to_owned()),
+                    a.first_bad_seq
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "?".to_owned()),
                     a.reason.as_deref().unwrap_or("no reason given")
                 ));
             }
@@ -265,7 +281,8 @@ pub(super) fn idempotent_replay_consistent(evidence: &Evidence) -> CheckResult {
     let mut reused = 0;
     for op in &evidence.history {
         let success = matches!(op.outcome, Outcome::Status(200 | 202));
-        let (Some(key), Some(digest), true) = (op.idempotency_key.as_deref(), &op.body_sha256, success)
+        let (Some(key), Some(digest), true) =
+            (op.idempotency_key.as_deref(), &op.body_sha256, success)
         else {
             continue;
         };
@@ -306,13 +323,18 @@ pub(super) fn idempotent_replay_consistent(evidence: &Evidence) -> CheckResult {
 }
 
 fn short(digest: Option<&str>) -> String {
-    digest.map(|d| d.chars().take(12).collect()).unwrap_or_default()
+    digest
+        .map(|d| d.chars().take(12).collect())
+        .unwrap_or_default()
 }
 
 /// Every answer's status is allowed; no answer counts as status 0.
 pub(super) fn allowed_statuses(evidence: &Evidence, statuses: &[u16]) -> CheckResult {
     let list: Vec<String> = statuses.iter().map(u16::to_string).collect();
-    let mut r = CheckResult::invariant("allowed_statuses", format!("statuses in [{}]", list.join(", ")));
+    let mut r = CheckResult::invariant(
+        "allowed_statuses",
+        format!("statuses in [{}]", list.join(", ")),
+    );
     let mut violations = 0;
     let mut seen: BTreeMap<u16, u64> = BTreeMap::new();
     for op in evidence.history.iter().filter(|op| was_sent(op)) {
@@ -356,7 +378,10 @@ pub(super) fn rate_limit_respected(evidence: &Evidence) -> CheckResult {
             }
             // 401 is refused before the limiter; everything else answered passed it.
             Outcome::Status(401) => {}
-            Outcome::Status(_) => by_tenant.entry(op.tenant.as_str()).or_default().push(op.start_ms),
+            Outcome::Status(_) => by_tenant
+                .entry(op.tenant.as_str())
+                .or_default()
+                .push(op.start_ms),
             _ => {}
         }
     }
@@ -366,7 +391,8 @@ pub(super) fn rate_limit_respected(evidence: &Evidence) -> CheckResult {
         };
         times.sort_by(f64::total_cmp);
         for interval_ms in [1000.0, 5000.0] {
-            let allowed = (rps as f64 * (interval_ms + RATE_LIMIT_SLACK_MS) / 1000.0).floor() as usize
+            let allowed = (rps as f64 * (interval_ms + RATE_LIMIT_SLACK_MS) / 1000.0).floor()
+                as usize
                 + burst as usize;
             let mut lo = 0;
             let mut worst = 0;
@@ -403,7 +429,11 @@ pub(super) fn ready_reflects_faults(
 ) -> CheckResult {
     let mut r = CheckResult::invariant(
         "ready_reflects_faults",
-        format!("ready drops during [{}] and returns within {}", faults.join(", "), super::slo::humantime_like(within)),
+        format!(
+            "ready drops during [{}] and returns within {}",
+            faults.join(", "),
+            super::slo::humantime_like(within)
+        ),
     );
     let mut violations = 0;
     let down = |t: f64| {
@@ -417,7 +447,9 @@ pub(super) fn ready_reflects_faults(
             violations += 1;
             r.violation(format!(
                 "live answered {} at {:.0}ms while the process was meant to be up",
-                s.live.map(|v| v.to_string()).unwrap_or_else(|| "nothing".to_owned()),
+                s.live
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "nothing".to_owned()),
                 s.at_ms
             ));
         }

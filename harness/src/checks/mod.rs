@@ -14,8 +14,8 @@ use crate::load::Op;
 use crate::mock_llm::CallRecord;
 use crate::scenario::{Invariant, Scenario};
 
-pub use slo::window_label;
 pub(crate) use slo::was_sent;
+pub use slo::window_label;
 
 /// The most evidence lines a failed check keeps; the count of the rest is said.
 pub const MAX_EVIDENCE_LINES: usize = 20;
@@ -196,12 +196,8 @@ pub fn check_invariant(invariant: &Invariant, evidence: &Evidence) -> CheckResul
         Invariant::ExactlyOnceCharge => invariants::exactly_once_charge(evidence),
         Invariant::BudgetNeverOverdrawn => invariants::budget_never_overdrawn(evidence),
         Invariant::AuditChainIntact => invariants::audit_chain_intact(evidence),
-        Invariant::IdempotentReplayConsistent => {
-            invariants::idempotent_replay_consistent(evidence)
-        }
-        Invariant::AllowedStatuses { statuses } => {
-            invariants::allowed_statuses(evidence, statuses)
-        }
+        Invariant::IdempotentReplayConsistent => invariants::idempotent_replay_consistent(evidence),
+        Invariant::AllowedStatuses { statuses } => invariants::allowed_statuses(evidence, statuses),
         Invariant::RateLimitRespected => invariants::rate_limit_respected(evidence),
         Invariant::ReadyReflectsFaults { faults, within } => {
             invariants::ready_reflects_faults(evidence, faults, *within)

@@ -71,7 +71,11 @@ impl Span {
         ((self.to_ms - self.from_ms) / 1000.0).max(0.0)
     }
     fn label(self) -> String {
-        format!("[{:.1}s, {:.1}s)", self.from_ms / 1000.0, self.to_ms / 1000.0)
+        format!(
+            "[{:.1}s, {:.1}s)",
+            self.from_ms / 1000.0,
+            self.to_ms / 1000.0
+        )
     }
 }
 
@@ -207,9 +211,7 @@ fn measure(objective: &Objective, evidence: &Evidence, span: Span) -> Measured {
                 observed: format!("{rps:.2} rps ({ok} successes in {secs:.1}s)"),
             }
         }
-        Objective::RecoveryTime { max, error_rate } => {
-            recovery(evidence, span, *max, *error_rate)
-        }
+        Objective::RecoveryTime { max, error_rate } => recovery(evidence, span, *max, *error_rate),
     }
 }
 
@@ -315,7 +317,9 @@ pub(super) fn check(slo: &Slo, _scenario: &Scenario, evidence: &Evidence) -> Che
             failures += 1;
             result.passed = false;
             if result.evidence.len() < MAX_EVIDENCE_LINES {
-                result.evidence.push(format!("{}: {}", span.label(), m.observed));
+                result
+                    .evidence
+                    .push(format!("{}: {}", span.label(), m.observed));
             }
             if result.observed.is_empty() {
                 result.observed = m.observed.clone();
@@ -323,7 +327,9 @@ pub(super) fn check(slo: &Slo, _scenario: &Scenario, evidence: &Evidence) -> Che
         }
         let higher_is_worse = matches!(
             slo.objective,
-            Objective::Latency { .. } | Objective::ErrorRate { .. } | Objective::RecoveryTime { .. }
+            Objective::Latency { .. }
+                | Objective::ErrorRate { .. }
+                | Objective::RecoveryTime { .. }
         );
         if let Some(v) = m.value {
             let worse = match &worst {
@@ -357,7 +363,9 @@ pub(super) fn check(slo: &Slo, _scenario: &Scenario, evidence: &Evidence) -> Che
             .collect();
         match slo.objective {
             Objective::Latency { .. } => {
-                ops.sort_by(|a, b| (b.end_ms - b.intended_ms).total_cmp(&(a.end_ms - a.intended_ms)));
+                ops.sort_by(|a, b| {
+                    (b.end_ms - b.intended_ms).total_cmp(&(a.end_ms - a.intended_ms))
+                });
                 for op in ops.iter().take(5) {
                     result.evidence.push(describe_op(op));
                 }

@@ -62,7 +62,9 @@ pub fn render(scenario: &Scenario, run_seed: u64, llm_base_url: &str) -> Result<
             .map(|d| d.display_with_file("<merged config>").to_string())
             .collect::<Vec<_>>()
             .join("\n");
-        return Err(format!("the merged orchestrator config is invalid:\n{first}"));
+        return Err(format!(
+            "the merged orchestrator config is invalid:\n{first}"
+        ));
     };
     let url: reqwest::Url = llm_base_url
         .parse()
@@ -87,10 +89,10 @@ pub fn render(scenario: &Scenario, run_seed: u64, llm_base_url: &str) -> Result<
             .unwrap_or(config.security.default_rate_limit);
         (limit.requests_per_second, limit.burst)
     };
-    config
-        .security
-        .roles
-        .insert(OPS_ROLE.to_owned(), orchestrator::config::raw::Permission::ALL.to_vec());
+    config.security.roles.insert(
+        OPS_ROLE.to_owned(),
+        orchestrator::config::raw::Permission::ALL.to_vec(),
+    );
     config.security.rate_limits.insert(
         OPS_ROLE.to_owned(),
         orchestrator::config::RateLimitConfig {
@@ -144,7 +146,10 @@ pub fn render(scenario: &Scenario, run_seed: u64, llm_base_url: &str) -> Result<
             .iter()
             .map(|d| d.display_with_file("<run config>").to_string())
             .collect();
-        return Err(format!("the run's config does not validate:\n{}", lines.join("\n")));
+        return Err(format!(
+            "the run's config does not validate:\n{}",
+            lines.join("\n")
+        ));
     }
     Ok(RunConfig {
         yaml,

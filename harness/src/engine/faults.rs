@@ -165,7 +165,8 @@ async fn apply(fault: &Fault, hands: &Hands) -> Result<(), String> {
             .map_err(|e| e.to_string()),
         FaultAction::LlmProgram { program } => {
             let bytes = serde_json::to_vec(program).map_err(|e| e.to_string())?;
-            let program = Program::from_json(&bytes, hands.mock.limits()).map_err(|e| e.to_string())?;
+            let program =
+                Program::from_json(&bytes, hands.mock.limits()).map_err(|e| e.to_string())?;
             hands.mock.install(program).map_err(|e| e.to_string())
         }
         FaultAction::Kill => s.kill().await.map(|_| ()).map_err(|e| e.to_string()),

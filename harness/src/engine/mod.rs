@@ -130,7 +130,11 @@ pub use crate::load::CancellationSignal as Cancel;
 
 /// Runs one scenario and writes its report. `Ok` carries the report
 /// whatever the checks found; `Err` means the run could not be made.
-pub async fn run(scenario: &Scenario, options: &RunOptions, cancel: &Cancel) -> Result<Report, RunError> {
+pub async fn run(
+    scenario: &Scenario,
+    options: &RunOptions,
+    cancel: &Cancel,
+) -> Result<Report, RunError> {
     let scenario = scaled(scenario, options.scale);
     let seed = options.seed.unwrap_or(scenario.seed);
     let name = scenario.name.clone();
@@ -181,7 +185,11 @@ pub async fn run(scenario: &Scenario, options: &RunOptions, cancel: &Cancel) -> 
         .client()
         .map_err(|e| env_err(format!("cannot reach the fault proxy: {e}")))?;
     let llm_proxy = proxy_client
-        .create_proxy(&ProxyConfig::new("llm", "127.0.0.1:0", mock.addr().to_string()))
+        .create_proxy(&ProxyConfig::new(
+            "llm",
+            "127.0.0.1:0",
+            mock.addr().to_string(),
+        ))
         .await
         .map_err(|e| env_err(format!("cannot create the llm proxy: {e}: {e:?}")))?;
 
@@ -199,8 +207,8 @@ pub async fn run(scenario: &Scenario, options: &RunOptions, cancel: &Cancel) -> 
     local_config.max_restarts = MAX_RESTARTS;
     let system = Arc::new(
         LocalSystem::start(local_config)
-        .await
-        .map_err(|e| env_err(format!("cannot start the orchestrator: {e}")))?,
+            .await
+            .map_err(|e| env_err(format!("cannot start the orchestrator: {e}")))?,
     );
     let direct = format!("http://{}", system.addr());
     let client_proxy = proxy_client
@@ -258,7 +266,11 @@ pub async fn run(scenario: &Scenario, options: &RunOptions, cancel: &Cancel) -> 
         probe.clone(),
         direct.clone(),
         run_config.ops_key.clone(),
-        run_config.tenants.iter().map(|t| t.tenant.clone()).collect(),
+        run_config
+            .tenants
+            .iter()
+            .map(|t| t.tenant.clone())
+            .collect(),
         epoch,
         stop_rx.clone(),
     ));
@@ -347,7 +359,10 @@ pub async fn run(scenario: &Scenario, options: &RunOptions, cancel: &Cancel) -> 
             budgets.extend(f.budgets);
             (Ok(f.charges), f.jobs)
         }
-        Err(e) => (Err(e), accepted.iter().map(|(id, _)| (id.clone(), None)).collect()),
+        Err(e) => (
+            Err(e),
+            accepted.iter().map(|(id, _)| (id.clone(), None)).collect(),
+        ),
     };
 
     let mut fault_spans = std::collections::BTreeMap::new();
@@ -357,9 +372,15 @@ pub async fn run(scenario: &Scenario, options: &RunOptions, cancel: &Cancel) -> 
             fault_spans.insert(record.name.clone(), FaultSpan { start_ms, end_ms });
             if matches!(
                 fault.action,
-                FaultAction::Kill | FaultAction::Pause | FaultAction::Restart | FaultAction::Oom { .. }
+                FaultAction::Kill
+                    | FaultAction::Pause
+                    | FaultAction::Restart
+                    | FaultAction::Oom { .. }
             ) {
-                process_down.push((start_ms, end_ms + faults::RESTART_GRACE.as_secs_f64() * 1000.0));
+                process_down.push((
+                    start_ms,
+                    end_ms + faults::RESTART_GRACE.as_secs_f64() * 1000.0,
+                ));
             }
         }
     }
@@ -382,7 +403,13 @@ pub async fn run(scenario: &Scenario, options: &RunOptions, cancel: &Cancel) -> 
     let mut results = checks::run_all(&scenario, &evidence);
     if let Err(pending) = &settled {
         for r in results.iter_mut().filter(|r| r.name == "no_lost_jobs") {
-            r.evidence.insert(0, format!("jobs had not settled after {}: {pending}", slo_duration(settle)));
+            r.evidence.insert(
+                0,
+                format!(
+                    "jobs had not settled after {}: {pending}",
+                    slo_duration(settle)
+                ),
+            );
         }
     }
     // A fault that could not be applied means the scenario did not test what
@@ -429,8 +456,12 @@ pub async fn run(scenario: &Scenario, options: &RunOptions, cancel: &Cancel) -> 
             .collect(),
     });
     bar.finish_and_clear();
-    report::write(&report, &outcome.history, &log_path, &report_dir)
-        .map_err(|e| env_err(format!("cannot write the report to {}: {e}", report_dir.display())))?;
+    report::write(&report, &outcome.history, &log_path, &report_dir).map_err(|e| {
+        env_err(format!(
+            "cannot write the report to {}: {e}",
+            report_dir.display()
+        ))
+    })?;
     Ok(report)
 }
 
@@ -536,7 +567,11 @@ pub async fn run_paths(
         return exit::BAD_INPUT;
     }
     if !(options.scale > 0.0 && options.scale.is_finite()) {
-        let _ = writeln!(err, "error: --scale must be a positive number, got {}", options.scale);
+        let _ = writeln!(
+            err,
+            "error: --scale must be a positive number, got {}",
+            options.scale
+        );
         return exit::BAD_INPUT;
     }
     let colour = report::use_colour();
@@ -551,7 +586,11 @@ pub async fn run_paths(
                 let _ = writeln!(
                     out,
                     "report: {}",
-                    options.report_dir.join(&scenario.name).join("report.json").display()
+                    options
+                        .report_dir
+                        .join(&scenario.name)
+                        .join("report.json")
+                        .display()
                 );
                 if !report.passed {
                     code = code.max(exit::CHECK_FAILED);

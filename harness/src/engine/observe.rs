@@ -33,11 +33,19 @@ pub fn client() -> Result<Client, String> {
 }
 
 fn ms_since(epoch: Instant) -> f64 {
-    Instant::now().saturating_duration_since(epoch).as_secs_f64() * 1000.0
+    Instant::now()
+        .saturating_duration_since(epoch)
+        .as_secs_f64()
+        * 1000.0
 }
 
 async fn status_of(client: &Client, url: &str) -> Option<u16> {
-    client.get(url).send().await.ok().map(|r| r.status().as_u16())
+    client
+        .get(url)
+        .send()
+        .await
+        .ok()
+        .map(|r| r.status().as_u16())
 }
 
 /// Probes `/health/live` and `/health/ready` every [`HEALTH_PERIOD`] until `stop`.
@@ -47,7 +55,10 @@ pub async fn health(
     epoch: Instant,
     mut stop: watch::Receiver<bool>,
 ) -> Vec<HealthSample> {
-    let (live_url, ready_url) = (format!("{base}/health/live"), format!("{base}/health/ready"));
+    let (live_url, ready_url) = (
+        format!("{base}/health/live"),
+        format!("{base}/health/ready"),
+    );
     let mut samples = Vec::new();
     let mut tick = tokio::time::interval(HEALTH_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -180,7 +191,11 @@ pub async fn settle_jobs(
 }
 
 /// `GET /v1/audit/verify`.
-pub async fn audit_online(client: &Client, base: &str, ops_key: &str) -> Result<AuditAnswer, String> {
+pub async fn audit_online(
+    client: &Client,
+    base: &str,
+    ops_key: &str,
+) -> Result<AuditAnswer, String> {
     let answer = client
         .get(format!("{base}/v1/audit/verify"))
         .bearer_auth(ops_key)

@@ -177,7 +177,10 @@ impl Report {
             .count() as u64;
         let mut jobs = BTreeMap::new();
         for job in input.evidence.jobs.values() {
-            let state = job.as_ref().map(|j| j.state.clone()).unwrap_or_else(|| "lost".to_owned());
+            let state = job
+                .as_ref()
+                .map(|j| j.state.clone())
+                .unwrap_or_else(|| "lost".to_owned());
             *jobs.entry(state).or_insert(0u64) += 1;
         }
         let charges = input.evidence.charges.as_ref().ok();
@@ -300,7 +303,8 @@ pub struct VerdictCheck {
 impl Verdict {
     /// The verdict as YAML.
     pub fn to_yaml(&self) -> String {
-        serde_saphyr::to_string(self).unwrap_or_else(|e| format!("# cannot render the verdict: {e}\n"))
+        serde_saphyr::to_string(self)
+            .unwrap_or_else(|e| format!("# cannot render the verdict: {e}\n"))
     }
 }
 
@@ -341,7 +345,10 @@ pub fn progress_bar(enabled: bool, scenario: &Scenario, planned: u64) -> Progres
 }
 
 /// Moves the bar along with the load's progress every 100 ms.
-pub fn spawn_ticker(bar: ProgressBar, progress: crate::load::Progress) -> tokio::task::JoinHandle<()> {
+pub fn spawn_ticker(
+    bar: ProgressBar,
+    progress: crate::load::Progress,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {

@@ -85,7 +85,13 @@ pub fn summary(report: &Report, colour: bool) -> String {
             .as_deref()
             .map(|w| format!(" [{w}]"))
             .unwrap_or_default();
-        let _ = writeln!(out, "{} {}{window}: {}", paint("failed", "1;31", colour), check.name, check.observed);
+        let _ = writeln!(
+            out,
+            "{} {}{window}: {}",
+            paint("failed", "1;31", colour),
+            check.name,
+            check.observed
+        );
         for e in &check.evidence {
             let _ = writeln!(out, "    {e}");
         }

@@ -255,7 +255,9 @@ fn merge(base: &mut Node, over: &Node, touched: &mut Touched) {
         // Lists of scalars (allowed tools, origins) are replaced whole.
         (NodeKind::Seq(items), NodeKind::Seq(over_items))
             if !over_items.is_empty()
-                && over_items.iter().all(|i| matches!(i.kind, NodeKind::Map(_))) =>
+                && over_items
+                    .iter()
+                    .all(|i| matches!(i.kind, NodeKind::Map(_))) =>
         {
             touched.merged.push(config_path(over));
             for (i, over_item) in over_items.iter().enumerate() {
