@@ -30,7 +30,7 @@ fn secs(d: Duration) -> String {
 /// Renders a duration the way scenario files write it (`500ms`, `2s`, `1.5s`).
 pub(crate) fn humantime_like(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else if ms < 1000 {
         format!("{ms}ms")
@@ -132,7 +132,7 @@ fn spans(window: &Window, evidence: &Evidence) -> Result<Vec<Span>, String> {
     })
 }
 
-fn in_span<'a>(history: &'a [Op], span: Span) -> impl Iterator<Item = &'a Op> {
+fn in_span(history: &[Op], span: Span) -> impl Iterator<Item = &Op> {
     history
         .iter()
         .filter(move |op| op.intended_ms >= span.from_ms && op.intended_ms < span.to_ms)

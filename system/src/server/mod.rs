@@ -206,13 +206,24 @@ pub async fn serve(
         .map_err(|source| StartError::Bind { addr, source })?;
     let local = listener.local_addr().map_err(StartError::Serve)?;
     let workers = worker::spawn(state.clone());
+    // Signal handlers register when the shutdown future is first polled. Poll
+    // it once before announcing readiness: a SIGTERM sent the moment the line
+    // appears must find them installed, or its default action kills us.
+    let mut shutdown = Box::pin(shutdown);
+    let already = tokio::select! {
+        biased;
+        () = &mut shutdown => true,
+        () = std::future::ready(()) => false,
+    };
     announce(local);
     tracing::info!(addr = %local, workers = state.config.jobs.workers, "listening");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let stop = Arc::new(stop);
     let signal = stop.clone();
     tokio::spawn(async move {
-        shutdown.await;
+        if !already {
+            shutdown.await;
+        }
         tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down");
         signal.send_replace(true);
     });
