@@ -147,7 +147,7 @@ async fn apply(fault: &Fault, hands: &Hands) -> Result<(), String> {
             stream,
             toxicity,
         } => {
-            let t = Toxic::new(*stream, toxic.clone())
+            let t = Toxic::new(*stream, *toxic)
                 .named(fault.name.clone())
                 .with_toxicity(*toxicity);
             hands
