@@ -74,7 +74,8 @@ enum Command {
         #[arg(long, default_value = "target/gauntlet")]
         report_dir: PathBuf,
         /// Multiplies every duration of the load and the fault timeline.
-        #[arg(long, default_value_t = 1.0)]
+        /// Must be positive (a negative value is taken as one, and refused).
+        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
         scale: f64,
     },
     /// Check scenario files: prints every finding as

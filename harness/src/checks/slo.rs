@@ -41,18 +41,19 @@ pub(crate) fn humantime_like(d: Duration) -> String {
     }
 }
 
-/// Whether an operation failed in the SLO sense: a 5xx, or no answer.
+/// Whether an operation failed in the SLO sense: a 5xx, or no answer to a
+/// request that went out ([`Outcome::is_error`]). A request the client gave
+/// up on at the drain deadline ([`Outcome::Cancelled`]) is an error: a stalled
+/// system must not hide behind the requests it never answered.
 pub(crate) fn is_error(op: &Op) -> bool {
-    match &op.outcome {
-        Outcome::Status(s) => *s >= 500,
-        Outcome::Timeout | Outcome::ConnectError(_) | Outcome::IoError(_) => true,
-        Outcome::Cancelled | Outcome::NotSent => false,
-    }
+    op.outcome.is_error()
 }
 
-/// Whether the operation was sent and ended (answered, timed out or failed).
+/// Whether the operation went out ([`Outcome::was_sent`]): everything but
+/// [`Outcome::NotSent`]. Cancelled requests count, with their latency up to
+/// the moment they were abandoned as a lower bound.
 pub(crate) fn was_sent(op: &Op) -> bool {
-    !matches!(op.outcome, Outcome::Cancelled | Outcome::NotSent)
+    op.outcome.was_sent()
 }
 
 fn is_ok(op: &Op) -> bool {
@@ -304,33 +305,32 @@ pub(super) fn check(slo: &Slo, _scenario: &Scenario, evidence: &Evidence) -> Che
     let spans = match spans(&slo.window, evidence) {
         Ok(s) => s,
         Err(why) => {
+            // In the evidence too: the redacted verdict leaves `observed` out.
             result.passed = false;
+            result.evidence.push(why.clone());
             result.observed = why;
             return result;
         }
     };
     let mut failures = 0usize;
+    let mut window_lines = Vec::new();
+    let mut failed_spans = Vec::new();
     let mut worst: Option<(f64, String)> = None;
+    let higher_is_worse = matches!(
+        slo.objective,
+        Objective::Latency { .. } | Objective::ErrorRate { .. } | Objective::RecoveryTime { .. }
+    );
     for span in &spans {
         let m = measure(&slo.objective, evidence, *span);
         if !m.passed {
             failures += 1;
             result.passed = false;
-            if result.evidence.len() < MAX_EVIDENCE_LINES {
-                result
-                    .evidence
-                    .push(format!("{}: {}", span.label(), m.observed));
-            }
+            window_lines.push(format!("{}: {}", span.label(), m.observed));
+            failed_spans.push(*span);
             if result.observed.is_empty() {
                 result.observed = m.observed.clone();
             }
         }
-        let higher_is_worse = matches!(
-            slo.objective,
-            Objective::Latency { .. }
-                | Objective::ErrorRate { .. }
-                | Objective::RecoveryTime { .. }
-        );
         if let Some(v) = m.value {
             let worse = match &worst {
                 None => true,
@@ -343,43 +343,59 @@ pub(super) fn check(slo: &Slo, _scenario: &Scenario, evidence: &Evidence) -> Che
     }
     if result.passed {
         result.observed = worst.map(|(_, o)| o).unwrap_or_default();
-    } else if spans.len() > 1 {
+        return result;
+    }
+    if spans.len() > 1 {
         result.observed = format!(
             "{failures} of {} windows failed; first: {}",
             spans.len(),
             result.observed
         );
     }
-    if failures > result.evidence.len() {
-        let more = failures - result.evidence.len();
-        result.evidence.push(format!("... and {more} more"));
-    }
-    // The requests behind a failed latency or error SLO: the slowest or
-    // failed ones, with their request ids, so a reader can find them in logs.
-    if !result.passed && spans.len() == 1 {
-        let span = spans[0];
-        let mut ops: Vec<&Op> = in_span(&evidence.history, span)
-            .filter(|op| was_sent(op))
-            .collect();
-        match slo.objective {
-            Objective::Latency { .. } => {
-                ops.sort_by(|a, b| {
-                    (b.end_ms - b.intended_ms).total_cmp(&(a.end_ms - a.intended_ms))
-                });
-                for op in ops.iter().take(5) {
-                    result.evidence.push(describe_op(op));
-                }
-            }
-            Objective::ErrorRate { .. } | Objective::Availability { .. } => {
-                for op in ops.iter().filter(|op| is_error(op)).take(5) {
-                    result.evidence.push(describe_op(op));
-                }
-            }
-            _ => {}
+    // The requests behind a failed latency or error SLO, from every failed
+    // position of the window: the slowest or failed ones, with their request
+    // ids, so a reader can find them in logs.
+    let mut ops: Vec<&Op> = evidence
+        .history
+        .iter()
+        .filter(|op| was_sent(op))
+        .filter(|op| {
+            failed_spans
+                .iter()
+                .any(|s| op.intended_ms >= s.from_ms && op.intended_ms < s.to_ms)
+        })
+        .collect();
+    let op_lines: Vec<String> = match slo.objective {
+        Objective::Latency { .. } => {
+            ops.sort_by(|a, b| (b.end_ms - b.intended_ms).total_cmp(&(a.end_ms - a.intended_ms)));
+            ops.iter()
+                .take(OP_LINES)
+                .map(|op| describe_op(op))
+                .collect()
         }
+        Objective::ErrorRate { .. } | Objective::Availability { .. } => ops
+            .iter()
+            .filter(|op| is_error(op))
+            .take(OP_LINES)
+            .map(|op| describe_op(op))
+            .collect(),
+        _ => Vec::new(),
+    };
+    // Window lines first, then the requests, within the cap; the count of
+    // the windows left out closes the list.
+    let room = MAX_EVIDENCE_LINES - op_lines.len();
+    let omitted = window_lines.len().saturating_sub(room);
+    window_lines.truncate(room);
+    result.evidence = window_lines;
+    result.evidence.extend(op_lines);
+    if omitted > 0 {
+        result.evidence.push(format!("... and {omitted} more"));
     }
     result
 }
+
+/// The most requests a failed SLO names.
+const OP_LINES: usize = 5;
 
 /// One line naming an operation: index, kind, outcome, latency, request id.
 pub(crate) fn describe_op(op: &Op) -> String {
