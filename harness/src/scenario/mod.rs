@@ -284,3 +284,37 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<PathBuf>, DiscoverError> {
     }
     Ok(files)
 }
+
+/// The check the `scenario_yaml` fuzz target runs, and that
+/// `harness/tests/fuzz_corpus.rs` replays over the committed corpus on
+/// stable Rust.
+pub mod check {
+    use std::path::Path;
+
+    /// Any bytes as a scenario file: parsing never panics, every diagnostic
+    /// is located (1-based line and column), and a scenario comes out exactly
+    /// when no diagnostic is an error. The source names a file in the current
+    /// directory, so `config: base` is looked up from there.
+    pub fn scenario_bytes(data: &[u8]) {
+        let outcome = super::parse(data, Path::new("fuzz.yaml"));
+        for d in &outcome.diagnostics {
+            assert!(
+                d.location.line >= 1 && d.location.column >= 1,
+                "unlocated diagnostic: {d:?}"
+            );
+        }
+        assert_eq!(
+            outcome.scenario.is_some(),
+            !orchestrator::yaml::has_errors(&outcome.diagnostics),
+            "a scenario must come out exactly when there is no error: {:?}",
+            outcome.diagnostics
+        );
+        if let Some(s) = &outcome.scenario {
+            assert!(
+                s.faults.windows(2).all(|w| w[0].at <= w[1].at),
+                "faults must be sorted by start"
+            );
+            assert!(s.faults.iter().all(|f| f.end() <= s.load.duration()));
+        }
+    }
+}
