@@ -275,7 +275,7 @@ pub async fn run(
         stop_rx.clone(),
     ));
     let ticker = report::spawn_ticker(bar.clone(), progress.clone());
-    let outcome = load::run(
+    let mut outcome = load::run(
         &scenario.load,
         plan,
         &target,
@@ -385,7 +385,8 @@ pub async fn run(
         }
     }
     let evidence = Evidence {
-        history: outcome.history.clone(),
+        // Moved, not copied: a run's history can hold 200,000 operations.
+        history: std::mem::take(&mut outcome.history),
         load_end_ms: scenario.load.duration().as_secs_f64() * 1000.0,
         faults: fault_spans,
         health,
@@ -406,8 +407,8 @@ pub async fn run(
             r.evidence.insert(
                 0,
                 format!(
-                    "jobs had not settled after {}: {pending}",
-                    slo_duration(settle)
+                    "jobs had not settled after {:.0}s: {pending}",
+                    settle.as_secs_f64()
                 ),
             );
         }
@@ -456,17 +457,13 @@ pub async fn run(
             .collect(),
     });
     bar.finish_and_clear();
-    report::write(&report, &outcome.history, &log_path, &report_dir).map_err(|e| {
+    report::write(&report, &evidence.history, &log_path, &report_dir).map_err(|e| {
         env_err(format!(
             "cannot write the report to {}: {e}",
             report_dir.display()
         ))
     })?;
     Ok(report)
-}
-
-fn slo_duration(d: Duration) -> String {
-    format!("{:.0}s", d.as_secs_f64())
 }
 
 /// The state the orchestrator left in its database.

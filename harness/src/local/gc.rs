@@ -5,7 +5,7 @@ use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
@@ -136,12 +136,7 @@ fn clean(record: &StateRecord, state_dir: &Path, report: &mut GcReport) {
             }),
         }
     }
-    // Not our children: poll until the kernel has finished them, so that
-    // their mounts are free and their cgroups empty.
-    let deadline = Instant::now() + Duration::from_millis(KILL_WAIT_MS);
-    while killed.iter().any(state::ProcessId::is_alive) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    state::wait_until_gone(&killed, Duration::from_millis(KILL_WAIT_MS));
     for id in killed {
         if id.is_alive() {
             report.errors.push(GcError::Kill {

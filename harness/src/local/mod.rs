@@ -668,13 +668,7 @@ impl Inner {
                 pids.extend(ProcessId::of(pid));
             }
         }
-        // Not our children to wait for here (the reaper task may be gone):
-        // poll until the kernel has finished them, so that their mounts are
-        // no longer busy and their cgroup is empty.
-        let deadline = Instant::now() + Duration::from_millis(DROP_WAIT_MS);
-        while pids.iter().any(ProcessId::is_alive) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        state::wait_until_gone(&pids, Duration::from_millis(DROP_WAIT_MS));
         let mut clean = true;
         if self.hog_mounted.swap(false, Ordering::SeqCst) {
             clean &= disk::unmount(&self.hog_dir).is_ok();

@@ -44,6 +44,17 @@ impl ProcessId {
     }
 }
 
+/// Waits, for at most `limit`, until none of `ids` is alive. They are not
+/// our children (or their reaper may be gone), so there is nothing to await:
+/// the kernel finishes them on its own time, and only then are their mounts
+/// free and their cgroups empty. Polls every 10 ms.
+pub fn wait_until_gone(ids: &[ProcessId], limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while ids.iter().any(ProcessId::is_alive) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// The state and start time from a `/proc/PID/stat` line. The command name
 /// (field 2) may contain spaces and parentheses, so fields are counted from
 /// the last `)`.

@@ -118,7 +118,7 @@ pub struct ReportInput<'a> {
     pub checks: Vec<CheckResult>,
     /// The fault records.
     pub faults: Vec<FaultRecord>,
-    /// The load's outcome.
+    /// The load's outcome (its history has moved into the evidence).
     pub load: &'a LoadOutcome,
     /// The evidence the checks judged.
     pub evidence: &'a Evidence,
@@ -166,11 +166,11 @@ impl Report {
                 .unwrap_or_default()
         };
         let mut outcomes = BTreeMap::new();
-        for op in &input.load.history {
+        for op in &input.evidence.history {
             *outcomes.entry(outcome_key(op)).or_insert(0u64) += 1;
         }
         let sent = input
-            .load
+            .evidence
             .history
             .iter()
             .filter(|op| crate::checks::was_sent(op))
@@ -204,7 +204,7 @@ impl Report {
             checks: input.checks,
             faults: input.faults,
             load: LoadSection {
-                planned: input.load.history.len() as u64,
+                planned: input.evidence.history.len() as u64,
                 sent,
                 outcomes,
                 overall: input.load.overall.latency.clone(),

@@ -208,18 +208,7 @@ fn finish(scenario: Option<Scenario>, mut diagnostics: Vec<Diagnostic>) -> Outco
     diagnostics.retain(|d| !(d.code == Code::MissingField && misspelt.contains(&d.path)));
     diagnostics.sort_by(|a, b| (a.location, &a.path).cmp(&(b.location, &b.path)));
     diagnostics.dedup();
-    if diagnostics.len() > MAX_DIAGNOSTICS {
-        let dropped = diagnostics.len() - MAX_DIAGNOSTICS;
-        diagnostics.truncate(MAX_DIAGNOSTICS);
-        diagnostics.push(Diagnostic {
-            severity: Severity::Error,
-            code: Code::Limit,
-            location: Location::START,
-            path: String::new(),
-            message: format!("{dropped} more diagnostics not shown (limit {MAX_DIAGNOSTICS})"),
-            env_var: None,
-        });
-    }
+    yaml::cap(&mut diagnostics, MAX_DIAGNOSTICS);
     let scenario = scenario.filter(|_| !has_errors(&diagnostics));
     Outcome {
         scenario,

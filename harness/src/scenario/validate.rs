@@ -211,6 +211,20 @@ impl<'a> Validator<'a> {
         self.push(Severity::Error, code, path, message.into());
     }
 
+    /// Whether a list of `len` `what` at `path` is within `max`; if not,
+    /// says so once (checked before the items, so a huge list costs one
+    /// finding, not one per item).
+    fn within_limit(&mut self, path: &str, len: usize, max: usize, what: &str) -> bool {
+        if len > max {
+            self.error(
+                Code::Limit,
+                path,
+                format!("{len} {what}, over the limit of {max}"),
+            );
+        }
+        len <= max
+    }
+
     /// Records a diagnostic with an explicit location (for findings mapped
     /// from another file).
     pub(crate) fn push_at(&mut self, mut diagnostic: Diagnostic) {
@@ -592,12 +606,7 @@ impl<'a> Validator<'a> {
                     );
                     return None;
                 }
-                if stages.len() > MAX_STAGES {
-                    self.error(
-                        Code::Limit,
-                        "load.stages",
-                        format!("{} stages, over the limit of {MAX_STAGES}", stages.len()),
-                    );
+                if !self.within_limit("load.stages", stages.len(), MAX_STAGES, "stages") {
                     return None;
                 }
                 let mut out = Vec::with_capacity(stages.len());
@@ -716,12 +725,7 @@ impl<'a> Validator<'a> {
                     );
                     return None;
                 }
-                if list.len() > MAX_TENANTS {
-                    self.error(
-                        Code::Limit,
-                        "load.tenants",
-                        format!("{} tenants, over the limit of {MAX_TENANTS}", list.len()),
-                    );
+                if !self.within_limit("load.tenants", list.len(), MAX_TENANTS, "tenants") {
                     return None;
                 }
                 let mut seen: BTreeMap<String, usize> = BTreeMap::new();
@@ -765,12 +769,7 @@ impl<'a> Validator<'a> {
     }
 
     fn faults(&mut self, raw: &[RawFault], duration: Option<Duration>) -> Vec<Fault> {
-        if raw.len() > MAX_FAULTS {
-            self.error(
-                Code::Limit,
-                "faults",
-                format!("{} faults, over the limit of {MAX_FAULTS}", raw.len()),
-            );
+        if !self.within_limit("faults", raw.len(), MAX_FAULTS, "faults") {
             return Vec::new();
         }
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
@@ -1055,12 +1054,7 @@ impl<'a> Validator<'a> {
                 return None;
             }
         };
-        if map.len() > MAX_PARAMS {
-            self.error(
-                Code::Limit,
-                path,
-                format!("{} params, over the limit of {MAX_PARAMS}", map.len()),
-            );
+        if !self.within_limit(path, map.len(), MAX_PARAMS, "params") {
             return None;
         }
         let mut ok = true;
@@ -1190,12 +1184,7 @@ impl<'a> Validator<'a> {
     }
 
     fn slos(&mut self, raw: &[RawSlo], faults: &[FaultInfo], load: Option<Duration>) -> Vec<Slo> {
-        if raw.len() > MAX_SLOS {
-            self.error(
-                Code::Limit,
-                "slo",
-                format!("{} SLOs, over the limit of {MAX_SLOS}", raw.len()),
-            );
+        if !self.within_limit("slo", raw.len(), MAX_SLOS, "SLOs") {
             return Vec::new();
         }
         let mut slos = Vec::new();
@@ -1470,16 +1459,7 @@ impl<'a> Validator<'a> {
     }
 
     fn invariants(&mut self, raw: &[RawInvariant], faults: &[FaultInfo]) -> Vec<Invariant> {
-        // Bounded before the per-item checks, so that a huge list costs one finding.
-        if raw.len() > MAX_INVARIANTS {
-            self.error(
-                Code::Limit,
-                "invariants",
-                format!(
-                    "{} invariants, over the limit of {MAX_INVARIANTS}",
-                    raw.len()
-                ),
-            );
+        if !self.within_limit("invariants", raw.len(), MAX_INVARIANTS, "invariants") {
             return Vec::new();
         }
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();

@@ -124,18 +124,7 @@ pub fn validate(bytes: &[u8], options: &ValidateOptions) -> Outcome {
 
 fn finish(config: Option<Config>, mut diagnostics: Vec<Diagnostic>) -> Outcome {
     diagnostics.sort_by(|a, b| (a.location, &a.path).cmp(&(b.location, &b.path)));
-    if diagnostics.len() > MAX_DIAGNOSTICS {
-        let dropped = diagnostics.len() - MAX_DIAGNOSTICS;
-        diagnostics.truncate(MAX_DIAGNOSTICS);
-        diagnostics.push(Diagnostic {
-            severity: Severity::Error,
-            code: Code::Limit,
-            location: Location::START,
-            path: String::new(),
-            message: format!("{dropped} more diagnostics not shown (limit {MAX_DIAGNOSTICS})"),
-            env_var: None,
-        });
-    }
+    yaml::cap(&mut diagnostics, MAX_DIAGNOSTICS);
     let config = config.filter(|_| !yaml::has_errors(&diagnostics));
     Outcome {
         config,

@@ -152,6 +152,23 @@ impl fmt::Display for DisplayWithFile<'_> {
     }
 }
 
+/// Keeps the first `max` diagnostics and, if any were dropped, adds one
+/// saying how many, so a file with thousands of mistakes stays readable.
+pub fn cap(diagnostics: &mut Vec<Diagnostic>, max: usize) {
+    if diagnostics.len() > max {
+        let dropped = diagnostics.len() - max;
+        diagnostics.truncate(max);
+        diagnostics.push(Diagnostic {
+            severity: Severity::Error,
+            code: Code::Limit,
+            location: Location::START,
+            path: String::new(),
+            message: format!("{dropped} more diagnostics not shown (limit {max})"),
+            env_var: None,
+        });
+    }
+}
+
 /// True when any diagnostic is an error.
 pub fn has_errors(diags: &[Diagnostic]) -> bool {
     diags.iter().any(|d| d.severity == Severity::Error)

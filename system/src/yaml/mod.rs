@@ -11,7 +11,7 @@ mod diag;
 mod tree;
 
 pub use de::{DecodeOptions, decode};
-pub use diag::{Code, Diagnostic, Location, Severity, has_errors};
+pub use diag::{Code, Diagnostic, Location, Severity, cap, has_errors};
 pub use tree::{
     Document, Limits, Node, NodeKind, child_path, index_path, is_null, is_path_prefix, parse,
 };
