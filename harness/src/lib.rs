@@ -7,6 +7,7 @@
 
 pub mod checks;
 pub mod cli;
+pub mod docker;
 pub mod engine;
 pub mod load;
 pub mod local;

@@ -24,6 +24,9 @@ struct Cli {
 enum Backend {
     /// Child processes on loopback, in temporary directories; no Docker.
     Local,
+    /// Containers on a network of the run, from images built by
+    /// `gauntlet images build` (never pulled).
+    Docker,
 }
 
 #[derive(Subcommand)]
@@ -54,7 +57,7 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
-    /// Run scenarios on the local backend: brings the orchestrator up behind
+    /// Run scenarios on the local or Docker backend: brings the orchestrator up behind
     /// the fault proxy, drives the load, injects the faults, checks every SLO
     /// and invariant, prints a summary and writes report.json, history.jsonl
     /// and verdict.yaml under `--report-dir/<scenario>/`. Exits 0 when every
@@ -64,9 +67,19 @@ enum Command {
         /// Scenario files, or directories standing for their `*.yaml` files
         /// (default: `scenarios/`).
         paths: Vec<PathBuf>,
-        /// Where the system runs (the Docker backend comes later).
+        /// Where the system runs. `docker` needs a Docker engine and the
+        /// images of `gauntlet images build`; scenarios with faults the
+        /// backend cannot inject are skipped with the reason.
         #[arg(long, value_enum, default_value_t = Backend::Local)]
         backend: Backend,
+        /// The orchestrator's image (docker backend; default
+        /// `$GAUNTLET_ORCHESTRATOR_IMAGE`, else `gauntlet/orchestrator:VERSION`).
+        #[arg(long)]
+        orchestrator_image: Option<String>,
+        /// The harness's image: fault proxy and mock provider (docker backend;
+        /// default `$GAUNTLET_HARNESS_IMAGE`, else `gauntlet/harness:VERSION`).
+        #[arg(long)]
+        harness_image: Option<String>,
         /// Replaces each scenario's seed, to replay or vary a run.
         #[arg(long)]
         seed: Option<u64>,
@@ -92,12 +105,31 @@ enum Command {
         /// Scenario files or directories (default: `scenarios/`).
         paths: Vec<PathBuf>,
     },
-    /// Remove what killed runs of the local backend left behind (orchestrator
-    /// processes, mounts, cgroups), as named by their state records under
-    /// `$GAUNTLET_STATE_DIR` (default `/tmp/gauntlet-state`). Records of runs
-    /// whose harness is still alive are left alone. Exits 0, or 2 when the
-    /// state directory cannot be read.
-    Gc,
+    /// Remove what killed runs left behind: on the local backend orchestrator
+    /// processes, mounts and cgroups, as named by their state records under
+    /// `$GAUNTLET_STATE_DIR` (default `/tmp/gauntlet-state`); on the Docker
+    /// backend containers, networks and volumes labelled `gauntlet.run`.
+    /// Runs whose harness is still alive are left alone. Without a Docker
+    /// engine only the local part runs (and says so). Exits 0, or 2 when
+    /// something could not be removed.
+    Gc {
+        /// First wait (at most 120 s) until this process has exited: the
+        /// docker backend's signal handler starts a detached gc this way.
+        #[arg(long, hide = true)]
+        after_pid: Option<u32>,
+    },
+    /// Allocate memory inside the orchestrator's container until the kernel
+    /// OOM-kills it (the docker backend's memory fault; the orchestrator
+    /// image carries this binary for it).
+    #[command(name = "__hog", hide = true)]
+    Hog {
+        /// How much to allocate and touch.
+        #[arg(long)]
+        bytes: u64,
+        /// Make this process the OOM killer's first choice.
+        #[arg(long)]
+        victim_pid: Option<u32>,
+    },
     /// Run the orchestrator service in this process (the local backend spawns
     /// its own executable with this, so nothing else needs to be built).
     #[command(name = "__serve-orchestrator", hide = true)]
@@ -127,14 +159,29 @@ fn main() -> ExitCode {
             listen,
             seed,
         } => return serve_orchestrator(config, listen, seed),
-        Command::Gc => return gc(),
+        Command::Gc { after_pid } => return gc(after_pid),
+        Command::Hog { bytes, victim_pid } => return hog(bytes, victim_pid),
         Command::Run {
             paths,
-            backend: Backend::Local,
+            backend,
+            orchestrator_image,
+            harness_image,
             seed,
             report_dir,
             scale,
-        } => return run_scenarios(paths, seed, report_dir, scale),
+        } => {
+            return run_scenarios(
+                paths,
+                RunArgs {
+                    backend,
+                    orchestrator_image,
+                    harness_image,
+                    seed,
+                    report_dir,
+                    scale,
+                },
+            );
+        }
         command => command,
     };
     tracing_subscriber::fmt()
@@ -161,7 +208,10 @@ fn main() -> ExitCode {
             Command::MockLlm { listen, seed } => run_mock_llm(listen, seed).await,
             // Handled by `run_offline`, before the runtime starts.
             Command::Validate { .. } | Command::List { .. } => Ok(()),
-            Command::Gc | Command::ServeOrchestrator { .. } | Command::Run { .. } => {
+            Command::Gc { .. }
+            | Command::Hog { .. }
+            | Command::ServeOrchestrator { .. }
+            | Command::Run { .. } => {
                 unreachable!("handled before the runtime starts")
             }
         }
@@ -211,15 +261,26 @@ fn serve_orchestrator(config: PathBuf, listen: Option<SocketAddr>, seed: Option<
     }
 }
 
-/// `gauntlet run`: a runtime of its own, quiet logs (warnings only, so the
-/// progress bar and summary stay readable), and Ctrl-C turned into a
-/// cancellation that tears everything down before exiting.
-fn run_scenarios(
-    paths: Vec<PathBuf>,
+/// The arguments of `gauntlet run` past the paths.
+struct RunArgs {
+    backend: Backend,
+    orchestrator_image: Option<String>,
+    harness_image: Option<String>,
     seed: Option<u64>,
     report_dir: PathBuf,
     scale: f64,
-) -> ExitCode {
+}
+
+/// `gauntlet run`: a runtime of its own, quiet logs (warnings only, so the
+/// progress bar and summary stay readable), and Ctrl-C turned into a
+/// cancellation that tears everything down before exiting.
+///
+/// On the docker backend, testcontainers' watchdog also acts on SIGINT and
+/// SIGTERM: it stops and removes the run's containers and then ends the
+/// process as the signal would. The run's network would outlive it, so the
+/// handler first starts a detached `gauntlet gc --after-pid` that removes it
+/// once this process is gone.
+fn run_scenarios(paths: Vec<PathBuf>, args: RunArgs) -> ExitCode {
     use gauntlet::engine::{self, Cancel, RunOptions};
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -229,15 +290,28 @@ fn run_scenarios(
             }),
         )
         .init();
-    let launcher = match gauntlet::local::Launcher::current_exe() {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!(
-                "error: cannot find the gauntlet executable to start the orchestrator with: {e}"
-            );
-            return ExitCode::from(engine::exit::BAD_INPUT);
-        }
+    let backend = match args.backend {
+        Backend::Local => match gauntlet::local::Launcher::current_exe() {
+            Ok(l) => engine::Backend::Local(l),
+            Err(e) => {
+                eprintln!(
+                    "error: cannot find the gauntlet executable to start the orchestrator with: {e}"
+                );
+                return ExitCode::from(engine::exit::BAD_INPUT);
+            }
+        },
+        Backend::Docker => match gauntlet::images::ImageNames::resolve(
+            args.orchestrator_image.as_deref(),
+            args.harness_image.as_deref(),
+        ) {
+            Ok(names) => engine::Backend::Docker(names),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(engine::exit::BAD_INPUT);
+            }
+        },
     };
+    let docker = matches!(backend, engine::Backend::Docker(_));
     let paths = if paths.is_empty() {
         vec![PathBuf::from(gauntlet::cli::DEFAULT_SCENARIO_DIR)]
     } else {
@@ -251,20 +325,29 @@ fn run_scenarios(
         }
     };
     let options = RunOptions {
-        seed,
-        scale,
-        report_dir,
-        launcher,
+        seed: args.seed,
+        scale: args.scale,
+        report_dir: args.report_dir,
+        backend,
         progress: true,
     };
     let code = runtime.block_on(async {
         let cancel = Cancel::new();
         let on_signal = cancel.clone();
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("interrupted: stopping the load, reverting faults, tearing down");
-                on_signal.cancel();
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+                return;
+            };
+            tokio::select! {
+                result = tokio::signal::ctrl_c() => if result.is_err() { return },
+                _ = terminate.recv() => {}
             }
+            eprintln!("interrupted: stopping the load, reverting faults, tearing down");
+            if docker {
+                start_detached_gc();
+            }
+            on_signal.cancel();
         });
         // Unlocked handles: a lock held across the run would block every
         // log line other threads write, and with them the runtime.
@@ -280,18 +363,87 @@ fn run_scenarios(
     ExitCode::from(code)
 }
 
-/// `gauntlet gc`: prints what it removed; exits 2 when the state directory
-/// cannot be read.
-fn gc() -> ExitCode {
+/// Starts `gauntlet gc --after-pid <this process>` in a session of its own,
+/// so that it outlives this process and removes what the signal left.
+fn start_detached_gc() {
+    use std::os::unix::process::CommandExt;
+    let Ok(exe) = std::env::current_exe() else {
+        eprintln!("warning: cannot find this executable; run `gauntlet gc` afterwards");
+        return;
+    };
+    let mut command = std::process::Command::new(exe);
+    command
+        .args(["gc", "--after-pid", &std::process::id().to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0);
+    if let Err(e) = command.spawn() {
+        eprintln!("warning: cannot start the cleanup ({e}); run `gauntlet gc` afterwards");
+    }
+}
+
+/// `gauntlet __hog`: makes `victim_pid` the OOM killer's first choice, then
+/// allocates and touches `bytes` in 1 MiB chunks and holds them for at most
+/// 60 s (the kernel normally ends the whole container before).
+fn hog(bytes: u64, victim_pid: Option<u32>) -> ExitCode {
+    const CHUNK_BYTES: usize = 1 << 20;
+    const HOLD: std::time::Duration = std::time::Duration::from_secs(60);
+    if let Some(pid) = victim_pid {
+        let path = format!("/proc/{pid}/oom_score_adj");
+        if let Err(e) = std::fs::write(&path, "1000") {
+            eprintln!("error: cannot write {path}: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let chunks = usize::try_from(bytes.div_ceil(CHUNK_BYTES as u64)).unwrap_or(usize::MAX);
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..chunks {
+        // Non-zero bytes: pages of zeroes could be left unbacked.
+        held.push(vec![0x5a; CHUNK_BYTES]);
+    }
+    std::thread::sleep(HOLD);
+    drop(held);
+    ExitCode::SUCCESS
+}
+
+/// `gauntlet gc`: the local backend's records, then the Docker backend's
+/// labelled resources; prints what it removed, exits 2 when something could
+/// not be.
+fn gc(after_pid: Option<u32>) -> ExitCode {
+    if let Some(pid) = after_pid {
+        gauntlet::docker::wait_until_exited(pid, std::time::Duration::from_secs(120));
+    }
     let report = gauntlet::local::gc();
     print!("{report}");
-    if report.errors.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        for e in &report.errors {
-            eprintln!("error: {e}");
+    let mut failed = !report.errors.is_empty();
+    for e in &report.errors {
+        eprintln!("error: {e}");
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
         }
+    };
+    runtime.block_on(async {
+        match gauntlet::images::engine().await {
+            Ok(docker) => {
+                let report = gauntlet::docker::gc(&docker, None).await;
+                print!("{report}");
+                for e in &report.errors {
+                    eprintln!("error: {e}");
+                }
+                failed |= !report.errors.is_empty();
+            }
+            Err(e) => println!("docker: skipped ({e})"),
+        }
+    });
+    if failed {
         ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

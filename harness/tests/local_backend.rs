@@ -483,7 +483,7 @@ async fn gc_cleans_up_after_a_killed_harness() {
     assert_eq!(report.records_removed, vec![run_id]);
     // A second pass finds nothing.
     let again = gc_in(&dir.path().join("state"));
-    assert_eq!(again.to_string(), "nothing to clean up\n");
+    assert_eq!(again.to_string(), "local: nothing to clean up\n");
 }
 
 /// The one record the helper wrote.

@@ -1,14 +1,26 @@
-//! Every file in `scenarios/` runs as a test (in nextest's `heavy` group, one
-//! at a time): the whole suite is part of `cargo nextest run --workspace`.
-//! Each must pass, and its redacted verdict must match the reviewed snapshot
-//! in `tests/snapshots/`, so a PR that changes what a scenario checks shows
-//! the change.
+//! Every file in `scenarios/` runs as a test on each backend, `local/<name>`
+//! and `docker/<name>` (in nextest's `heavy` group, one at a time): the whole
+//! suite is part of `cargo nextest run --workspace`. Each must pass, and its
+//! redacted verdict must match the reviewed snapshot in `tests/snapshots/`,
+//! the same snapshot on both backends, so a PR that changes what a scenario
+//! checks shows the change.
+//!
+//! The docker tests need a Docker engine and the images of `gauntlet images
+//! build`; without them they are skipped with the reason, except under
+//! `CI=true`, where they fail. A scenario whose faults a backend cannot
+//! inject has no test on that backend (`unsupported_on` says which, and a
+//! test below checks it).
 //!
 //! `GAUNTLET_TEST_SCALE` multiplies the scenarios' durations (default 1).
+//! `GAUNTLET_TEST_REPORT_DIR` keeps the reports (as
+//! `<dir>/<backend>/<scenario>/`) instead of a temporary directory.
+
+#[path = "support/docker.rs"]
+mod docker_support;
 
 use std::path::{Path, PathBuf};
 
-use gauntlet::engine::{self, Cancel, RunOptions};
+use gauntlet::engine::{self, Backend, Cancel, RunOptions};
 use gauntlet::local::Launcher;
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -19,33 +31,52 @@ fn workspace_root() -> PathBuf {
         .unwrap_or_default()
 }
 
-fn run_one(path: &Path) -> Result<(), Failed> {
+fn run_one(path: &Path, backend: &Backend) -> Result<(), Failed> {
     let scenario = gauntlet::scenario::load_file(path).map_err(|e| Failed::from(e.to_string()))?;
     let scale = std::env::var("GAUNTLET_TEST_SCALE")
         .ok()
         .and_then(|s| s.parse::<f64>().ok())
         .unwrap_or(1.0);
-    let reports = tempfile::tempdir().map_err(|e| Failed::from(e.to_string()))?;
-    let options = RunOptions {
-        seed: None,
-        scale,
-        report_dir: reports.path().to_path_buf(),
-        launcher: Launcher::gauntlet_binary(env!("CARGO_BIN_EXE_gauntlet")),
-        progress: false,
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| Failed::from(e.to_string()))?;
+    if let Backend::Docker(images) = backend {
+        let test = format!("docker/{}", scenario.name);
+        if runtime
+            .block_on(docker_support::images_or_skip(&test, images))
+            .is_none()
+        {
+            return Ok(());
+        }
+    }
+    let temporary = tempfile::tempdir().map_err(|e| Failed::from(e.to_string()))?;
+    let report_dir = match std::env::var_os("GAUNTLET_TEST_REPORT_DIR") {
+        Some(dir) => PathBuf::from(dir).join(backend.name()),
+        None => temporary.path().to_path_buf(),
+    };
+    let options = RunOptions {
+        seed: None,
+        scale,
+        report_dir: report_dir.clone(),
+        backend: backend.clone(),
+        progress: false,
+    };
     let report = runtime
         .block_on(engine::run(&scenario, &options, &Cancel::new()))
         .map_err(|e| Failed::from(e.to_string()))?;
+    if report.backend != backend.name() {
+        return Err(Failed::from(format!(
+            "the report says backend {}, the run used {}",
+            report.backend,
+            backend.name()
+        )));
+    }
     // Everything the run found is printed on failure, as the CLI would.
     let summary = gauntlet::report::summary(&report, false);
     if !report.passed {
-        let log =
-            std::fs::read_to_string(reports.path().join(&scenario.name).join("orchestrator.log"))
-                .unwrap_or_default();
+        let log = std::fs::read_to_string(report_dir.join(&scenario.name).join("orchestrator.log"))
+            .unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(30).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         return Err(Failed::from(format!(
@@ -82,15 +113,67 @@ fn main() {
         })
         .unwrap_or_default();
     files.sort();
-    let trials = files
-        .into_iter()
-        .map(|path| {
-            let name = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            Trial::test(format!("scenario::{name}"), move || run_one(&path))
-        })
-        .collect();
+    let local = Backend::Local(Launcher::gauntlet_binary(env!("CARGO_BIN_EXE_gauntlet")));
+    let docker = match gauntlet::images::ImageNames::resolve(None, None) {
+        Ok(names) => Backend::Docker(names),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let mut trials = Vec::new();
+    for path in files {
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let unsupported = gauntlet::scenario::load_file(&path)
+            .ok()
+            .and_then(|s| engine::unsupported_on(&docker, &s));
+        for backend in [&local, &docker] {
+            if matches!(backend, Backend::Docker(_)) && unsupported.is_some() {
+                continue;
+            }
+            let (path, backend) = (path.clone(), backend.clone());
+            trials.push(Trial::test(
+                format!("{}/{name}", backend.name()),
+                move || run_one(&path, &backend),
+            ));
+        }
+    }
+    trials.push(Trial::test("docker_skips_only_libfiu_faults", move || {
+        docker_skips_only_libfiu_faults(&docker)
+    }));
     libtest_mimic::run(&args, trials).exit();
+}
+
+/// The docker backend cannot inject `read_only` and `io_errors` (libfiu
+/// cannot be preloaded into a static binary); every other scenario runs on
+/// it. This keeps the set of skipped scenario files honest.
+fn docker_skips_only_libfiu_faults(docker: &Backend) -> Result<(), Failed> {
+    let dir = workspace_root().join("scenarios");
+    let mut skipped = Vec::new();
+    for entry in std::fs::read_dir(&dir).map_err(|e| Failed::from(e.to_string()))? {
+        let path = entry.map_err(|e| Failed::from(e.to_string()))?.path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let scenario =
+            gauntlet::scenario::load_file(&path).map_err(|e| Failed::from(e.to_string()))?;
+        if let Some(reason) = engine::unsupported_on(docker, &scenario) {
+            skipped.push(format!("{}: {reason}", scenario.name));
+        }
+    }
+    skipped.sort();
+    let expected = vec![format!(
+        "disk-io: its io_errors and read_only faults {}",
+        engine::system::DOCKER_NO_FIU
+    )];
+    if skipped == expected {
+        Ok(())
+    } else {
+        Err(Failed::from(format!(
+            "scenarios skipped on docker: {skipped:#?}\nexpected: {expected:#?}"
+        )))
+    }
 }

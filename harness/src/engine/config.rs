@@ -49,8 +49,15 @@ pub struct RunConfig {
 }
 
 /// Builds the run's configuration. `llm_base_url` is the `llm` proxy's URL,
-/// so that every provider call crosses the fault proxy.
-pub fn render(scenario: &Scenario, run_seed: u64, llm_base_url: &str) -> Result<RunConfig, String> {
+/// so that every provider call crosses the fault proxy. `listen` replaces
+/// `server.listen` (a container listens on every interface of its own
+/// network namespace, which the config must then allow explicitly).
+pub fn render(
+    scenario: &Scenario,
+    run_seed: u64,
+    llm_base_url: &str,
+    listen: Option<std::net::SocketAddr>,
+) -> Result<RunConfig, String> {
     let outcome = config::validate(
         scenario.system.config_yaml.as_bytes(),
         &ValidateOptions::default(),
@@ -71,6 +78,10 @@ pub fn render(scenario: &Scenario, run_seed: u64, llm_base_url: &str) -> Result<
         .map_err(|e| format!("bad provider url {llm_base_url}: {e}"))?;
     for provider in &mut config.llm.providers {
         provider.base_url = url.clone();
+    }
+    if let Some(listen) = listen {
+        config.server.listen = listen;
+        config.server.allow_public_listen = listen.ip().is_unspecified();
     }
     config.storage = StorageConfig::Sqlite {
         path: PathBuf::from(DB_RELATIVE_PATH),

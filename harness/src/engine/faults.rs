@@ -7,9 +7,9 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::system::{Mock, System};
 use crate::load::CancellationSignal;
-use crate::local::LocalSystem;
-use crate::mock_llm::{MockLlm, Program};
+use crate::mock_llm::Program;
 use crate::proxy::ProxyClient;
 use crate::proxy::Toxic;
 use crate::scenario::{Fault, FaultAction};
@@ -19,9 +19,9 @@ pub struct Hands {
     /// The fault proxy's API.
     pub proxy: ProxyClient,
     /// The mock LLM provider.
-    pub mock: Arc<MockLlm>,
-    /// The orchestrator's process, data directory and cgroup.
-    pub system: Arc<LocalSystem>,
+    pub mock: Mock,
+    /// The orchestrator, on whichever backend.
+    pub system: Arc<System>,
 }
 
 /// What happened to one fault.
@@ -157,27 +157,28 @@ async fn apply(fault: &Fault, hands: &Hands) -> Result<(), String> {
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         }
-        FaultAction::Partition { link } => hands
-            .proxy
-            .set_enabled(link.as_str(), false)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
+        FaultAction::Partition { link } => match s.partition(*link, true).await {
+            Some(done) => done,
+            None => hands
+                .proxy
+                .set_enabled(link.as_str(), false)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        },
         FaultAction::LlmProgram { program } => {
             let bytes = serde_json::to_vec(program).map_err(|e| e.to_string())?;
             let program =
-                Program::from_json(&bytes, hands.mock.limits()).map_err(|e| e.to_string())?;
-            hands.mock.install(program).map_err(|e| e.to_string())
+                Program::from_json(&bytes, &hands.mock.limits()).map_err(|e| e.to_string())?;
+            hands.mock.install(program).await
         }
-        FaultAction::Kill => s.kill().await.map(|_| ()).map_err(|e| e.to_string()),
-        FaultAction::Pause => s.pause().await.map_err(|e| e.to_string()),
-        FaultAction::Restart => s.restart().await.map_err(|e| e.to_string()),
-        FaultAction::DiskFull => s.disk_fill().await.map(|_| ()).map_err(|e| e.to_string()),
-        FaultAction::IoErrors { probability } => {
-            s.io_errors(*probability).await.map_err(|e| e.to_string())
-        }
-        FaultAction::ReadOnly => s.set_read_only(true).await.map_err(|e| e.to_string()),
-        FaultAction::Oom { limit_bytes } => s.oom(*limit_bytes).await.map_err(|e| e.to_string()),
+        FaultAction::Kill => s.kill().await,
+        FaultAction::Pause => s.pause().await,
+        FaultAction::Restart => s.restart().await,
+        FaultAction::DiskFull => s.disk_fill().await,
+        FaultAction::IoErrors { probability } => s.io_errors(*probability).await,
+        FaultAction::ReadOnly => s.set_read_only(true).await,
+        FaultAction::Oom { limit_bytes } => s.oom(*limit_bytes).await,
     }
 }
 
@@ -189,23 +190,23 @@ async fn revert(fault: &Fault, hands: &Hands) -> Result<(), String> {
             .remove_toxic(link.as_str(), &fault.name)
             .await
             .map_err(|e| e.to_string()),
-        FaultAction::Partition { link } => hands
-            .proxy
-            .set_enabled(link.as_str(), true)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
-        FaultAction::LlmProgram { .. } => hands
-            .mock
-            .install(Program::default())
-            .map_err(|e| e.to_string()),
-        FaultAction::Kill => s.start_again().await.map_err(|e| e.to_string()),
-        FaultAction::Pause => s.resume().await.map_err(|e| e.to_string()),
+        FaultAction::Partition { link } => match s.partition(*link, false).await {
+            Some(done) => done,
+            None => hands
+                .proxy
+                .set_enabled(link.as_str(), true)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        },
+        FaultAction::LlmProgram { .. } => hands.mock.install(Program::default()).await,
+        FaultAction::Kill => s.start_again().await,
+        FaultAction::Pause => s.resume().await,
         FaultAction::Restart => Ok(()),
-        FaultAction::DiskFull => s.disk_release().await.map_err(|e| e.to_string()),
-        FaultAction::IoErrors { .. } => s.io_errors_off().await.map_err(|e| e.to_string()),
-        FaultAction::ReadOnly => s.set_read_only(false).await.map_err(|e| e.to_string()),
-        FaultAction::Oom { .. } => s.oom_end().await.map_err(|e| e.to_string()),
+        FaultAction::DiskFull => s.disk_release().await,
+        FaultAction::IoErrors { .. } => s.io_errors_off().await,
+        FaultAction::ReadOnly => s.set_read_only(false).await,
+        FaultAction::Oom { .. } => s.oom_end().await,
     }
 }
 

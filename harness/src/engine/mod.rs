@@ -6,6 +6,7 @@
 pub mod config;
 pub mod faults;
 pub mod observe;
+pub mod system;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,10 +19,13 @@ use tokio::time::Instant;
 
 use crate::checks::{self, Evidence, FaultSpan};
 use crate::load::{self, LoadLimits, LoadTarget, OpKind, Outcome};
+use crate::docker::{DockerConfig, DockerNeeds, DockerSystem};
+use crate::images::ImageNames;
 use crate::local::{self, Launcher, LocalConfig, LocalSystem, Needs};
-use crate::mock_llm::{MockConfig, MockLlm};
+use crate::mock_llm::{MockClient, MockConfig, MockLlm};
 use crate::proxy::ProxyConfig;
-use crate::proxy::{ProxyServer, ProxyServerConfig};
+use crate::proxy::{ProxyClient, ProxyServer, ProxyServerConfig};
+use system::{DOCKER_NO_FIU, Mock, System};
 use crate::report::{self, Report};
 use crate::scenario::{FaultAction, Invariant, Scenario};
 
@@ -45,10 +49,46 @@ pub struct RunOptions {
     pub scale: f64,
     /// Where the report goes: `<report_dir>/<scenario name>/`.
     pub report_dir: PathBuf,
-    /// How the orchestrator is started.
-    pub launcher: Launcher,
+    /// Where the system runs.
+    pub backend: Backend,
     /// Whether to draw a progress bar (on stderr).
     pub progress: bool,
+}
+
+/// Where the system runs.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    /// Child processes on loopback; the orchestrator started by this launcher.
+    Local(Launcher),
+    /// Containers on a network of the run, from these images.
+    Docker(ImageNames),
+}
+
+impl Backend {
+    /// The backend's name, as the report records it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Local(_) => "local",
+            Backend::Docker(_) => "docker",
+        }
+    }
+}
+
+/// Why `scenario` cannot run on `backend`, if it cannot: the Docker
+/// backend's static orchestrator cannot be preloaded with libfiu.
+pub fn unsupported_on(backend: &Backend, scenario: &Scenario) -> Option<String> {
+    if !matches!(backend, Backend::Docker(_)) {
+        return None;
+    }
+    let kinds: Vec<&str> = scenario
+        .faults
+        .iter()
+        .filter(|f| matches!(f.action, FaultAction::IoErrors { .. } | FaultAction::ReadOnly))
+        .map(|f| f.action.kind())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    (!kinds.is_empty()).then(|| format!("its {} faults {DOCKER_NO_FIU}", kinds.join(" and ")))
 }
 
 /// Why a run could not be made (as opposed to a check that failed).
@@ -142,19 +182,21 @@ pub async fn run(
         scenario: name.clone(),
         message,
     };
+    if let Some(reason) = unsupported_on(&options.backend, &scenario) {
+        return Err(RunError::Unmet {
+            scenario: name,
+            reason: format!("cannot run on the {} backend: {reason}", options.backend.name()),
+        });
+    }
     let needs = needs_of(&scenario);
-    local::check_needs(&needs).map_err(|e| RunError::Unmet {
-        scenario: name.clone(),
-        reason: e.to_string(),
-    })?;
+    if let Backend::Local(_) = &options.backend {
+        local::check_needs(&needs).map_err(|e| RunError::Unmet {
+            scenario: name.clone(),
+            reason: e.to_string(),
+        })?;
+    }
     let started = std::time::SystemTime::now();
-    let run_id = format!(
-        "{name}-{seed}-{}",
-        started
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or_default()
-    );
+    let run_id = run_id_of(&name, seed, started);
     let report_dir = options.report_dir.join(&name);
     std::fs::create_dir_all(&report_dir)
         .map_err(|e| env_err(format!("cannot create {}: {e}", report_dir.display())))?;
@@ -162,63 +204,24 @@ pub async fn run(
         .prefix("gauntlet-run-")
         .tempdir()
         .map_err(|e| env_err(format!("cannot create a temporary directory: {e}")))?;
-
-    // The hands: the mock provider and the fault proxy, in-process.
-    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
-    let mock = Arc::new(
-        MockLlm::start(MockConfig {
-            listen: loopback,
-            seed,
-            ..MockConfig::default()
-        })
-        .await
-        .map_err(|e| env_err(format!("cannot start the mock LLM provider: {e}")))?,
-    );
-    let proxy = ProxyServer::start(ProxyServerConfig {
-        listen: loopback,
-        seed,
-        ..ProxyServerConfig::default()
-    })
-    .await
-    .map_err(|e| env_err(format!("cannot start the fault proxy: {e}")))?;
-    let proxy_client = proxy
-        .client()
-        .map_err(|e| env_err(format!("cannot reach the fault proxy: {e}")))?;
-    let llm_proxy = proxy_client
-        .create_proxy(&ProxyConfig::new(
-            "llm",
-            "127.0.0.1:0",
-            mock.addr().to_string(),
-        ))
-        .await
-        .map_err(|e| env_err(format!("cannot create the llm proxy: {e}: {e:?}")))?;
-
-    let run_config = config::render(&scenario, seed, &format!("http://{}/v1", llm_proxy.listen))
-        .map_err(env_err)?;
-    let mut local_config = LocalConfig::new(
-        run_id.clone(),
-        run_dir.path(),
-        run_config.yaml.clone(),
-        options.launcher.clone(),
-    );
-    local_config.seed = seed;
-    local_config.needs = needs;
-    local_config.ready_timeout = READY_TIMEOUT;
-    local_config.max_restarts = MAX_RESTARTS;
-    let system = Arc::new(
-        LocalSystem::start(local_config)
-            .await
-            .map_err(|e| env_err(format!("cannot start the orchestrator: {e}")))?,
-    );
-    let direct = format!("http://{}", system.addr());
-    let client_proxy = proxy_client
-        .create_proxy(&ProxyConfig::new(
-            "client",
-            "127.0.0.1:0",
-            system.addr().to_string(),
-        ))
-        .await
-        .map_err(|e| env_err(format!("cannot create the client proxy: {e}")))?;
+    let rig = match &options.backend {
+        Backend::Local(launcher) => {
+            bring_up_local(&scenario, seed, &run_id, run_dir.path(), launcher, needs).await
+        }
+        Backend::Docker(images) => {
+            bring_up_docker(&scenario, seed, &run_id, run_dir.path(), images, &needs).await
+        }
+    }
+    .map_err(env_err)?;
+    let Rig {
+        system,
+        mock,
+        proxy_client,
+        proxy,
+        run_config,
+        client_url,
+        direct,
+    } = rig;
 
     // The load, planned before anything starts so that a bad plan costs nothing.
     let limits = LoadLimits {
@@ -227,7 +230,7 @@ pub async fn run(
     };
     let plan = load::schedule(&scenario.load, seed, &limits).map_err(|e| env_err(e.to_string()))?;
     let target = LoadTarget {
-        base_url: format!("http://{}", client_proxy.listen),
+        base_url: client_url,
         keys: run_config
             .tenants
             .iter()
@@ -292,8 +295,15 @@ pub async fn run(
     let mut budgets = budget_task.await.unwrap_or_default();
     if cancel.is_cancelled() {
         bar.abandon_with_message("interrupted");
-        drop(system);
-        proxy.shutdown().await;
+        match Arc::try_unwrap(system) {
+            // The watchdog removes the containers on the signal that
+            // cancelled the run; removing them here too would race it.
+            Ok(System::Docker(docker)) => docker.abandon(),
+            other => drop(other),
+        }
+        if let Some(proxy) = proxy {
+            proxy.shutdown().await;
+        }
         return Err(RunError::Interrupted { scenario: name });
     }
     bar.set_message("settling jobs");
@@ -322,7 +332,10 @@ pub async fn run(
         .collect();
     let settled = observe::settle_jobs(&probe, &direct, &tenant_keys, settle).await;
     let audit_online = observe::audit_online(&probe, &direct, &run_config.ops_key).await;
-    let page = mock.journal();
+    let page = match mock.journal().await {
+        Ok(page) => page,
+        Err(e) => return Err(env_err(format!("cannot read the mock provider's journal: {e}"))),
+    };
     let process_events = system.events();
     let log_path = system.log_path();
     // The database is read after shutdown from a copy, because a tmpfs data
@@ -339,9 +352,13 @@ pub async fn run(
     // Shut the system down before reading its database offline.
     let system = Arc::try_unwrap(system)
         .map_err(|_| env_err("the orchestrator handle is still shared after the run".to_owned()))?;
-    let shutdown = system.shutdown_preserving(Some(&kept)).await;
-    proxy.shutdown().await;
-    if let Ok(mock) = Arc::try_unwrap(mock) {
+    let shutdown = system.shutdown_preserving(&kept).await;
+    if let Some(proxy) = proxy {
+        proxy.shutdown().await;
+    }
+    if let Mock::Local(mock) = mock
+        && let Ok(mock) = Arc::try_unwrap(mock)
+    {
         mock.shutdown().await;
     }
     let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -455,6 +472,7 @@ pub async fn run(
             .iter()
             .map(report::ProcessRecord::from)
             .collect(),
+        backend: options.backend.name(),
     });
     bar.finish_and_clear();
     report::write(&report, &evidence.history, &log_path, &report_dir).map_err(|e| {
@@ -464,6 +482,162 @@ pub async fn run(
         ))
     })?;
     Ok(report)
+}
+
+/// A run's id: names the state record, the mounts, the containers and the
+/// network, so it is short and made of `a-z 0-9 -` (scenario names are
+/// longer and freer).
+fn run_id_of(name: &str, seed: u64, started: std::time::SystemTime) -> String {
+    let millis = started
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    let mut slug: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(16)
+        .collect();
+    if !slug.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        slug.insert(0, 's');
+    }
+    format!("{slug}-{}-{millis}", seed % 100_000)
+}
+
+/// What a backend brought up, ready for the load and the faults.
+struct Rig {
+    system: Arc<System>,
+    mock: Mock,
+    proxy_client: ProxyClient,
+    /// The in-process fault proxy of the local backend, shut down at the end.
+    proxy: Option<ProxyServer>,
+    run_config: config::RunConfig,
+    /// Where the load goes: the `client` proxy.
+    client_url: String,
+    /// The orchestrator itself, for the harness's probes.
+    direct: String,
+}
+
+/// The local backend: the mock provider and the fault proxy in this
+/// process, the orchestrator a child process, all on loopback.
+async fn bring_up_local(
+    scenario: &Scenario,
+    seed: u64,
+    run_id: &str,
+    run_dir: &std::path::Path,
+    launcher: &Launcher,
+    needs: Needs,
+) -> Result<Rig, String> {
+    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let mock = Arc::new(
+        MockLlm::start(MockConfig {
+            listen: loopback,
+            seed,
+            ..MockConfig::default()
+        })
+        .await
+        .map_err(|e| format!("cannot start the mock LLM provider: {e}"))?,
+    );
+    let proxy = ProxyServer::start(ProxyServerConfig {
+        listen: loopback,
+        seed,
+        ..ProxyServerConfig::default()
+    })
+    .await
+    .map_err(|e| format!("cannot start the fault proxy: {e}"))?;
+    let proxy_client = proxy
+        .client()
+        .map_err(|e| format!("cannot reach the fault proxy: {e}"))?;
+    let llm_proxy = proxy_client
+        .create_proxy(&ProxyConfig::new(
+            "llm",
+            "127.0.0.1:0",
+            mock.addr().to_string(),
+        ))
+        .await
+        .map_err(|e| format!("cannot create the llm proxy: {e}"))?;
+    let run_config = config::render(
+        scenario,
+        seed,
+        &format!("http://{}/v1", llm_proxy.listen),
+        None,
+    )?;
+    let mut local_config =
+        LocalConfig::new(run_id, run_dir, run_config.yaml.clone(), launcher.clone());
+    local_config.seed = seed;
+    local_config.needs = needs;
+    local_config.ready_timeout = READY_TIMEOUT;
+    local_config.max_restarts = MAX_RESTARTS;
+    let system = LocalSystem::start(local_config)
+        .await
+        .map_err(|e| format!("cannot start the orchestrator: {e}"))?;
+    let client_proxy = proxy_client
+        .create_proxy(&ProxyConfig::new(
+            "client",
+            "127.0.0.1:0",
+            system.addr().to_string(),
+        ))
+        .await
+        .map_err(|e| format!("cannot create the client proxy: {e}"))?;
+    Ok(Rig {
+        direct: format!("http://{}", system.addr()),
+        system: Arc::new(System::Local(system)),
+        mock: Mock::Local(mock),
+        proxy_client,
+        proxy: Some(proxy),
+        run_config,
+        client_url: format!("http://{}", client_proxy.listen),
+    })
+}
+
+/// The Docker backend: every service in its own container on the run's
+/// network ([`crate::docker`]).
+async fn bring_up_docker(
+    scenario: &Scenario,
+    seed: u64,
+    run_id: &str,
+    run_dir: &std::path::Path,
+    images: &ImageNames,
+    needs: &Needs,
+) -> Result<Rig, String> {
+    let listen: SocketAddr = ([0, 0, 0, 0], crate::docker::ORCHESTRATOR_PORT).into();
+    let run_config = config::render(
+        scenario,
+        seed,
+        &crate::docker::llm_base_url(run_id),
+        Some(listen),
+    )?;
+    let system = DockerSystem::start(DockerConfig {
+        run_id: run_id.to_owned(),
+        run_dir: run_dir.to_path_buf(),
+        config_yaml: run_config.yaml.clone(),
+        images: images.clone(),
+        seed,
+        needs: DockerNeeds {
+            disk_tmpfs_bytes: needs.disk_tmpfs_bytes,
+            memory: needs.memory,
+        },
+        ready_timeout: READY_TIMEOUT,
+        state_dir: local::default_state_dir(),
+    })
+    .await
+    .map_err(|e| format!("cannot bring the system up in containers: {e}"))?;
+    let proxy_client = system.proxy_client()?;
+    let mock = MockClient::new(&system.mock_url()).map_err(|e| e.to_string())?;
+    Ok(Rig {
+        direct: format!("http://{}", system.addr()),
+        client_url: format!("http://{}", system.client_addr()),
+        system: Arc::new(System::Docker(Box::new(system))),
+        mock: Mock::Remote(mock),
+        proxy_client,
+        proxy: None,
+        run_config,
+    })
 }
 
 /// The state the orchestrator left in its database.
@@ -573,7 +747,32 @@ pub async fn run_paths(
     }
     let colour = report::use_colour();
     let mut code = exit::PASSED;
-    for scenario in &scenarios {
+    // A scenario whose faults this backend cannot inject is skipped, with the
+    // reason; if that leaves nothing to run, the request itself was wrong.
+    let runnable: Vec<&Scenario> = scenarios
+        .iter()
+        .filter(|s| match unsupported_on(&options.backend, s) {
+            Some(reason) => {
+                let _ = writeln!(
+                    err,
+                    "skipped: {} on the {} backend: {reason}",
+                    s.name,
+                    options.backend.name()
+                );
+                false
+            }
+            None => true,
+        })
+        .collect();
+    if runnable.is_empty() {
+        let _ = writeln!(
+            err,
+            "error: no scenario can run on the {} backend",
+            options.backend.name()
+        );
+        return exit::BAD_INPUT;
+    }
+    for scenario in runnable {
         if cancel.is_cancelled() {
             break;
         }

@@ -57,7 +57,7 @@ impl fmt::Display for GcReport {
             && self.skipped.is_empty()
             && self.errors.is_empty()
         {
-            writeln!(f, "nothing to clean up")?;
+            writeln!(f, "local: nothing to clean up")?;
         }
         Ok(())
     }

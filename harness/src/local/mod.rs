@@ -23,13 +23,13 @@
 //! [`gc`] can remove what a killed harness left behind; [`LocalSystem`]'s
 //! `Drop` tears down synchronously, so a panicking test leaves nothing.
 
-mod disk;
+pub(crate) mod disk;
 mod error;
 mod fiu;
 mod gc;
 mod memory;
 mod process;
-mod state;
+pub(crate) mod state;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -266,6 +266,11 @@ pub struct ShutdownReport {
     pub restarts: u32,
     /// Every event of the run.
     pub events: Vec<ProcessEvent>,
+}
+
+/// This harness process, as state records and Docker labels name their owner.
+pub(crate) fn owner_id() -> Option<ProcessId> {
+    ProcessId::of(std::process::id())
 }
 
 /// Checks that this machine can provide `needs`, naming what it lacks.
@@ -796,7 +801,7 @@ impl LocalSystem {
         };
         let record = StateRecord {
             run_id: config.run_id.clone(),
-            owner: ProcessId::of(std::process::id()),
+            owner: owner_id(),
             pids: Vec::new(),
             mounts: config
                 .needs
@@ -1263,7 +1268,7 @@ impl LocalSystem {
 
 /// Copies the regular files of `data_dir` whose names start with the
 /// database's (`orchestrator.db`, `-wal`, `-shm`) into `dest`.
-fn copy_data(data_dir: &Path, dest: &Path) -> Result<(), LocalError> {
+pub(crate) fn copy_data(data_dir: &Path, dest: &Path) -> Result<(), LocalError> {
     let file_error = |action: &'static str, path: &Path| {
         let path = path.to_path_buf();
         move |source| LocalError::File {

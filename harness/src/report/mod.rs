@@ -31,7 +31,7 @@ pub struct Report {
     pub schema_version: u32,
     /// The harness's version.
     pub gauntlet_version: String,
-    /// The backend that ran the system (`local`).
+    /// The backend that ran the system (`local` or `docker`).
     pub backend: String,
     /// The scenario's name.
     pub scenario: String,
@@ -124,6 +124,8 @@ pub struct ReportInput<'a> {
     pub evidence: &'a Evidence,
     /// The backend's process events.
     pub process_events: Vec<ProcessRecord>,
+    /// The backend that ran the system (`local`, `docker`).
+    pub backend: &'static str,
 }
 
 /// Something that happened to the orchestrator's process.
@@ -187,7 +189,7 @@ impl Report {
         Report {
             schema_version: SCHEMA_VERSION,
             gauntlet_version: env!("CARGO_PKG_VERSION").to_owned(),
-            backend: "local".to_owned(),
+            backend: input.backend.to_owned(),
             scenario: input.scenario.name.clone(),
             description: input.scenario.description.clone(),
             source: input.scenario.source.display().to_string(),
