@@ -130,6 +130,11 @@ enum Command {
         #[arg(long)]
         victim_pid: Option<u32>,
     },
+    /// Container images, built locally (no registry is used).
+    Images {
+        #[command(subcommand)]
+        command: ImagesCommand,
+    },
     /// Run the orchestrator service in this process (the local backend spawns
     /// its own executable with this, so nothing else needs to be built).
     #[command(name = "__serve-orchestrator", hide = true)]
@@ -143,6 +148,41 @@ enum Command {
         /// Seed of the service's random choices.
         #[arg(long)]
         seed: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImagesCommand {
+    /// Build the orchestrator and harness images locally, FROM scratch with
+    /// static binaries, through the Docker engine's legacy builder; no
+    /// registry is used and nothing is pulled. By default the static
+    /// binaries are built first (`cargo build --release --target
+    /// x86_64-unknown-linux-gnu` with crt-static; slow the first time).
+    /// An image whose inputs (Dockerfile and binaries) are unchanged is left
+    /// alone. Prints `built: NAME:TAG ...` or `up to date: NAME:TAG ...` per
+    /// image on stdout. Exit codes: 0 built or up to date, 2 bad input or
+    /// environment (no engine, no workspace, a dynamic binary, a failed
+    /// build).
+    Build {
+        /// Rebuild every image, even when its inputs are unchanged.
+        #[arg(long)]
+        force: bool,
+        /// Take the static `orchestrator` and `gauntlet` binaries from DIR
+        /// instead of building them.
+        #[arg(long, value_name = "DIR", conflicts_with = "workspace")]
+        binaries: Option<PathBuf>,
+        /// The workspace to build the binaries in (default: found by walking
+        /// up from the current directory).
+        #[arg(long, value_name = "DIR")]
+        workspace: Option<PathBuf>,
+        /// The orchestrator image's name:tag (default: $GAUNTLET_ORCHESTRATOR_IMAGE,
+        /// else gauntlet/orchestrator:VERSION).
+        #[arg(long, value_name = "NAME")]
+        orchestrator_image: Option<String>,
+        /// The harness image's name:tag (default: $GAUNTLET_HARNESS_IMAGE,
+        /// else gauntlet/harness:VERSION).
+        #[arg(long, value_name = "NAME")]
+        harness_image: Option<String>,
     },
 }
 
@@ -161,6 +201,24 @@ fn main() -> ExitCode {
         } => return serve_orchestrator(config, listen, seed),
         Command::Gc { after_pid } => return gc(after_pid),
         Command::Hog { bytes, victim_pid } => return hog(bytes, victim_pid),
+        Command::Images {
+            command:
+                ImagesCommand::Build {
+                    force,
+                    binaries,
+                    workspace,
+                    orchestrator_image,
+                    harness_image,
+                },
+        } => {
+            return images_build(
+                force,
+                binaries,
+                workspace,
+                orchestrator_image.as_deref(),
+                harness_image.as_deref(),
+            );
+        }
         Command::Run {
             paths,
             backend,
@@ -211,7 +269,8 @@ fn main() -> ExitCode {
             Command::Gc { .. }
             | Command::Hog { .. }
             | Command::ServeOrchestrator { .. }
-            | Command::Run { .. } => {
+            | Command::Run { .. }
+            | Command::Images { .. } => {
                 unreachable!("handled before the runtime starts")
             }
         }
@@ -444,6 +503,50 @@ fn gc(after_pid: Option<u32>) -> ExitCode {
         ExitCode::from(2)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// `gauntlet images build`: names and binaries are settled before the
+/// engine is asked anything, and the engine before the slow static build.
+fn images_build(
+    force: bool,
+    binaries: Option<PathBuf>,
+    workspace: Option<PathBuf>,
+    orchestrator_image: Option<&str>,
+    harness_image: Option<&str>,
+) -> ExitCode {
+    use gauntlet::images::{self, Binaries, BuildOptions, ImageNames};
+    let result = (|| {
+        let names = ImageNames::resolve(orchestrator_image, harness_image)?;
+        let binaries = match (binaries, workspace) {
+            (Some(dir), _) => Binaries::Dir(dir),
+            (None, Some(workspace)) => Binaries::Cargo { workspace },
+            (None, None) => {
+                let here = std::env::current_dir()
+                    .context("cannot read the current directory to find the workspace")?;
+                Binaries::Cargo {
+                    workspace: images::find_workspace(&here)?,
+                }
+            }
+        };
+        let options = BuildOptions {
+            names,
+            force,
+            binaries,
+        };
+        let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+        runtime.block_on(async {
+            let docker = images::engine().await?;
+            images::build(&docker, &options, &mut |line| println!("{line}")).await?;
+            anyhow::Ok(())
+        })
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -1,0 +1,12 @@
+# The orchestrator image: the service, built from nothing but static binaries
+# (`gauntlet images build` makes them and this image; no registry is used).
+#
+# The harness binary travels here too, as the container's fault agent: a
+# scratch image has no shell and no tools, so the faults that must act inside
+# the container (the memory fault fills a tmpfs charged to the container's
+# cgroup) run `/gauntlet` in it, as nothing else could.
+FROM scratch
+COPY orchestrator /orchestrator
+COPY gauntlet /gauntlet
+EXPOSE 8080
+ENTRYPOINT ["/orchestrator"]
