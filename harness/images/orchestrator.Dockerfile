@@ -5,7 +5,12 @@
 # scratch image has no shell and no tools, so the faults that must act inside
 # the container (the memory fault fills a tmpfs charged to the container's
 # cgroup) run `/gauntlet` in it, as nothing else could.
+#
+# The CA certificates come from the build machine: the service's HTTP client
+# trusts the system's roots (for real providers over HTTPS) and will not start
+# without any.
 FROM scratch
+COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY orchestrator /orchestrator
 COPY gauntlet /gauntlet
 EXPOSE 8080

@@ -17,7 +17,7 @@ mod tail;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -186,6 +186,14 @@ pub enum ImageError {
     DynamicBinary {
         /// The file.
         path: PathBuf,
+    },
+    /// The machine lacks a file an image takes from it.
+    #[error("{} is missing: {hint}", path.display())]
+    MissingHostFile {
+        /// The file.
+        path: PathBuf,
+        /// What provides it.
+        hint: &'static str,
     },
     /// A recipe is malformed (a programming error in its definition).
     #[error("invalid image recipe: {reason}")]
@@ -390,6 +398,12 @@ pub async fn build(
     for name in BINARIES {
         let path = dir.join(name);
         blocking(move || check_static_binary(&path)).await?;
+    }
+    if !Path::new(recipe::CA_BUNDLE).is_file() {
+        return Err(ImageError::MissingHostFile {
+            path: PathBuf::from(recipe::CA_BUNDLE),
+            hint: "the orchestrator image takes the machine's CA certificates; install the ca-certificates package",
+        });
     }
     let specs = [
         ImageSpec {

@@ -54,14 +54,28 @@ pub struct ContextFile {
     pub name: String,
 }
 
+/// The CA certificates the orchestrator image carries, taken from the build
+/// machine (Debian's and Ubuntu's `ca-certificates` package): the service's
+/// HTTP client trusts the system's roots and refuses to start without any,
+/// and a scratch image has none of its own.
+pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 impl Recipe {
-    /// The orchestrator image from the static binaries in `binaries`.
+    /// The orchestrator image from the static binaries in `binaries` and
+    /// the machine's [`CA_BUNDLE`].
     pub fn orchestrator(binaries: &Path) -> Recipe {
-        Recipe::scratch(
+        let mut recipe = Recipe::scratch(
             ORCHESTRATOR_DOCKERFILE,
             binaries,
             &["orchestrator", "gauntlet"],
-        )
+        );
+        if let Recipe::Scratch { files, .. } = &mut recipe {
+            files.push(ContextFile {
+                source: PathBuf::from(CA_BUNDLE),
+                name: "ca-certificates.crt".to_owned(),
+            });
+        }
+        recipe
     }
 
     /// The harness image from the static `gauntlet` binary in `binaries`.
