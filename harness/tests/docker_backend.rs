@@ -58,7 +58,9 @@ async fn labelled(docker: &Docker, label: &str, value: &str) -> (Vec<String>, Ve
         .flat_map(|c| c.names.unwrap_or_default())
         .collect();
     let networks = docker
-        .list_networks(Some(ListNetworksOptionsBuilder::new().filters(&filters).build()))
+        .list_networks(Some(
+            ListNetworksOptionsBuilder::new().filters(&filters).build(),
+        ))
         .await
         .expect("list networks")
         .into_iter()
@@ -102,7 +104,13 @@ fn describe(output: &Output) -> String {
 /// child and its owner label.
 async fn start_run(docker: &Docker, reports: &Path) -> (std::process::Child, String) {
     let child = gauntlet()
-        .args(["run", "--backend", "docker", "scenarios/smoke.yaml", "--report-dir"])
+        .args([
+            "run",
+            "--backend",
+            "docker",
+            "scenarios/smoke.yaml",
+            "--report-dir",
+        ])
         .arg(reports)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -123,7 +131,8 @@ async fn start_run(docker: &Docker, reports: &Path) -> (std::process::Child, Str
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_run_leaves_containers_that_gc_removes() {
-    let Some(docker) = images_or_skip("a_killed_run_leaves_containers_that_gc_removes", &images()).await
+    let Some(docker) =
+        images_or_skip("a_killed_run_leaves_containers_that_gc_removes", &images()).await
     else {
         return;
     };
@@ -165,7 +174,10 @@ async fn an_interrupted_run_leaves_nothing() {
     .expect("SIGINT the run");
     let deadline = Instant::now() + WAIT;
     while child.try_wait().expect("poll the run").is_none() {
-        assert!(Instant::now() < deadline, "the run did not end after SIGINT");
+        assert!(
+            Instant::now() < deadline,
+            "the run did not end after SIGINT"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The watchdog removes the containers; the detached gc the handler
@@ -180,8 +192,11 @@ async fn an_interrupted_run_leaves_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dropping_a_system_removes_its_containers_and_network() {
-    let Some(docker) =
-        images_or_skip("dropping_a_system_removes_its_containers_and_network", &images()).await
+    let Some(docker) = images_or_skip(
+        "dropping_a_system_removes_its_containers_and_network",
+        &images(),
+    )
+    .await
     else {
         return;
     };
@@ -206,7 +221,11 @@ async fn dropping_a_system_removes_its_containers_and_network() {
         .expect("the orchestrator answers on its published port");
     assert!(reply.status().is_success(), "live: {}", reply.status());
     let (containers, networks) = labelled(&docker, LABEL_RUN, &run_id).await;
-    assert_eq!((containers.len(), networks.len()), (3, 1), "{containers:?} {networks:?}");
+    assert_eq!(
+        (containers.len(), networks.len()),
+        (3, 1),
+        "{containers:?} {networks:?}"
+    );
     // As on an error or a panic: no shutdown, only Drop.
     drop(system);
     let left = labelled(&docker, LABEL_RUN, &run_id).await;
@@ -246,7 +265,8 @@ fn missing_images_are_named_with_the_command_that_builds_them() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     // Without an engine the error names the engine instead; both exit 2.
     assert!(
-        stderr.contains("gauntlet-test/never-built:0.0.0") && stderr.contains("gauntlet images build")
+        stderr.contains("gauntlet-test/never-built:0.0.0")
+            && stderr.contains("gauntlet images build")
             || stderr.contains("docker engine"),
         "{}",
         describe(&output)
@@ -276,7 +296,12 @@ fn latest_and_untagged_image_names_are_refused() {
             .arg("scenarios/smoke.yaml")
             .output()
             .expect("run gauntlet");
-        assert_eq!(output.status.code(), Some(2), "{name}: {}", describe(&output));
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{name}: {}",
+            describe(&output)
+        );
         assert!(
             String::from_utf8_lossy(&output.stderr).contains(name),
             "{name}: {}",

@@ -48,7 +48,9 @@ pub enum DockerError {
     },
     /// The orchestrator did not answer its liveness probe in time after a
     /// start.
-    #[error("the orchestrator did not answer /health/live within {waited_ms} ms; last lines of its log:\n{tail}")]
+    #[error(
+        "the orchestrator did not answer /health/live within {waited_ms} ms; last lines of its log:\n{tail}"
+    )]
     NotReady {
         /// How long the harness waited.
         waited_ms: u64,

@@ -88,9 +88,8 @@ pub async fn gc(docker: &Docker, only_run: Option<&str>) -> DockerGcReport {
     };
     let filters: HashMap<String, Vec<String>> =
         HashMap::from([("label".to_owned(), vec![selector])]);
-    let removable = |labels: Option<&HashMap<String, String>>| {
-        only_run.is_some() || !owner_alive(labels)
-    };
+    let removable =
+        |labels: Option<&HashMap<String, String>>| only_run.is_some() || !owner_alive(labels);
     let run_of = |labels: Option<&HashMap<String, String>>| {
         labels
             .and_then(|l| l.get(LABEL_RUN))
@@ -124,7 +123,12 @@ pub async fn gc(docker: &Docker, only_run: Option<&str>) -> DockerGcReport {
                 match docker
                     .remove_container(
                         id,
-                        Some(RemoveContainerOptionsBuilder::new().force(true).v(true).build()),
+                        Some(
+                            RemoveContainerOptionsBuilder::new()
+                                .force(true)
+                                .v(true)
+                                .build(),
+                        ),
                     )
                     .await
                 {
@@ -139,7 +143,9 @@ pub async fn gc(docker: &Docker, only_run: Option<&str>) -> DockerGcReport {
     }
 
     match docker
-        .list_networks(Some(ListNetworksOptionsBuilder::new().filters(&filters).build()))
+        .list_networks(Some(
+            ListNetworksOptionsBuilder::new().filters(&filters).build(),
+        ))
         .await
     {
         Ok(networks) => {
@@ -159,7 +165,9 @@ pub async fn gc(docker: &Docker, only_run: Option<&str>) -> DockerGcReport {
     }
 
     match docker
-        .list_volumes(Some(ListVolumesOptionsBuilder::new().filters(&filters).build()))
+        .list_volumes(Some(
+            ListVolumesOptionsBuilder::new().filters(&filters).build(),
+        ))
         .await
     {
         Ok(list) => {

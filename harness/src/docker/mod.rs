@@ -51,8 +51,8 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use testcontainers::bollard::Docker;
 use testcontainers::bollard::models::{
-    ContainerUpdateBody, EndpointSettings, ExecConfig, NetworkConnectRequest,
-    NetworkCreateRequest, NetworkDisconnectRequest,
+    ContainerUpdateBody, EndpointSettings, ExecConfig, NetworkConnectRequest, NetworkCreateRequest,
+    NetworkDisconnectRequest,
 };
 use testcontainers::bollard::query_parameters::{
     InspectContainerOptions, KillContainerOptionsBuilder, LogsOptionsBuilder,
@@ -211,9 +211,9 @@ fn check_run_id(run_id: &str) -> Result<(), DockerError> {
             .chars()
             .next()
             .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && run_id.chars().all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
-        });
+        && run_id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
     if ok {
         Ok(())
     } else {
@@ -352,12 +352,10 @@ impl DockerSystem {
         }
 
         let config_path = config.run_dir.join("orchestrator.yaml");
-        std::fs::write(&config_path, &config.config_yaml).map_err(|source| {
-            DockerError::File {
-                action: "write",
-                path: config_path.clone(),
-                source,
-            }
+        std::fs::write(&config_path, &config.config_yaml).map_err(|source| DockerError::File {
+            action: "write",
+            path: config_path.clone(),
+            source,
         })?;
         let run_dir = config
             .run_dir
@@ -640,12 +638,7 @@ impl DockerSystem {
     /// Starts the orchestrator's container again and waits until it is
     /// ready; nothing to do when it runs.
     pub async fn start_again(&self) -> Result<(), DockerError> {
-        if self
-            .inspect_orchestrator()
-            .await?
-            .running
-            .unwrap_or(false)
-        {
+        if self.inspect_orchestrator().await?.running.unwrap_or(false) {
             return Ok(());
         }
         let container = self.orchestrator.as_ref().ok_or(DockerError::Setup {
@@ -716,12 +709,7 @@ impl DockerSystem {
     async fn wait_stopped(&self, limit: Duration) -> Result<(), DockerError> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            if !self
-                .inspect_orchestrator()
-                .await?
-                .running
-                .unwrap_or(false)
-            {
+            if !self.inspect_orchestrator().await?.running.unwrap_or(false) {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
@@ -841,7 +829,8 @@ impl DockerSystem {
             )
             .await
             .map_err(|e| DockerError::api("start the memory hog", e))?;
-        self.wait_stopped(Duration::from_millis(OOM_WAIT_MS)).await?;
+        self.wait_stopped(Duration::from_millis(OOM_WAIT_MS))
+            .await?;
         let (exit, oom) = self.exit_of().await;
         self.event(EventKind::Exited {
             pid,
@@ -885,7 +874,8 @@ impl DockerSystem {
 
     /// The last lines of the log of the container of `role`, for errors.
     async fn logs_of_name(&self, role: &str) -> String {
-        let text = container_logs(&self.docker, &container_name(&self.run_id, role), Some(40)).await;
+        let text =
+            container_logs(&self.docker, &container_name(&self.run_id, role), Some(40)).await;
         text.unwrap_or_else(|e| format!("(no log: {e})"))
     }
 
@@ -1027,7 +1017,11 @@ pub(crate) async fn remove_network(docker: &Docker, name: &str) -> Result<(), St
 
 /// The stdout and stderr of a container, interleaved as written; the last
 /// `tail` lines when given.
-async fn container_logs(docker: &Docker, name: &str, tail: Option<usize>) -> Result<String, String> {
+async fn container_logs(
+    docker: &Docker,
+    name: &str,
+    tail: Option<usize>,
+) -> Result<String, String> {
     let tail = tail.map_or_else(|| "all".to_owned(), |n| n.to_string());
     let mut stream = docker.logs(
         name,

@@ -18,16 +18,16 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::checks::{self, Evidence, FaultSpan};
-use crate::load::{self, LoadLimits, LoadTarget, OpKind, Outcome};
 use crate::docker::{DockerConfig, DockerNeeds, DockerSystem};
 use crate::images::ImageNames;
+use crate::load::{self, LoadLimits, LoadTarget, OpKind, Outcome};
 use crate::local::{self, Launcher, LocalConfig, LocalSystem, Needs};
 use crate::mock_llm::{MockClient, MockConfig, MockLlm};
 use crate::proxy::ProxyConfig;
 use crate::proxy::{ProxyClient, ProxyServer, ProxyServerConfig};
-use system::{DOCKER_NO_FIU, Mock, System};
 use crate::report::{self, Report};
 use crate::scenario::{FaultAction, Invariant, Scenario};
+use system::{DOCKER_NO_FIU, Mock, System};
 
 /// How long the orchestrator gets to say it is listening.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -83,7 +83,12 @@ pub fn unsupported_on(backend: &Backend, scenario: &Scenario) -> Option<String> 
     let kinds: Vec<&str> = scenario
         .faults
         .iter()
-        .filter(|f| matches!(f.action, FaultAction::IoErrors { .. } | FaultAction::ReadOnly))
+        .filter(|f| {
+            matches!(
+                f.action,
+                FaultAction::IoErrors { .. } | FaultAction::ReadOnly
+            )
+        })
         .map(|f| f.action.kind())
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
@@ -185,7 +190,10 @@ pub async fn run(
     if let Some(reason) = unsupported_on(&options.backend, &scenario) {
         return Err(RunError::Unmet {
             scenario: name,
-            reason: format!("cannot run on the {} backend: {reason}", options.backend.name()),
+            reason: format!(
+                "cannot run on the {} backend: {reason}",
+                options.backend.name()
+            ),
         });
     }
     let needs = needs_of(&scenario);
@@ -334,7 +342,11 @@ pub async fn run(
     let audit_online = observe::audit_online(&probe, &direct, &run_config.ops_key).await;
     let page = match mock.journal().await {
         Ok(page) => page,
-        Err(e) => return Err(env_err(format!("cannot read the mock provider's journal: {e}"))),
+        Err(e) => {
+            return Err(env_err(format!(
+                "cannot read the mock provider's journal: {e}"
+            )));
+        }
     };
     let process_events = system.events();
     let log_path = system.log_path();

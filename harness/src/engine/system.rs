@@ -95,7 +95,7 @@ impl System {
     pub async fn io_errors(&self, probability: f64) -> Result<(), String> {
         match self {
             System::Local(s) => s.io_errors(probability).await.map_err(text),
-            System::Docker(_) => Err(DOCKER_NO_FIU.to_owned()),
+            System::Docker(_) => Err(format!("io_errors faults {DOCKER_NO_FIU}")),
         }
     }
 
@@ -111,7 +111,7 @@ impl System {
     pub async fn set_read_only(&self, read_only: bool) -> Result<(), String> {
         match self {
             System::Local(s) => s.set_read_only(read_only).await.map_err(text),
-            System::Docker(_) if read_only => Err(DOCKER_NO_FIU.to_owned()),
+            System::Docker(_) if read_only => Err(format!("read_only faults {DOCKER_NO_FIU}")),
             System::Docker(_) => Ok(()),
         }
     }
@@ -171,16 +171,13 @@ impl System {
     pub async fn shutdown_preserving(self, preserve: &Path) -> Result<ShutdownReport, String> {
         match self {
             System::Local(s) => s.shutdown_preserving(Some(preserve)).await.map_err(text),
-            System::Docker(s) => (*s)
-                .shutdown_preserving(Some(preserve))
-                .await
-                .map_err(text),
+            System::Docker(s) => (*s).shutdown_preserving(Some(preserve)).await.map_err(text),
         }
     }
 }
 
 /// Why the Docker backend has no I/O-error or read-only faults.
-pub const DOCKER_NO_FIU: &str = "needs libfiu preloaded into the orchestrator, which the docker backend's static binary cannot load; run it on the local backend";
+pub const DOCKER_NO_FIU: &str = "need libfiu preloaded into the orchestrator, which the docker backend's static binary cannot load; run it on the local backend";
 
 /// The mock LLM provider of one run.
 #[derive(Clone)]
