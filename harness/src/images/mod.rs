@@ -513,6 +513,8 @@ async fn build_scratch(
     };
     let reason = match tokio::time::timeout(BUILD_TIMEOUT, run).await {
         Ok(Ok(())) => return Ok(()),
+        // The engine's own words, without bollard's "Docker stream error" prefix.
+        Ok(Err(bollard::errors::Error::DockerStreamError { error })) => error,
         Ok(Err(e)) => e.to_string(),
         Err(_) => format!("no result within {} s", BUILD_TIMEOUT.as_secs()),
     };
