@@ -288,7 +288,8 @@ pub enum Binaries {
         /// The workspace root (see [`find_workspace`]).
         workspace: PathBuf,
     },
-    /// Taken from this directory (`orchestrator` and `gauntlet`), as they are.
+    /// Taken from this directory (`orchestrator` and `gauntlet`); they must be
+    /// static, as [`build`] checks.
     Dir(PathBuf),
 }
 
