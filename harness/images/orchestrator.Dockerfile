@@ -3,8 +3,8 @@
 #
 # The harness binary travels here too, as the container's fault agent: a
 # scratch image has no shell and no tools, so the faults that must act inside
-# the container (the memory fault fills a tmpfs charged to the container's
-# cgroup) run `/gauntlet` in it, as nothing else could.
+# the container (the memory fault, for one) run `/gauntlet` in it, as nothing
+# else could.
 #
 # The CA certificates come from the build machine: the service's HTTP client
 # trusts the system's roots (for real providers over HTTPS) and will not start

@@ -163,27 +163,31 @@ enum ImagesCommand {
     /// image on stdout. Exit codes: 0 built or up to date, 2 bad input or
     /// environment (no engine, no workspace, a dynamic binary, a failed
     /// build).
-    Build {
-        /// Rebuild every image, even when its inputs are unchanged.
-        #[arg(long)]
-        force: bool,
-        /// Take the static `orchestrator` and `gauntlet` binaries from DIR
-        /// instead of building them.
-        #[arg(long, value_name = "DIR", conflicts_with = "workspace")]
-        binaries: Option<PathBuf>,
-        /// The workspace to build the binaries in (default: found by walking
-        /// up from the current directory).
-        #[arg(long, value_name = "DIR")]
-        workspace: Option<PathBuf>,
-        /// The orchestrator image's name:tag (default: $GAUNTLET_ORCHESTRATOR_IMAGE,
-        /// else gauntlet/orchestrator:VERSION).
-        #[arg(long, value_name = "NAME")]
-        orchestrator_image: Option<String>,
-        /// The harness image's name:tag (default: $GAUNTLET_HARNESS_IMAGE,
-        /// else gauntlet/harness:VERSION).
-        #[arg(long, value_name = "NAME")]
-        harness_image: Option<String>,
-    },
+    Build(ImagesBuild),
+}
+
+/// The arguments of `gauntlet images build`.
+#[derive(clap::Args)]
+struct ImagesBuild {
+    /// Rebuild every image, even when its inputs are unchanged.
+    #[arg(long)]
+    force: bool,
+    /// Take the static `orchestrator` and `gauntlet` binaries from DIR
+    /// instead of building them.
+    #[arg(long, value_name = "DIR", conflicts_with = "workspace")]
+    binaries: Option<PathBuf>,
+    /// The workspace to build the binaries in (default: found by walking
+    /// up from the current directory).
+    #[arg(long, value_name = "DIR")]
+    workspace: Option<PathBuf>,
+    /// The orchestrator image's name:tag (default: $GAUNTLET_ORCHESTRATOR_IMAGE,
+    /// else gauntlet/orchestrator:VERSION).
+    #[arg(long, value_name = "NAME")]
+    orchestrator_image: Option<String>,
+    /// The harness image's name:tag (default: $GAUNTLET_HARNESS_IMAGE,
+    /// else gauntlet/harness:VERSION).
+    #[arg(long, value_name = "NAME")]
+    harness_image: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -202,23 +206,8 @@ fn main() -> ExitCode {
         Command::Gc { after_pid } => return gc(after_pid),
         Command::Hog { bytes, victim_pid } => return hog(bytes, victim_pid),
         Command::Images {
-            command:
-                ImagesCommand::Build {
-                    force,
-                    binaries,
-                    workspace,
-                    orchestrator_image,
-                    harness_image,
-                },
-        } => {
-            return images_build(
-                force,
-                binaries,
-                workspace,
-                orchestrator_image.as_deref(),
-                harness_image.as_deref(),
-            );
-        }
+            command: ImagesCommand::Build(args),
+        } => return images_build(args),
         Command::Run {
             paths,
             backend,
@@ -506,48 +495,50 @@ fn gc(after_pid: Option<u32>) -> ExitCode {
     }
 }
 
-/// `gauntlet images build`: names and binaries are settled before the
-/// engine is asked anything, and the engine before the slow static build.
-fn images_build(
-    force: bool,
-    binaries: Option<PathBuf>,
-    workspace: Option<PathBuf>,
-    orchestrator_image: Option<&str>,
-    harness_image: Option<&str>,
-) -> ExitCode {
-    use gauntlet::images::{self, Binaries, BuildOptions, ImageNames};
-    let result = (|| {
-        let names = ImageNames::resolve(orchestrator_image, harness_image)?;
-        let binaries = match (binaries, workspace) {
-            (Some(dir), _) => Binaries::Dir(dir),
-            (None, Some(workspace)) => Binaries::Cargo { workspace },
-            (None, None) => {
-                let here = std::env::current_dir()
-                    .context("cannot read the current directory to find the workspace")?;
-                Binaries::Cargo {
-                    workspace: images::find_workspace(&here)?,
-                }
-            }
-        };
-        let options = BuildOptions {
-            names,
-            force,
-            binaries,
-        };
-        let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-        runtime.block_on(async {
-            let docker = images::engine().await?;
-            images::build(&docker, &options, &mut |line| println!("{line}")).await?;
-            anyhow::Ok(())
-        })
-    })();
-    match result {
+/// `gauntlet images build`: results on stdout, an error on stderr.
+fn images_build(args: ImagesBuild) -> ExitCode {
+    match try_images_build(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            let code = e
+                .downcast_ref::<gauntlet::images::ImageError>()
+                .map_or(2, gauntlet::images::ImageError::exit_code);
+            ExitCode::from(code)
         }
     }
+}
+
+/// Names and binaries are settled before the engine is asked anything, and
+/// the engine is reached before the slow static build starts.
+fn try_images_build(args: ImagesBuild) -> anyhow::Result<()> {
+    use gauntlet::images::{self, Binaries, BuildOptions, ImageNames};
+    let names = ImageNames::resolve(
+        args.orchestrator_image.as_deref(),
+        args.harness_image.as_deref(),
+    )?;
+    let binaries = match (args.binaries, args.workspace) {
+        (Some(dir), _) => Binaries::Dir(dir),
+        (None, Some(workspace)) => Binaries::Cargo { workspace },
+        (None, None) => {
+            let here = std::env::current_dir()
+                .context("cannot read the current directory to find the workspace")?;
+            Binaries::Cargo {
+                workspace: images::find_workspace(&here)?,
+            }
+        }
+    };
+    let options = BuildOptions {
+        names,
+        force: args.force,
+        binaries,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let docker = images::engine().await?;
+        images::build(&docker, &options, &mut |line| println!("{line}")).await?;
+        Ok(())
+    })
 }
 
 async fn run_proxy(listen: SocketAddr, seed: u64, config: Option<PathBuf>) -> anyhow::Result<()> {

@@ -4,9 +4,7 @@
 //! `scenarios.rs`. Skipped with the reason when there is no engine or no
 //! images, except under `CI=true` (see `support/docker.rs`).
 
-mod support {
-    pub mod docker;
-}
+mod support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -63,12 +63,16 @@ fn has_interpreter(bytes: &[u8]) -> Result<bool, &'static str> {
         return Err("program header entries too small");
     }
     for i in 0..u64::from(phnum) {
-        let offset = phoff
+        let entry = phoff
             .checked_add(i * u64::from(phentsize))
-            .and_then(|offset| usize::try_from(offset).ok());
-        match offset.and_then(|offset| u32_at(bytes, offset)) {
+            .and_then(|start| usize::try_from(start).ok())
+            .and_then(|start| bytes.get(start..start.checked_add(usize::from(phentsize))?));
+        match entry.and_then(|entry| u32_at(entry, 0)) {
             Some(PT_INTERP) => return Ok(true),
             Some(_) => {}
+            None if (bytes.len() as u64) < MAX_HEADERS_BYTES => {
+                return Err("the program headers are cut short (a truncated file)");
+            }
             None => return Err("program headers beyond the first 64 KiB of the file"),
         }
     }

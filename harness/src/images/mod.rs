@@ -296,7 +296,8 @@ pub enum Binaries {
         /// The workspace root (see [`find_workspace`]).
         workspace: PathBuf,
     },
-    /// Taken from this directory (`orchestrator` and `gauntlet`), as they are.
+    /// Taken from this directory (`orchestrator` and `gauntlet`); they must be
+    /// static, as [`build`] checks.
     Dir(PathBuf),
 }
 
@@ -527,6 +528,8 @@ async fn build_scratch(
     };
     let reason = match tokio::time::timeout(BUILD_TIMEOUT, run).await {
         Ok(Ok(())) => return Ok(()),
+        // The engine's own words, without bollard's "Docker stream error" prefix.
+        Ok(Err(bollard::errors::Error::DockerStreamError { error })) => error,
         Ok(Err(e)) => e.to_string(),
         Err(_) => format!("no result within {} s", BUILD_TIMEOUT.as_secs()),
     };

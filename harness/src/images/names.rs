@@ -89,6 +89,9 @@ fn check_name(name: &str) -> Result<(), String> {
     }
     let components: Vec<&str> = name.split('/').collect();
     for (i, component) in components.iter().enumerate() {
+        if component.is_empty() {
+            return Err("the repository part has an empty path component".to_owned());
+        }
         // Only a registry host (the first of several components) has a port.
         let allowed_colon = i == 0 && components.len() > 1;
         let valid_char =
