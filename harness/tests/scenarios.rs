@@ -62,9 +62,16 @@ fn run_one(path: &Path, backend: &Backend) -> Result<(), Failed> {
         backend: backend.clone(),
         progress: false,
     };
-    let report = runtime
-        .block_on(engine::run(&scenario, &options, &Cancel::new()))
-        .map_err(|e| Failed::from(e.to_string()))?;
+    let report = match runtime.block_on(engine::run(&scenario, &options, &Cancel::new())) {
+        Ok(report) => report,
+        // A machine without root, libfiu or a memory controller cannot run
+        // some scenarios: said and skipped locally, never under CI.
+        Err(e @ engine::RunError::Unmet { .. }) if !docker_support::in_ci() => {
+            eprintln!("skipped: {}/{}: {e}", backend.name(), scenario.name);
+            return Ok(());
+        }
+        Err(e) => return Err(Failed::from(e.to_string())),
+    };
     if report.backend != backend.name() {
         return Err(Failed::from(format!(
             "the report says backend {}, the run used {}",
