@@ -223,13 +223,23 @@ fn check_run_id(run_id: &str) -> Result<(), DockerError> {
     }
 }
 
-/// A free TCP port on 127.0.0.1, released at once for Docker to bind. Another
-/// process could take it in between; the start then fails and says so.
-fn free_port() -> Result<u16, DockerError> {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|source| DockerError::Port { source })
+/// `N` distinct free TCP ports on 127.0.0.1: all are held until all are
+/// chosen (so none is handed out twice), then released for Docker to bind.
+/// Another process could take one in between; the start then fails and
+/// says so.
+fn free_ports<const N: usize>() -> Result<[u16; N], DockerError> {
+    let mut held = Vec::with_capacity(N);
+    let mut ports = [0; N];
+    for port in &mut ports {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .map_err(|source| DockerError::Port { source })?;
+        *port = listener
+            .local_addr()
+            .map_err(|source| DockerError::Port { source })?
+            .port();
+        held.push(listener);
+    }
+    Ok(ports)
 }
 
 /// Publishes every mapped port on 127.0.0.1 only: nothing of a run is
@@ -249,11 +259,12 @@ impl DockerSystem {
         check_run_id(&config.run_id)?;
         let docker = crate::images::engine().await?;
         crate::images::preflight(&docker, &config.images).await?;
+        let [orchestrator, mock, proxy_api, client] = free_ports()?;
         let ports = HostPorts {
-            orchestrator: free_port()?,
-            mock: free_port()?,
-            proxy_api: free_port()?,
-            client: free_port()?,
+            orchestrator,
+            mock,
+            proxy_api,
+            client,
         };
         let network = network_name(&config.run_id);
         let data_dir = config.run_dir.join("data");
