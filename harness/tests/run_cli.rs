@@ -73,8 +73,8 @@ fn run_refuses_bad_input_before_running_anything() {
             &["--scale must be a positive number"],
         ),
         (
-            &["run", valid, "--backend", "docker"],
-            &["docker", "--backend"],
+            &["run", valid, "--backend", "kubernetes"],
+            &["kubernetes", "--backend", "local", "docker"],
         ),
     ];
     for (args, says) in cases {
