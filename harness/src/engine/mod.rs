@@ -197,12 +197,19 @@ pub async fn run(
         });
     }
     let needs = needs_of(&scenario);
-    if let Backend::Local(_) = &options.backend {
-        local::check_needs(&needs).map_err(|e| RunError::Unmet {
-            scenario: name.clone(),
-            reason: e.to_string(),
-        })?;
-    }
+    // The Docker backend mounts the disk faults' tmpfs on the host too; its
+    // memory faults need only the engine.
+    let host_needs = match &options.backend {
+        Backend::Local(_) => needs.clone(),
+        Backend::Docker(_) => Needs {
+            disk_tmpfs_bytes: needs.disk_tmpfs_bytes,
+            ..Needs::default()
+        },
+    };
+    local::check_needs(&host_needs).map_err(|e| RunError::Unmet {
+        scenario: name.clone(),
+        reason: e.to_string(),
+    })?;
     let started = std::time::SystemTime::now();
     let run_id = run_id_of(&name, seed, started);
     let report_dir = options.report_dir.join(&name);
