@@ -63,34 +63,7 @@ enum Command {
     /// and verdict.yaml under `--report-dir/<scenario>/`. Exits 0 when every
     /// check passed, 1 when one failed, 2 on bad input or an environment that
     /// cannot run a scenario (each scenario is validated before any runs).
-    Run {
-        /// Scenario files, or directories standing for their `*.yaml` files
-        /// (default: `scenarios/`).
-        paths: Vec<PathBuf>,
-        /// Where the system runs. `docker` needs a Docker engine and the
-        /// images of `gauntlet images build`; scenarios with faults the
-        /// backend cannot inject are skipped with the reason.
-        #[arg(long, value_enum, default_value_t = Backend::Local)]
-        backend: Backend,
-        /// The orchestrator's image (docker backend; default
-        /// `$GAUNTLET_ORCHESTRATOR_IMAGE`, else `gauntlet/orchestrator:VERSION`).
-        #[arg(long)]
-        orchestrator_image: Option<String>,
-        /// The harness's image: fault proxy and mock provider (docker backend;
-        /// default `$GAUNTLET_HARNESS_IMAGE`, else `gauntlet/harness:VERSION`).
-        #[arg(long)]
-        harness_image: Option<String>,
-        /// Replaces each scenario's seed, to replay or vary a run.
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Where reports go, one directory per scenario.
-        #[arg(long, default_value = "target/gauntlet")]
-        report_dir: PathBuf,
-        /// Multiplies every duration of the load and the fault timeline.
-        /// Must be positive (a negative value is taken as one, and refused).
-        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-        scale: f64,
-    },
+    Run(RunArgs),
     /// Check scenario files: prints every finding as
     /// `FILE:LINE:COL: error[CODE]: path: message` and `ok: FILE (NAME)` for
     /// each valid file. Exits 0 when all are valid, 2 otherwise.
@@ -208,27 +181,7 @@ fn main() -> ExitCode {
         Command::Images {
             command: ImagesCommand::Build(args),
         } => return images_build(args),
-        Command::Run {
-            paths,
-            backend,
-            orchestrator_image,
-            harness_image,
-            seed,
-            report_dir,
-            scale,
-        } => {
-            return run_scenarios(
-                paths,
-                RunArgs {
-                    backend,
-                    orchestrator_image,
-                    harness_image,
-                    seed,
-                    report_dir,
-                    scale,
-                },
-            );
-        }
+        Command::Run(args) => return run_scenarios(args),
         command => command,
     };
     tracing_subscriber::fmt()
@@ -258,7 +211,7 @@ fn main() -> ExitCode {
             Command::Gc { .. }
             | Command::Hog { .. }
             | Command::ServeOrchestrator { .. }
-            | Command::Run { .. }
+            | Command::Run(_)
             | Command::Images { .. } => {
                 unreachable!("handled before the runtime starts")
             }
@@ -309,13 +262,34 @@ fn serve_orchestrator(config: PathBuf, listen: Option<SocketAddr>, seed: Option<
     }
 }
 
-/// The arguments of `gauntlet run` past the paths.
+/// The arguments of `gauntlet run`.
+#[derive(clap::Args)]
 struct RunArgs {
+    /// Scenario files, or directories standing for their `*.yaml` files
+    /// (default: `scenarios/`).
+    paths: Vec<PathBuf>,
+    /// Where the system runs. `docker` needs a Docker engine and the
+    /// images of `gauntlet images build`; scenarios with faults the
+    /// backend cannot inject are skipped with the reason.
+    #[arg(long, value_enum, default_value_t = Backend::Local)]
     backend: Backend,
+    /// The orchestrator's image (docker backend; default
+    /// `$GAUNTLET_ORCHESTRATOR_IMAGE`, else `gauntlet/orchestrator:VERSION`).
+    #[arg(long)]
     orchestrator_image: Option<String>,
+    /// The harness's image: fault proxy and mock provider (docker backend;
+    /// default `$GAUNTLET_HARNESS_IMAGE`, else `gauntlet/harness:VERSION`).
+    #[arg(long)]
     harness_image: Option<String>,
+    /// Replaces each scenario's seed, to replay or vary a run.
+    #[arg(long)]
     seed: Option<u64>,
+    /// Where reports go, one directory per scenario.
+    #[arg(long, default_value = "target/gauntlet")]
     report_dir: PathBuf,
+    /// Multiplies every duration of the load and the fault timeline.
+    /// Must be positive (a negative value is taken as one, and refused).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     scale: f64,
 }
 
@@ -328,7 +302,7 @@ struct RunArgs {
 /// process as the signal would. The run's network would outlive it, so the
 /// handler first starts a detached `gauntlet gc --after-pid` that removes it
 /// once this process is gone.
-fn run_scenarios(paths: Vec<PathBuf>, args: RunArgs) -> ExitCode {
+fn run_scenarios(args: RunArgs) -> ExitCode {
     use gauntlet::engine::{self, Cancel, RunOptions};
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -360,10 +334,10 @@ fn run_scenarios(paths: Vec<PathBuf>, args: RunArgs) -> ExitCode {
         },
     };
     let docker = matches!(backend, engine::Backend::Docker(_));
-    let paths = if paths.is_empty() {
+    let paths = if args.paths.is_empty() {
         vec![PathBuf::from(gauntlet::cli::DEFAULT_SCENARIO_DIR)]
     } else {
-        paths
+        args.paths
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

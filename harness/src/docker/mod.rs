@@ -545,13 +545,27 @@ impl DockerSystem {
             });
     }
 
+    fn orchestrator(&self) -> Result<&ContainerAsync<GenericImage>, DockerError> {
+        self.orchestrator.as_ref().ok_or(DockerError::Setup {
+            message: "the orchestrator's container is gone".to_owned(),
+        })
+    }
+
     fn orchestrator_id(&self) -> Result<&str, DockerError> {
-        self.orchestrator
-            .as_ref()
-            .map(|c| c.id())
-            .ok_or(DockerError::Setup {
-                message: "the orchestrator's container is gone".to_owned(),
-            })
+        self.orchestrator().map(|c| c.id())
+    }
+
+    /// Reads how the stopped orchestrator ended and records it as an
+    /// `Exited` event; returns the exit and whether the kernel OOM-killed it.
+    async fn record_exit(&self, pid: u32, expected: bool) -> (Exit, bool) {
+        let (exit, oom) = self.exit_of().await;
+        self.event(EventKind::Exited {
+            pid,
+            exit,
+            oom,
+            expected,
+        });
+        (exit, oom)
     }
 
     async fn inspect_orchestrator(
@@ -636,13 +650,7 @@ impl DockerSystem {
             .await
             .map_err(|e| DockerError::api("kill the orchestrator's container", e))?;
         self.wait_stopped(Duration::from_secs(10)).await?;
-        let (exit, oom) = self.exit_of().await;
-        self.event(EventKind::Exited {
-            pid,
-            exit,
-            oom,
-            expected: true,
-        });
+        self.record_exit(pid, true).await;
         Ok(())
     }
 
@@ -652,9 +660,7 @@ impl DockerSystem {
         if self.inspect_orchestrator().await?.running.unwrap_or(false) {
             return Ok(());
         }
-        let container = self.orchestrator.as_ref().ok_or(DockerError::Setup {
-            message: "the orchestrator's container is gone".to_owned(),
-        })?;
+        let container = self.orchestrator()?;
         container.start().await.map_err(|e| DockerError::Start {
             role: "orchestrator",
             message: e.to_string(),
@@ -668,9 +674,7 @@ impl DockerSystem {
 
     /// Freezes the orchestrator's container (the cgroup freezer).
     pub async fn pause(&self) -> Result<(), DockerError> {
-        let container = self.orchestrator.as_ref().ok_or(DockerError::Setup {
-            message: "the orchestrator's container is gone".to_owned(),
-        })?;
+        let container = self.orchestrator()?;
         container.pause().await.map_err(|e| DockerError::Fault {
             fault: "pause",
             message: e.to_string(),
@@ -682,9 +686,7 @@ impl DockerSystem {
         if !self.inspect_orchestrator().await?.paused.unwrap_or(false) {
             return Ok(());
         }
-        let container = self.orchestrator.as_ref().ok_or(DockerError::Setup {
-            message: "the orchestrator's container is gone".to_owned(),
-        })?;
+        let container = self.orchestrator()?;
         container.unpause().await.map_err(|e| DockerError::Fault {
             fault: "resume",
             message: e.to_string(),
@@ -696,13 +698,7 @@ impl DockerSystem {
     pub async fn restart(&self) -> Result<(), DockerError> {
         let pid = self.orchestrator_pid().await;
         self.stop_orchestrator().await?;
-        let (exit, oom) = self.exit_of().await;
-        self.event(EventKind::Exited {
-            pid,
-            exit,
-            oom,
-            expected: true,
-        });
+        self.record_exit(pid, true).await;
         self.start_again().await
     }
 
@@ -842,13 +838,7 @@ impl DockerSystem {
             .map_err(|e| DockerError::api("start the memory hog", e))?;
         self.wait_stopped(Duration::from_millis(OOM_WAIT_MS))
             .await?;
-        let (exit, oom) = self.exit_of().await;
-        self.event(EventKind::Exited {
-            pid,
-            exit,
-            oom,
-            expected: false,
-        });
+        let (exit, oom) = self.record_exit(pid, false).await;
         if oom {
             Ok(())
         } else {
@@ -914,15 +904,11 @@ impl DockerSystem {
         } else {
             Ok(())
         };
-        let (exit, oom) = self.exit_of().await;
-        if was_running {
-            self.event(EventKind::Exited {
-                pid,
-                exit,
-                oom,
-                expected: true,
-            });
-        }
+        let exit = if was_running {
+            self.record_exit(pid, true).await.0
+        } else {
+            self.exit_of().await.0
+        };
         let mut errors = Vec::new();
         if let Err(e) = stopped {
             errors.push(e.to_string());
