@@ -7,33 +7,29 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 
 use orchestrator::config::format_duration;
+use orchestrator::exit::Exit;
 
 use crate::scenario::{self, FaultClass, Scenario};
-
-/// Every check passed.
-pub const EXIT_OK: u8 = 0;
-/// Bad input: an invalid scenario, a missing path.
-pub const EXIT_BAD_INPUT: u8 = 2;
 
 /// The directory `gauntlet list` reads when given no path.
 pub const DEFAULT_SCENARIO_DIR: &str = "scenarios";
 
 /// `gauntlet validate PATH...`: every finding of every scenario file (a
 /// directory stands for its `*.yaml` files) and `ok: FILE (NAME)` for each
-/// valid one, on `out`. Returns [`EXIT_OK`] when all are valid (warnings
-/// allowed), else [`EXIT_BAD_INPUT`]; a path that cannot be listed is
+/// valid one, on `out`. Returns [`Exit::Pass`] when all are valid (warnings
+/// allowed), else [`Exit::BadInput`]; a path that cannot be listed is
 /// reported on `err`.
-pub fn validate(paths: &[PathBuf], out: &mut dyn Write, err: &mut dyn Write) -> io::Result<u8> {
+pub fn validate(paths: &[PathBuf], out: &mut dyn Write, err: &mut dyn Write) -> io::Result<Exit> {
     let files = match scenario::discover(paths) {
         Ok(files) => files,
         Err(e) => {
             writeln!(err, "error: {e}")?;
-            return Ok(EXIT_BAD_INPUT);
+            return Ok(Exit::BadInput);
         }
     };
     if files.is_empty() {
         writeln!(err, "error: no scenario files (*.yaml) found")?;
-        return Ok(EXIT_BAD_INPUT);
+        return Ok(Exit::BadInput);
     }
     let mut all_valid = true;
     for file in &files {
@@ -47,14 +43,18 @@ pub fn validate(paths: &[PathBuf], out: &mut dyn Write, err: &mut dyn Write) -> 
             None => all_valid = false,
         }
     }
-    Ok(if all_valid { EXIT_OK } else { EXIT_BAD_INPUT })
+    Ok(if all_valid {
+        Exit::Pass
+    } else {
+        Exit::BadInput
+    })
 }
 
 /// `gauntlet list [PATH...]`: one line per scenario on `out`, its name, its
 /// load's duration and its fault kinds by class, in columns. Invalid files
 /// have their findings written to `err` and make the exit code
-/// [`EXIT_BAD_INPUT`]; the valid ones are still listed.
-pub fn list(paths: &[PathBuf], out: &mut dyn Write, err: &mut dyn Write) -> io::Result<u8> {
+/// [`Exit::BadInput`]; the valid ones are still listed.
+pub fn list(paths: &[PathBuf], out: &mut dyn Write, err: &mut dyn Write) -> io::Result<Exit> {
     let paths = if paths.is_empty() {
         vec![PathBuf::from(DEFAULT_SCENARIO_DIR)]
     } else {
@@ -64,7 +64,7 @@ pub fn list(paths: &[PathBuf], out: &mut dyn Write, err: &mut dyn Write) -> io::
         Ok(files) => files,
         Err(e) => {
             writeln!(err, "error: {e}")?;
-            return Ok(EXIT_BAD_INPUT);
+            return Ok(Exit::BadInput);
         }
     };
     let mut rows = Vec::new();
@@ -88,7 +88,11 @@ pub fn list(paths: &[PathBuf], out: &mut dyn Write, err: &mut dyn Write) -> io::
         let line = format!("{name:<name_width$}  {duration:<duration_width$}  {faults}");
         writeln!(out, "{}", line.trim_end())?;
     }
-    Ok(if all_valid { EXIT_OK } else { EXIT_BAD_INPUT })
+    Ok(if all_valid {
+        Exit::Pass
+    } else {
+        Exit::BadInput
+    })
 }
 
 /// Parses a file, keeping warnings; an unreadable file is one `io` error.

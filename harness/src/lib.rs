@@ -10,6 +10,7 @@ pub mod checks;
 pub mod cli;
 pub mod docker;
 pub mod engine;
+pub mod evidence;
 pub mod images;
 pub mod load;
 pub mod local;

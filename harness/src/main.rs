@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gauntlet::mock_llm::{self, MockLlm};
 use gauntlet::proxy::{self, ProxyServer};
+use orchestrator::exit::Exit;
 
 /// Chaos and property-testing harness for a hardened LLM agent orchestration
 /// system. Exit codes: 0 pass, 1 a check failed, 2 bad input or environment.
@@ -195,7 +196,7 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(Exit::BadInput);
         }
     };
     let result = runtime.block_on(async {
@@ -218,10 +219,10 @@ fn main() -> ExitCode {
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::from(Exit::Pass),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            ExitCode::from(Exit::BadInput)
         }
     }
 }
@@ -239,7 +240,7 @@ fn run_offline(command: &Command) -> Option<ExitCode> {
     Some(match result {
         Ok(code) => ExitCode::from(code),
         // Output failed (a closed pipe): nothing more can be reported.
-        Err(_) => ExitCode::from(gauntlet::cli::EXIT_BAD_INPUT),
+        Err(_) => ExitCode::from(Exit::BadInput),
     })
 }
 
@@ -257,7 +258,7 @@ fn serve_orchestrator(config: PathBuf, listen: Option<SocketAddr>, seed: Option<
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: cannot write diagnostics: {e}");
-            ExitCode::from(2)
+            ExitCode::from(Exit::BadInput)
         }
     }
 }
@@ -319,7 +320,7 @@ fn run_scenarios(args: RunArgs) -> ExitCode {
                 eprintln!(
                     "error: cannot find the gauntlet executable to start the orchestrator with: {e}"
                 );
-                return ExitCode::from(engine::exit::BAD_INPUT);
+                return ExitCode::from(Exit::BadInput);
             }
         },
         Backend::Docker => match gauntlet::images::ImageNames::resolve(
@@ -329,7 +330,7 @@ fn run_scenarios(args: RunArgs) -> ExitCode {
             Ok(names) => engine::Backend::Docker(names),
             Err(e) => {
                 eprintln!("error: {e}");
-                return ExitCode::from(engine::exit::BAD_INPUT);
+                return ExitCode::from(Exit::BadInput);
             }
         },
     };
@@ -343,7 +344,7 @@ fn run_scenarios(args: RunArgs) -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(engine::exit::BAD_INPUT);
+            return ExitCode::from(Exit::BadInput);
         }
     };
     let options = RunOptions {
@@ -415,7 +416,7 @@ fn hog(bytes: u64, victim_pid: Option<u32>) -> ExitCode {
         let path = format!("/proc/{pid}/oom_score_adj");
         if let Err(e) = std::fs::write(&path, "1000") {
             eprintln!("error: cannot write {path}: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(Exit::BadInput);
         }
     }
     let chunks = usize::try_from(bytes.div_ceil(CHUNK_BYTES as u64)).unwrap_or(usize::MAX);
@@ -426,7 +427,7 @@ fn hog(bytes: u64, victim_pid: Option<u32>) -> ExitCode {
     }
     std::thread::sleep(HOLD);
     drop(held);
-    ExitCode::SUCCESS
+    ExitCode::from(Exit::Pass)
 }
 
 /// `gauntlet gc`: the local backend's records, then the Docker backend's
@@ -446,7 +447,7 @@ fn gc(after_pid: Option<u32>) -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(Exit::BadInput);
         }
     };
     runtime.block_on(async {
@@ -463,22 +464,22 @@ fn gc(after_pid: Option<u32>) -> ExitCode {
         }
     });
     if failed {
-        ExitCode::from(2)
+        ExitCode::from(Exit::BadInput)
     } else {
-        ExitCode::SUCCESS
+        ExitCode::from(Exit::Pass)
     }
 }
 
 /// `gauntlet images build`: results on stdout, an error on stderr.
 fn images_build(args: ImagesBuild) -> ExitCode {
     match try_images_build(args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::from(Exit::Pass),
         Err(e) => {
             eprintln!("error: {e:#}");
-            let code = e
+            let exit = e
                 .downcast_ref::<gauntlet::images::ImageError>()
-                .map_or(2, gauntlet::images::ImageError::exit_code);
-            ExitCode::from(code)
+                .map_or(Exit::BadInput, gauntlet::images::ImageError::exit);
+            ExitCode::from(exit)
         }
     }
 }

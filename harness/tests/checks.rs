@@ -6,9 +6,14 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gauntlet::checks::{
-    self, AuditAnswer, BudgetSample, CheckResult, Evidence, FaultSpan, HealthSample, JobFinal,
-    MAX_EVIDENCE_LINES,
+use gauntlet::checks::{self, CheckKind, CheckResult, MAX_EVIDENCE_LINES, Verdict};
+use gauntlet::evidence::db::{
+    AuditHead, AuditRow, BudgetRow, ChargeRow, Database, JobRow, JobState, KeyRow, KeyState,
+    ReservationRow, ReservationState,
+};
+use gauntlet::evidence::{
+    AuditAnswer, BudgetSample, Evidence, FaultRecord, HealthSample, LogEvidence, Settle,
+    ShutdownEvidence, audit,
 };
 use gauntlet::load::{Op, OpKind, Outcome};
 use gauntlet::mock_llm::{CallRecord, Usage};
@@ -16,7 +21,6 @@ use gauntlet::scenario::{
     Invariant, LoadSpec, Mix, Objective, Scenario, Slo, Stage, StoreKind, SystemSpec, Tenant,
     Window,
 };
-use orchestrator::store::{ChargeRecord, ReservationId};
 
 // ---------------------------------------------------------------- builders
 
@@ -78,38 +82,107 @@ fn ok_traffic(from_s: f64, to_s: f64) -> Vec<Op> {
     traffic(from_s, to_s, 50.0, Outcome::Status(200))
 }
 
-fn verified() -> Result<AuditAnswer, String> {
-    Ok(AuditAnswer {
-        ok: true,
-        entries: 10,
-        first_bad_seq: None,
-        reason: None,
-    })
+/// An intact audit chain of `n` entries, hashed as the documented format
+/// says, and its head.
+fn chain(n: i64) -> (Vec<AuditRow>, AuditHead) {
+    let mut rows = Vec::new();
+    let mut prev = vec![0u8; 32];
+    for seq in 1..=n {
+        let mut row = AuditRow {
+            seq,
+            ts_ms: 1_700_000_000_000 + seq,
+            actor: b"system".to_vec(),
+            action: b"task.completed".to_vec(),
+            subject: format!("t{seq}").into_bytes(),
+            details: br#"{"tokens":1}"#.to_vec(),
+            prev_hash: prev.clone(),
+            hash: Vec::new(),
+        };
+        row.hash = audit::entry_hash(&row).to_vec();
+        prev.clone_from(&row.hash);
+        rows.push(row);
+    }
+    (
+        rows,
+        AuditHead {
+            last_seq: n,
+            last_hash: prev,
+        },
+    )
 }
 
-/// Evidence of a 10-second run with this history and nothing else.
+/// A database holding only an intact audit chain of ten entries.
+fn database() -> Database {
+    let (audit, head) = chain(10);
+    Database {
+        schema_version: 2,
+        audit,
+        audit_head: Some(head),
+        ..Database::default()
+    }
+}
+
+/// The service's answer that agrees with `db`'s chain.
+fn agreeing(db: &Database) -> AuditAnswer {
+    AuditAnswer {
+        ok: true,
+        entries: db.audit.len() as u64,
+        first_bad_seq: None,
+        reason: None,
+        head_hash: db.audit.last().map(|r| hex::encode(&r.hash)),
+    }
+}
+
+/// Evidence of a 10-second run with this history and nothing else: an
+/// intact audit chain the service agrees with, a log of 100 lines without
+/// panics, a clean shutdown.
 fn evidence(history: Vec<Op>) -> Evidence {
+    let db = database();
     Evidence {
         history,
         load_end_ms: 10_000.0,
-        faults: BTreeMap::new(),
+        faults: Vec::new(),
         health: Vec::new(),
         budgets: Vec::new(),
-        jobs: BTreeMap::new(),
-        charges: Ok(Vec::new()),
+        settle: Settle::Settled,
+        audit_service: Ok(agreeing(&db)),
+        database: Ok(db),
         journal: Vec::new(),
         journal_dropped: 0,
-        audit_online: verified(),
-        audit_offline: verified(),
         rate_limits: BTreeMap::new(),
-        panics: Vec::new(),
-        process_down: Vec::new(),
+        log: Ok(LogEvidence {
+            lines: 100,
+            panics: Vec::new(),
+        }),
+        shutdown: Ok(ShutdownEvidence {
+            graceful: true,
+            exit: "exit code 0".to_owned(),
+        }),
+    }
+}
+
+/// The database of `e`, to edit.
+fn db(e: &mut Evidence) -> &mut Database {
+    e.database.as_mut().expect("the hand-made database")
+}
+
+/// A fault of `class` applied over `[start_ms, end_ms]`.
+fn fault_record(name: &str, class: &str, start_ms: f64, end_ms: f64) -> FaultRecord {
+    FaultRecord {
+        name: name.to_owned(),
+        kind: "partition".to_owned(),
+        class: class.to_owned(),
+        target: "llm".to_owned(),
+        scheduled_ms: start_ms,
+        applied_ms: Some(start_ms),
+        reverted_ms: Some(end_ms),
+        error: None,
     }
 }
 
 fn with_fault(mut e: Evidence, name: &str, start_ms: f64, end_ms: f64) -> Evidence {
     e.faults
-        .insert(name.to_owned(), FaultSpan { start_ms, end_ms });
+        .push(fault_record(name, "network", start_ms, end_ms));
     e
 }
 
@@ -157,17 +230,29 @@ fn scenario(slos: Vec<Slo>, invariants: Vec<Invariant>) -> Scenario {
     }
 }
 
-/// Judges one SLO through `run_all`, as the engine does.
+/// Judges one SLO through `run_all`, as the engine does (the run checks it
+/// appends are judged by their own tests).
 fn slo(objective: Objective, window: Window, evidence: &Evidence) -> CheckResult {
-    let results = checks::run_all(&scenario(vec![Slo { objective, window }], vec![]), evidence);
-    assert_eq!(results.len(), 1);
-    results.into_iter().next().expect("one result")
+    first(checks::run_all(
+        &scenario(vec![Slo { objective, window }], vec![]),
+        evidence,
+    ))
 }
 
 /// Judges one invariant through `run_all`.
 fn invariant(invariant: Invariant, evidence: &Evidence) -> CheckResult {
-    let results = checks::run_all(&scenario(vec![], vec![invariant]), evidence);
-    assert_eq!(results.len(), 1);
+    first(checks::run_all(
+        &scenario(vec![], vec![invariant]),
+        evidence,
+    ))
+}
+
+/// The scenario's one check; the rest are run checks.
+fn first(results: Vec<CheckResult>) -> CheckResult {
+    assert!(
+        results[1..].iter().all(|r| r.kind == CheckKind::Run),
+        "{results:#?}"
+    );
     results.into_iter().next().expect("one result")
 }
 
@@ -182,30 +267,52 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// The one assertion: the check passed (with no evidence) or failed, with
-/// every `names` found in some evidence line, and within the evidence cap.
+/// The one assertion: the check passed (with no evidence lines and some
+/// evidence judged) or failed, with every `names` found in some evidence
+/// line, and within the evidence cap.
 #[track_caller]
 fn check(case: &str, result: &CheckResult, passes: bool, names: &[&str]) {
+    let expected = if passes { Verdict::Pass } else { Verdict::Fail };
+    check_verdict(case, result, expected, names);
+}
+
+/// The check found none of the evidence it needs: vacuous, saying what was
+/// missing (`names`).
+#[track_caller]
+fn check_vacuous(case: &str, result: &CheckResult, names: &[&str]) {
+    check_verdict(case, result, Verdict::Vacuous, names);
+    assert!(
+        result.evidence.iter().any(|l| l.starts_with("vacuous: ")),
+        "{case}: {:?}",
+        result.evidence
+    );
+}
+
+#[track_caller]
+fn check_verdict(case: &str, result: &CheckResult, expected: Verdict, names: &[&str]) {
     let shown = format!(
-        "{case}: {} {:?} passed={} observed={:?}\n  evidence:\n    {}",
+        "{case}: {} {:?} verdict={:?} exercised={} observed={:?}\n  evidence:\n    {}",
         result.name,
         result.window,
-        result.passed,
+        result.verdict,
+        result.exercised,
         result.observed,
         result.evidence.join("\n    ")
     );
-    assert_eq!(result.passed, passes, "{shown}");
-    if passes {
-        assert!(
-            result.evidence.is_empty(),
-            "a passing check has no evidence: {shown}"
-        );
-        assert!(names.is_empty(), "{case}: a passing case names nothing");
-    } else {
-        assert!(
+    assert_eq!(result.verdict, expected, "{shown}");
+    match expected {
+        Verdict::Pass => {
+            assert!(
+                result.evidence.is_empty(),
+                "a passing check has no evidence lines: {shown}"
+            );
+            assert!(result.exercised > 0, "a pass judged something: {shown}");
+            assert!(names.is_empty(), "{case}: a passing case names nothing");
+        }
+        Verdict::Fail | Verdict::Vacuous => assert!(
             !result.evidence.is_empty(),
             "a failure names its evidence: {shown}"
-        );
+        ),
     }
     for name in names {
         assert!(
@@ -610,6 +717,93 @@ fn a_window_naming_a_fault_never_applied_fails() {
     );
 }
 
+#[test]
+fn an_slo_over_a_window_without_requests_is_vacuous() {
+    // Traffic stops at 5 s; the fault is at 6-8 s.
+    let e = with_fault(evidence(ok_traffic(0.0, 5.0)), "cut", 6000.0, 8000.0);
+    let during = Window::During("cut".to_owned());
+    for objective in [
+        latency(0.99, 1000),
+        Objective::ErrorRate { max: 0.0 },
+        Objective::Availability { min: 1.0 },
+        Objective::Throughput { min_rps: 1.0 },
+    ] {
+        let r = slo(objective, during.clone(), &e);
+        check_vacuous(
+            &r.name.clone(),
+            &r,
+            &["no requests the metric could judge in [6.0s, 8.0s)"],
+        );
+        assert_eq!(r.exercised, 0);
+    }
+    // A sliding window is vacuous where a position has no traffic.
+    let r = slo(
+        latency(0.5, 1000),
+        Window::Every(Duration::from_secs(2)),
+        &e,
+    );
+    check_vacuous("every 2s", &r, &["[5.0s, 7.0s)"]);
+    // Recovery needs answered requests after the fault: cut-off requests
+    // show nothing about the service serving again.
+    let after = Window::After {
+        fault: "cut".to_owned(),
+        delay: Duration::ZERO,
+    };
+    let recovery = Objective::RecoveryTime {
+        max: Duration::from_secs(5),
+        error_rate: 0.05,
+    };
+    let mut unanswered = e.clone();
+    unanswered.history.extend(traffic(
+        8.0,
+        10.0,
+        50.0,
+        Outcome::ConnectError("refused".to_owned()),
+    ));
+    let r = slo(recovery.clone(), after.clone(), &unanswered);
+    check_vacuous(
+        "recovery with no answer",
+        &r,
+        &["no requests the metric could judge"],
+    );
+    let mut answered = e;
+    answered.history.extend(ok_traffic(8.0, 12.0));
+    answered.load_end_ms = 12_000.0;
+    check(
+        "recovery with answers",
+        &slo(recovery, after, &answered),
+        true,
+        &[],
+    );
+}
+
+#[test]
+fn a_before_window_holds_only_requests_over_before_the_fault() {
+    // A request sent at the instant the fault struck, and failed by it, is
+    // not evidence about the system before the fault.
+    let mut struck = task(100_000, 2000.0, Outcome::Status(503));
+    struck.end_ms = 2010.0;
+    let e = with_fault(
+        evidence(concat([ok_traffic(0.0, 2.0), vec![struck]])),
+        "cut",
+        2000.5,
+        4000.0,
+    );
+    let before = Window::Before("cut".to_owned());
+    let r = slo(Objective::ErrorRate { max: 0.0 }, before.clone(), &e);
+    check("in flight at the fault", &r, true, &[]);
+    assert_eq!(r.exercised, 20);
+    // One that failed on its own before the fault counts.
+    let mut failed = e;
+    failed.history[5].outcome = Outcome::Status(503);
+    check(
+        "failed before",
+        &slo(Objective::ErrorRate { max: 0.0 }, before, &failed),
+        false,
+        &["op 5 Task"],
+    );
+}
+
 // -------------------------------------------------------------- invariants
 
 fn job(index: u64, id: &str) -> Op {
@@ -625,19 +819,22 @@ fn job(index: u64, id: &str) -> Op {
     o
 }
 
-fn job_final(state: &str) -> Option<JobFinal> {
-    Some(JobFinal {
-        state: state.to_owned(),
+fn job_row(id: &str, state: JobState) -> JobRow {
+    JobRow {
+        id: id.to_owned(),
+        tenant: "a".to_owned(),
+        state,
         attempts: 1,
+        max_attempts: 5,
         last_error: None,
-    })
+    }
 }
 
 #[test]
 fn no_lost_jobs() {
     let inv = Invariant::NoLostJobs { settle: ms(1000) };
-    // Acknowledged jobs and their final states.
-    let jobs = |states: &[(&str, &str)]| -> Evidence {
+    // Acknowledged jobs and the states the database left them in.
+    let jobs = |states: &[(&str, JobState)]| -> Evidence {
         let mut e = evidence(
             states
                 .iter()
@@ -646,66 +843,98 @@ fn no_lost_jobs() {
                 .collect(),
         );
         for (id, state) in states {
-            e.jobs.insert((*id).to_owned(), job_final(state));
+            db(&mut e).jobs.push(job_row(id, *state));
         }
         e
     };
-    let settled = jobs(&[("job-1", "succeeded"), ("job-2", "dead")]);
-    check("settled", &invariant(inv.clone(), &settled), true, &[]);
+    let settled = jobs(&[("job-1", JobState::Succeeded), ("job-2", JobState::Dead)]);
+    let r = invariant(inv.clone(), &settled);
+    check("settled", &r, true, &[]);
+    assert_eq!(r.exercised, 2);
 
     let mut missing = settled.clone();
     missing.history.push(job(3, "job-3"));
     check(
-        "never looked up",
+        "not in the database",
         &invariant(inv.clone(), &missing),
         false,
-        &["job job-3 was acknowledged but never looked up"],
+        &["job job-3 of tenant a was acknowledged with 202 but the database has no such job"],
     );
 
-    let mut unknown = settled.clone();
-    unknown.history.push(job(3, "job-3"));
-    unknown.jobs.insert("job-3".to_owned(), None);
-    check(
-        "unknown to the service",
-        &invariant(inv.clone(), &unknown),
-        false,
-        &["job job-3 was acknowledged but the service does not know it"],
-    );
-
+    // Raw state: a job the service never settled is seen as it was left.
     let mut queued = settled.clone();
     queued.history.push(job(3, "job-3"));
-    queued.jobs.insert(
-        "job-3".to_owned(),
-        Some(JobFinal {
-            state: "queued".to_owned(),
-            attempts: 2,
-            last_error: Some("provider 503".to_owned()),
-        }),
-    );
+    db(&mut queued).jobs.push(JobRow {
+        attempts: 2,
+        last_error: Some("provider 503".to_owned()),
+        ..job_row("job-3", JobState::Queued)
+    });
+    db(&mut queued)
+        .jobs
+        .push(job_row("job-4", JobState::Running));
+    queued.history.push(job(4, "job-4"));
     check(
-        "still queued",
+        "still queued and running",
         &invariant(inv.clone(), &queued),
         false,
-        &["job job-3 is still queued after 2 attempts (last error: provider 503)"],
+        &[
+            "job job-3 of tenant a is still queued after 2 of 5 attempts (last error: provider 503)",
+            "job job-4 of tenant a is still running after 1 of 5 attempts",
+        ],
+    );
+
+    let mut stolen = settled.clone();
+    db(&mut stolen).jobs[0].tenant = "b".to_owned();
+    check(
+        "another tenant's job",
+        &invariant(inv.clone(), &stolen),
+        false,
+        &["job job-1 was acknowledged to tenant a but the database gives it to b"],
+    );
+
+    let mut timed_out = settled.clone();
+    timed_out.settle = Settle::TimedOut {
+        after_ms: 30_000,
+        pending: "a: 1 queued, 0 running".to_owned(),
+    };
+    check(
+        "the settle wait ran out",
+        &invariant(inv.clone(), &timed_out),
+        false,
+        &["jobs had not settled after 30s: a: 1 queued, 0 running"],
+    );
+
+    let mut unreadable = settled.clone();
+    unreadable.database = Err("data/orchestrator.db: no database file".to_owned());
+    check(
+        "no database",
+        &invariant(inv.clone(), &unreadable),
+        false,
+        &["the database could not be read: data/orchestrator.db: no database file"],
     );
 
     // A job refused with 503 was never acknowledged.
     let mut refused = settled;
     let mut r = job(3, "job-3");
     r.outcome = Outcome::Status(503);
-    refused.history.push(r);
-    check("refused", &invariant(inv, &refused), true, &[]);
+    refused.history.push(r.clone());
+    check("refused", &invariant(inv.clone(), &refused), true, &[]);
+
+    check_vacuous(
+        "nothing acknowledged",
+        &invariant(inv, &evidence(vec![r])),
+        &["no job was acknowledged with 202"],
+    );
 }
 
-fn charge(task_id: &str, tokens: u64) -> ChargeRecord {
-    ChargeRecord {
+fn charge(task_id: &str, tokens: u64) -> ChargeRow {
+    ChargeRow {
         tenant: "a".to_owned(),
-        reservation: ReservationId(1),
+        reservation_id: 1,
         task_id: task_id.to_owned(),
         idempotency_key: None,
         tokens,
         overage_tokens: 0,
-        charged_at_ms: 0,
     }
 }
 
@@ -748,13 +977,11 @@ fn charged_task(index: u64, id: &str) -> Op {
     o
 }
 
-/// Two tasks charged 30 and 40 tokens, as the provider reported, and a
-/// final budget of 70 used.
+/// Two tasks charged 30 and 40 tokens, as the provider reported.
 fn ledger() -> Evidence {
     let mut e = evidence(vec![charged_task(1, "t1"), charged_task(2, "t2")]);
-    e.charges = Ok(vec![charge("t1", 30), charge("t2", 40)]);
+    db(&mut e).charges = vec![charge("t1", 30), charge("t2", 40)];
     e.journal = vec![call(1, "t1", Some(30)), call(2, "t2", Some(40))];
-    e.budgets = vec![budget(500.0, 30, 0, 1000), budget(10_000.0, 70, 0, 1000)];
     e
 }
 
@@ -764,8 +991,7 @@ fn exactly_once_charge() {
     check("consistent", &invariant(inv.clone(), &ledger()), true, &[]);
 
     let mut twice = ledger();
-    twice.charges = Ok(vec![charge("t1", 30), charge("t1", 30), charge("t2", 40)]);
-    twice.budgets = vec![budget(10_000.0, 100, 0, 1000)];
+    db(&mut twice).charges = vec![charge("t1", 30), charge("t1", 30), charge("t2", 40)];
     check(
         "two charges for one task",
         &invariant(inv.clone(), &twice),
@@ -778,7 +1004,7 @@ fn exactly_once_charge() {
     let mut c2 = charge("t2", 40);
     c1.idempotency_key = Some("k".to_owned());
     c2.idempotency_key = Some("k".to_owned());
-    by_key.charges = Ok(vec![c1, c2]);
+    db(&mut by_key).charges = vec![c1, c2];
     check(
         "two charges for one key",
         &invariant(inv.clone(), &by_key),
@@ -787,8 +1013,7 @@ fn exactly_once_charge() {
     );
 
     let mut misreported = ledger();
-    misreported.charges = Ok(vec![charge("t1", 30), charge("t2", 55)]);
-    misreported.budgets = vec![budget(10_000.0, 85, 0, 1000)];
+    db(&mut misreported).charges = vec![charge("t1", 30), charge("t2", 55)];
     check(
         "tokens no call reported",
         &invariant(inv.clone(), &misreported),
@@ -832,9 +1057,9 @@ fn exactly_once_charge() {
     );
 
     let mut job_uncharged = ledger();
-    job_uncharged
+    db(&mut job_uncharged)
         .jobs
-        .insert("j1".to_owned(), job_final("succeeded"));
+        .push(job_row("j1", JobState::Succeeded));
     check(
         "a succeeded job without a charge",
         &invariant(inv.clone(), &job_uncharged),
@@ -842,22 +1067,19 @@ fn exactly_once_charge() {
         &["job j1 succeeded but was never charged"],
     );
 
-    let mut drift = ledger();
-    drift.budgets.push(budget(11_000.0, 80, 0, 1000));
-    check(
-        "used is not the sum",
-        &invariant(inv.clone(), &drift),
-        false,
-        &["tenant a shows 80 tokens used but its charges add up to 70"],
-    );
-
     let mut unreadable = ledger();
-    unreadable.charges = Err("database is locked".to_owned());
+    unreadable.database = Err("database is locked".to_owned());
     check(
         "no ledger",
-        &invariant(inv, &unreadable),
+        &invariant(inv.clone(), &unreadable),
         false,
-        &["the ledger could not be read: database is locked"],
+        &["the database could not be read: database is locked"],
+    );
+
+    check_vacuous(
+        "nothing charged",
+        &invariant(inv, &evidence(vec![])),
+        &["the ledger holds no charge"],
     );
 }
 
@@ -874,43 +1096,211 @@ fn budget_never_overdrawn() {
         false,
         &["tenant a at 1500ms: used 90 + reserved 20 > limit 100"],
     );
+    let mut final_row = evidence(vec![]);
+    db(&mut final_row).budgets = vec![BudgetRow {
+        tenant: "a".to_owned(),
+        limit_tokens: 100,
+        used_tokens: 101,
+        reserved_tokens: 0,
+    }];
     check(
-        "no sample",
-        &invariant(inv, &evidence(vec![])),
+        "over in the database",
+        &invariant(inv.clone(), &final_row),
         false,
-        &["no budget sample was taken"],
+        &["tenant a in the database: used 101 + reserved 0 > limit 100"],
+    );
+    let mut idle = evidence(vec![]);
+    idle.budgets = vec![budget(1000.0, 0, 0, 100)];
+    check_vacuous(
+        "nothing ever spent",
+        &invariant(inv, &idle),
+        &["no budget sample showed any tokens used or reserved"],
+    );
+}
+
+fn reservation(id: i64, task_id: &str, tokens: u64, state: ReservationState) -> ReservationRow {
+    ReservationRow {
+        id,
+        tenant: "a".to_owned(),
+        task_id: task_id.to_owned(),
+        idempotency_key: None,
+        tokens,
+        state,
+    }
+}
+
+/// Tenant a: t1 charged 30 (reservation 1), t2 released (2), nothing held.
+fn conserved() -> Evidence {
+    let mut e = evidence(vec![]);
+    let d = db(&mut e);
+    d.budgets = vec![BudgetRow {
+        tenant: "a".to_owned(),
+        limit_tokens: 1000,
+        used_tokens: 30,
+        reserved_tokens: 0,
+    }];
+    d.reservations = vec![
+        reservation(1, "t1", 100, ReservationState::Charged),
+        reservation(2, "t2", 100, ReservationState::Released),
+    ];
+    d.charges = vec![charge("t1", 30)];
+    e
+}
+
+#[test]
+fn budget_conserved() {
+    let inv = Invariant::BudgetConserved;
+    let r = invariant(inv.clone(), &conserved());
+    check("conserved", &r, true, &[]);
+    assert_eq!(r.exercised, 2);
+
+    let mut drift = conserved();
+    db(&mut drift).budgets[0].used_tokens = 80;
+    check(
+        "used is not the sum of the charges",
+        &invariant(inv.clone(), &drift),
+        false,
+        &["tenant a: used_tokens is 80 but its charges add up to 30"],
+    );
+
+    // A reservation left held, its key in flight, after a clean shutdown.
+    let mut held = conserved();
+    let d = db(&mut held);
+    d.reservations.push(ReservationRow {
+        idempotency_key: Some("k-9".to_owned()),
+        ..reservation(3, "t3", 120, ReservationState::Held)
+    });
+    d.keys.push(KeyRow {
+        tenant: "a".to_owned(),
+        key: "k-9".to_owned(),
+        reservation_id: 3,
+        state: KeyState::InFlight,
+    });
+    d.budgets[0].reserved_tokens = 120;
+    check(
+        "held after a clean shutdown",
+        &invariant(inv.clone(), &held),
+        false,
+        &[
+            "reservation 3 of tenant a (task t3, key k-9) still holds 120 tokens after a clean shutdown",
+            "key k-9 of tenant a is still in flight after a clean shutdown (reservation 3)",
+        ],
+    );
+    // After a crash, what a dead process held is for recovery to settle.
+    let mut crashed = held.clone();
+    crashed.shutdown = Ok(ShutdownEvidence {
+        graceful: false,
+        exit: "killed by SIGKILL".to_owned(),
+    });
+    check(
+        "held after a crash",
+        &invariant(inv.clone(), &crashed),
+        true,
+        &[],
+    );
+    // ... but the sums must still hold.
+    db(&mut crashed).budgets[0].reserved_tokens = 0;
+    check(
+        "reserved is not the sum of the held",
+        &invariant(inv.clone(), &crashed),
+        false,
+        &["tenant a: reserved_tokens is 0 but its held reservations add up to 120"],
+    );
+
+    let mut unsettled = conserved();
+    db(&mut unsettled).reservations[0].state = ReservationState::Released;
+    check(
+        "a charge on a released reservation",
+        &invariant(inv.clone(), &unsettled),
+        false,
+        &["the charge of task t1 settles reservation 1, which is released"],
+    );
+
+    check_vacuous(
+        "no reservation",
+        &invariant(inv, &evidence(vec![])),
+        &["no reservation was ever made"],
     );
 }
 
 #[test]
 fn audit_chain_intact() {
     let inv = Invariant::AuditChainIntact;
-    check(
-        "both verify",
-        &invariant(inv.clone(), &evidence(vec![])),
-        true,
-        &[],
-    );
+    let r = invariant(inv.clone(), &evidence(vec![]));
+    check("intact, and the service agrees", &r, true, &[]);
+    assert_eq!(r.exercised, 10);
+
+    // Edited in place: the harness's own verifier names the entry, and the
+    // service, which said it verified, disagrees with it.
     let mut tampered = evidence(vec![]);
-    tampered.audit_offline = Ok(AuditAnswer {
-        ok: false,
-        entries: 40,
-        first_bad_seq: Some(17),
-        reason: Some("hash mismatch".to_owned()),
-    });
+    db(&mut tampered).audit[6].details = br#"{"tokens":9}"#.to_vec();
     check(
-        "offline tampered",
+        "an entry edited",
         &invariant(inv.clone(), &tampered),
         false,
-        &["offline: entry 17 does not verify: hash mismatch"],
+        &[
+            "entry 7 does not verify by the documented hash",
+            "the service verified 10 entries but entry 7 among them does not verify",
+        ],
     );
-    let mut unreachable = evidence(vec![]);
-    unreachable.audit_online = Err("connection refused".to_owned());
+
+    let mut says_bad = evidence(vec![]);
+    says_bad.audit_service = Ok(AuditAnswer {
+        ok: false,
+        entries: 10,
+        first_bad_seq: Some(4),
+        reason: Some("hash mismatch".to_owned()),
+        head_hash: None,
+    });
     check(
-        "online unreachable",
-        &invariant(inv, &unreachable),
+        "the service finds what the harness does not",
+        &invariant(inv.clone(), &says_bad),
         false,
-        &["online: verification failed: connection refused"],
+        &["the service says entry 4 does not verify: hash mismatch"],
+    );
+
+    // The service verified a chain the database copy does not hold.
+    let mut forked = evidence(vec![]);
+    if let Ok(answer) = &mut forked.audit_service {
+        answer.head_hash = Some("ab".repeat(32));
+    }
+    check(
+        "another head",
+        &invariant(inv.clone(), &forked),
+        false,
+        &["entry 10: the service's head hash abababababab is not the hash the database holds"],
+    );
+    let mut longer = evidence(vec![]);
+    if let Ok(answer) = &mut longer.audit_service {
+        answer.entries = 12;
+    }
+    check(
+        "the service saw more",
+        &invariant(inv.clone(), &longer),
+        false,
+        &["the service verified 12 entries but the database holds 10"],
+    );
+
+    let mut unreachable = evidence(vec![]);
+    unreachable.audit_service = Err("connection refused".to_owned());
+    check(
+        "service unreachable",
+        &invariant(inv.clone(), &unreachable),
+        false,
+        &["the service's verification failed: connection refused"],
+    );
+
+    let mut empty = evidence(vec![]);
+    db(&mut empty).audit.clear();
+    db(&mut empty).audit_head = Some(AuditHead {
+        last_seq: 0,
+        last_hash: vec![0; 32],
+    });
+    empty.audit_service = Ok(agreeing(&Database::default()));
+    check_vacuous(
+        "no entry",
+        &invariant(inv, &empty),
+        &["the audit log holds no entry"],
     );
 }
 
@@ -973,10 +1363,11 @@ fn idempotent_replay_consistent() {
             &["key k1: op 1 and op 2 were answered with different jobs (j1 and j2)"],
         ),
         (
-            "different keys",
+            "one key twice, another once",
             vec![
                 keyed(1, OpKind::Task, "k1", "a", "t1"),
                 keyed(2, OpKind::Task, "k2", "b", "t2"),
+                keyed(3, OpKind::Task, "k1", "a", "t1"),
             ],
             true,
             &[],
@@ -990,6 +1381,29 @@ fn idempotent_replay_consistent() {
             names,
         );
     }
+    // No key used twice: nothing to compare.
+    check_vacuous(
+        "different keys",
+        &invariant(
+            inv.clone(),
+            &evidence(vec![
+                keyed(1, OpKind::Task, "k1", "a", "t1"),
+                keyed(2, OpKind::Task, "k2", "b", "t2"),
+            ]),
+        ),
+        &["no idempotency key was used again after a success"],
+    );
+    // A key whose first use failed was never answered to compare with.
+    let mut failed_first = keyed(1, OpKind::Task, "k1", "a", "t1");
+    failed_first.outcome = Outcome::Status(503);
+    check_vacuous(
+        "first use failed",
+        &invariant(
+            inv,
+            &evidence(vec![failed_first, keyed(2, OpKind::Task, "k1", "a", "t1")]),
+        ),
+        &["no idempotency key was used again after a success"],
+    );
 }
 
 #[test]
@@ -1033,9 +1447,14 @@ fn allowed_statuses_count_no_answer_as_zero() {
     assert_eq!(r.observed, "0: 2, 200: 1, 429: 1");
     check(
         "a 500",
-        &invariant(with_zero, &evidence(server_error)),
+        &invariant(with_zero.clone(), &evidence(server_error)),
         false,
         &["op 6 Task tenant a at 600ms: status 500", "req-6"],
+    );
+    check_vacuous(
+        "nothing sent",
+        &invariant(with_zero, &evidence(vec![task(1, 100.0, Outcome::NotSent)])),
+        &["no request was sent"],
     );
 }
 
@@ -1048,7 +1467,14 @@ fn rate_limit_respected() {
             .map(|i| task(i, 1000.0 + i as f64 * 10.0, Outcome::Status(status)))
             .collect()
     };
-    let limited = |history: Vec<Op>| {
+    // Every case but the last has one 429 with Retry-After, long before.
+    let refused = || {
+        let mut o = task(500, 100.0, Outcome::Status(429));
+        o.retry_after = Some("1".to_owned());
+        o
+    };
+    let limited = |mut history: Vec<Op>| {
+        history.push(refused());
         let mut e = evidence(history);
         e.rate_limits.insert("a".to_owned(), (10, 5));
         e
@@ -1073,20 +1499,23 @@ fn rate_limit_respected() {
         &[],
     );
 
-    let mut with_retry = task(100, 500.0, Outcome::Status(429));
-    with_retry.retry_after = Some("1".to_owned());
-    check(
-        "429 with Retry-After",
-        &invariant(inv.clone(), &limited(vec![with_retry])),
-        true,
-        &[],
-    );
+    let r = invariant(inv.clone(), &limited(vec![]));
+    check("a 429 with Retry-After", &r, true, &[]);
+    assert_eq!(r.exercised, 1);
     let bare = task(101, 600.0, Outcome::Status(429));
     check(
         "429 without Retry-After",
-        &invariant(inv, &limited(vec![bare])),
+        &invariant(inv.clone(), &limited(vec![bare])),
         false,
         &["429 without Retry-After: op 101", "req-101"],
+    );
+    // The load never went over the limit: nothing shows the limiter works.
+    let mut calm = evidence(burst(10, 200));
+    calm.rate_limits.insert("a".to_owned(), (10, 5));
+    check_vacuous(
+        "no 429",
+        &invariant(inv, &calm),
+        &["no request was refused with 429"],
     );
 }
 
@@ -1169,8 +1598,11 @@ fn ready_reflects_faults() {
         false,
         &["live answered nothing at 1000ms while the process was meant to be up"],
     );
+    // A process fault (and the restart grace after it) covers the sample.
     let mut expected_down = run(live_fails);
-    expected_down.process_down = vec![(900.0, 1100.0)];
+    expected_down
+        .faults
+        .push(fault_record("kill", "process", 900.0, 950.0));
     check(
         "live fails while meant to be down",
         &invariant(inv.clone(), &expected_down),
@@ -1178,13 +1610,21 @@ fn ready_reflects_faults() {
         &[],
     );
 
-    let mut ghost = run(reflects);
+    let mut ghost = run(reflects.clone());
     ghost.faults.clear();
     check(
         "fault never applied",
-        &invariant(inv, &ghost),
+        &invariant(inv.clone(), &ghost),
         false,
         &["fault cut was never applied"],
+    );
+
+    // Probes stopped before the fault: nothing shows what ready said in it.
+    let early: Vec<HealthSample> = reflects.into_iter().filter(|s| s.at_ms < 1500.0).collect();
+    check_vacuous(
+        "no probe inside the fault",
+        &invariant(inv, &run(early)),
+        &["no health probe fell inside cut"],
     );
 }
 
@@ -1197,15 +1637,89 @@ fn no_panics() {
         &[],
     );
     let mut e = evidence(vec![]);
-    e.panics = vec![(
-        12,
-        "thread 'worker' panicked at src/store/jobs.rs:40:5".to_owned(),
-    )];
+    e.log = Ok(LogEvidence::from_text(&format!(
+        "{}thread 'worker' panicked at src/store/jobs.rs:40:5\n",
+        "ok\n".repeat(11)
+    )));
     check(
         "a panic",
         &invariant(Invariant::NoPanics, &e),
         false,
         &["log line 12: thread 'worker' panicked at src/store/jobs.rs:40:5"],
+    );
+    let mut unread = evidence(vec![]);
+    unread.log = Err("orchestrator.log: no such file".to_owned());
+    check(
+        "no log",
+        &invariant(Invariant::NoPanics, &unread),
+        false,
+        &["the orchestrator's log could not be read: orchestrator.log: no such file"],
+    );
+    let mut empty = evidence(vec![]);
+    empty.log = Ok(LogEvidence::from_text(""));
+    check_vacuous(
+        "an empty log",
+        &invariant(Invariant::NoPanics, &empty),
+        &["the orchestrator's log is empty"],
+    );
+}
+
+// -------------------------------------------------------------- run checks
+
+/// The run checks `run_all` appends after the scenario's own.
+fn run_checks(e: &Evidence) -> Vec<CheckResult> {
+    checks::run_all(&scenario(vec![], vec![]), e)
+}
+
+#[test]
+fn every_fault_is_checked_applied_and_the_shutdown_clean() {
+    let mut e = with_fault(evidence(vec![]), "cut", 2000.0, 4000.0);
+    e.faults.push(FaultRecord {
+        error: Some("could not apply: the proxy answered 500".to_owned()),
+        applied_ms: None,
+        reverted_ms: None,
+        ..fault_record("slow", "network", 5000.0, 6000.0)
+    });
+    let results = run_checks(&e);
+    let names: Vec<(&str, Option<&str>)> = results
+        .iter()
+        .map(|r| (r.name.as_str(), r.window.as_deref()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("fault_applied", Some("cut")),
+            ("fault_applied", Some("slow")),
+            ("clean_shutdown", None)
+        ]
+    );
+    check("applied", &results[0], true, &[]);
+    check(
+        "not applied",
+        &results[1],
+        false,
+        &["fault slow (partition): could not apply: the proxy answered 500"],
+    );
+    check("clean", &results[2], true, &[]);
+
+    let mut killed = evidence(vec![]);
+    killed.shutdown = Ok(ShutdownEvidence {
+        graceful: false,
+        exit: "killed by SIGKILL".to_owned(),
+    });
+    check(
+        "not graceful",
+        &run_checks(&killed)[0],
+        false,
+        &["the orchestrator did not stop gracefully: killed by SIGKILL"],
+    );
+    let mut lost = evidence(vec![]);
+    lost.shutdown = Err("no such container".to_owned());
+    check(
+        "no stop",
+        &run_checks(&lost)[0],
+        false,
+        &["the orchestrator could not be stopped: no such container"],
     );
 }
 

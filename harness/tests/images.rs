@@ -133,7 +133,7 @@ fn invalid_names_say_what_is_wrong_and_where_it_came_from() {
             ),
         };
         let error = result.expect_err(value);
-        assert_eq!(error.exit_code(), 2);
+        assert_eq!(error.exit(), orchestrator::exit::Exit::BadInput);
         report.push_str(&format!("{error}\n"));
     }
     insta::assert_snapshot!(report);

@@ -287,7 +287,7 @@ fn run(
         &[PathBuf],
         &mut dyn std::io::Write,
         &mut dyn std::io::Write,
-    ) -> std::io::Result<u8>,
+    ) -> std::io::Result<orchestrator::exit::Exit>,
     args: &[&str],
 ) -> String {
     let paths: Vec<PathBuf> = args.iter().map(PathBuf::from).collect();

@@ -5,14 +5,8 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 
 use crate::config::{self, Level, ValidateOptions};
+use crate::exit::Exit;
 use crate::yaml::Severity;
-
-/// Exit code: every check passed.
-pub const EXIT_OK: u8 = 0;
-/// Exit code: a check failed (used by commands that check a running system).
-pub const EXIT_CHECK_FAILED: u8 = 1;
-/// Exit code: bad input (a file, a configuration, arguments) or an unusable environment.
-pub const EXIT_BAD_INPUT: u8 = 2;
 
 /// Output format of `config validate`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -37,13 +31,13 @@ pub struct ValidateArgs {
     pub env: Vec<(String, String)>,
 }
 
-/// Validates every file and reports. Returns [`EXIT_OK`] when all are valid
-/// (warnings allowed) and [`EXIT_BAD_INPUT`] otherwise.
+/// Validates every file and reports. Returns [`Exit::Pass`] when all are valid
+/// (warnings allowed) and [`Exit::BadInput`] otherwise.
 pub fn config_validate(
     args: &ValidateArgs,
     out: &mut dyn Write,
     err: &mut dyn Write,
-) -> io::Result<u8> {
+) -> io::Result<Exit> {
     let options = ValidateOptions {
         level: args.level,
         overrides: config::env_overrides(args.env.iter().cloned()),
@@ -90,7 +84,11 @@ pub fn config_validate(
         serde_json::to_writer_pretty(&mut *out, &doc)?;
         writeln!(out)?;
     }
-    Ok(if all_valid { EXIT_OK } else { EXIT_BAD_INPUT })
+    Ok(if all_valid {
+        Exit::Pass
+    } else {
+        Exit::BadInput
+    })
 }
 
 fn plural(n: usize, word: &str) -> String {
@@ -102,10 +100,10 @@ fn plural(n: usize, word: &str) -> String {
 }
 
 /// Prints the configuration's JSON Schema.
-pub fn config_schema(out: &mut dyn Write) -> io::Result<u8> {
+pub fn config_schema(out: &mut dyn Write) -> io::Result<Exit> {
     serde_json::to_writer_pretty(&mut *out, &config::json_schema())?;
     writeln!(out)?;
-    Ok(EXIT_OK)
+    Ok(Exit::Pass)
 }
 
 /// Arguments of `audit verify`.
@@ -118,19 +116,19 @@ pub struct AuditVerifyArgs {
 }
 
 /// Verifies a database's audit chain offline (read-only; the service may be
-/// running). Returns [`EXIT_OK`] when it is intact, [`EXIT_CHECK_FAILED`]
-/// when an entry does not verify (naming the first), and [`EXIT_BAD_INPUT`]
+/// running). Returns [`Exit::Pass`] when it is intact, [`Exit::CheckFailed`]
+/// when an entry does not verify (naming the first), and [`Exit::BadInput`]
 /// when the file cannot be read or holds no audit log.
 pub fn audit_verify(
     args: &AuditVerifyArgs,
     out: &mut dyn Write,
     err: &mut dyn Write,
-) -> io::Result<u8> {
+) -> io::Result<Exit> {
     let verification = match crate::store::verify_audit_file(&args.db) {
         Ok(v) => v,
         Err(e) => {
             writeln!(err, "error: {e}")?;
-            return Ok(EXIT_BAD_INPUT);
+            return Ok(Exit::BadInput);
         }
     };
     let name = args.db.display();
@@ -158,9 +156,9 @@ pub fn audit_verify(
         },
     }
     Ok(if verification.ok {
-        EXIT_OK
+        Exit::Pass
     } else {
-        EXIT_CHECK_FAILED
+        Exit::CheckFailed
     })
 }
 
@@ -180,9 +178,9 @@ pub struct ServeArgs {
 }
 
 /// Validates the configuration, then serves until SIGINT or SIGTERM.
-/// Returns [`EXIT_OK`] after a graceful shutdown and [`EXIT_BAD_INPUT`] when
+/// Returns [`Exit::Pass`] after a graceful shutdown and [`Exit::BadInput`] when
 /// the configuration is invalid or the service cannot start.
-pub fn serve(args: ServeArgs, err: &mut dyn Write) -> io::Result<u8> {
+pub fn serve(args: ServeArgs, err: &mut dyn Write) -> io::Result<Exit> {
     let options = ValidateOptions {
         level: args.level,
         overrides: config::env_overrides(args.env.iter().cloned()),
@@ -195,7 +193,7 @@ pub fn serve(args: ServeArgs, err: &mut dyn Write) -> io::Result<u8> {
     }
     let Some(config) = outcome.config else {
         writeln!(err, "error: {name} is invalid; not starting")?;
-        return Ok(EXIT_BAD_INPUT);
+        return Ok(Exit::BadInput);
     };
     init_logging(config.observability.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -205,7 +203,7 @@ pub fn serve(args: ServeArgs, err: &mut dyn Write) -> io::Result<u8> {
         Ok(r) => r,
         Err(e) => {
             writeln!(err, "error: cannot start the async runtime: {e}")?;
-            return Ok(EXIT_BAD_INPUT);
+            return Ok(Exit::BadInput);
         }
     };
     let serve_options = crate::ServeOptions {
@@ -224,10 +222,10 @@ pub fn serve(args: ServeArgs, err: &mut dyn Write) -> io::Result<u8> {
     // anything left is released by crash recovery at the next start.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
-        Ok(()) => Ok(EXIT_OK),
+        Ok(()) => Ok(Exit::Pass),
         Err(e) => {
             writeln!(err, "error: {e}")?;
-            Ok(EXIT_BAD_INPUT)
+            Ok(Exit::BadInput)
         }
     }
 }

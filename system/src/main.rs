@@ -134,10 +134,12 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => ExitCode::from(code),
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+            ExitCode::from(orchestrator::exit::Exit::Pass)
+        }
         Err(e) => {
             let _ = writeln!(stderr.lock(), "error: cannot write output: {e}");
-            ExitCode::from(cli::EXIT_BAD_INPUT)
+            ExitCode::from(orchestrator::exit::Exit::BadInput)
         }
     }
 }

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use super::slo::{describe_op, was_sent};
 use super::{CheckResult, Evidence};
+use crate::evidence::Settle;
+use crate::evidence::audit;
+use crate::evidence::db::{Database, JobRow, JobState, KeyState, ReservationState};
 use crate::load::{Op, OpKind, Outcome};
 
 /// Slack allowed on a rate limit, for the time between the client sending a
@@ -13,56 +16,86 @@ use crate::load::{Op, OpKind, Outcome};
 /// admitted ≤ rate × (interval + slack) + burst.
 const RATE_LIMIT_SLACK_MS: f64 = 250.0;
 
-/// Every job acknowledged with 202 ends succeeded or dead (in the DLQ).
+/// The database, or a violation saying why it could not be read.
+fn database<'e>(r: &mut CheckResult, evidence: &'e Evidence) -> Option<&'e Database> {
+    match &evidence.database {
+        Ok(db) => Some(db),
+        Err(why) => {
+            r.violation(format!("the database could not be read: {why}"));
+            r.observed = "no database".to_owned();
+            None
+        }
+    }
+}
+
+/// Every job acknowledged with 202 ends succeeded or dead (in the DLQ), as
+/// the database left it; a settle wait that ran out is a violation too.
 pub(super) fn no_lost_jobs(evidence: &Evidence) -> CheckResult {
     let mut r = CheckResult::invariant(
         "no_lost_jobs",
         "every acknowledged job ends succeeded or dead",
     );
-    let acknowledged: BTreeSet<&str> = evidence
+    let acknowledged: BTreeMap<&str, &str> = evidence
         .history
         .iter()
         .filter(|op| op.kind == OpKind::Job && op.outcome == Outcome::Status(202))
-        .filter_map(|op| op.resource_id.as_deref())
+        .filter_map(|op| Some((op.resource_id.as_deref()?, op.tenant.as_str())))
         .collect();
+    let count = acknowledged.len() as u64;
+    let missing = || "no job was acknowledged with 202".to_owned();
     let mut violations = 0;
+    if let Settle::TimedOut { after_ms, pending } = &evidence.settle {
+        violations += 1;
+        r.violation(format!(
+            "jobs had not settled after {:.0}s: {pending}",
+            *after_ms as f64 / 1000.0
+        ));
+    }
+    let Some(db) = database(&mut r, evidence) else {
+        return r.finish(violations + 1).exercised(count, missing);
+    };
+    let jobs: BTreeMap<&str, &JobRow> = db.jobs.iter().map(|j| (j.id.as_str(), j)).collect();
     let mut states: BTreeMap<&str, usize> = BTreeMap::new();
-    for id in &acknowledged {
-        match evidence.jobs.get(*id) {
-            Some(Some(job)) if job.state == "succeeded" || job.state == "dead" => {
-                *states.entry(job.state.as_str()).or_default() += 1;
-            }
-            Some(Some(job)) => {
+    for (id, tenant) in &acknowledged {
+        match jobs.get(id) {
+            Some(job) if job.tenant != *tenant => {
                 violations += 1;
                 r.violation(format!(
-                    "job {id} is still {} after {} attempts{}",
-                    job.state,
+                    "job {id} was acknowledged to tenant {tenant} but the database gives it to {}",
+                    job.tenant
+                ));
+            }
+            Some(job) if job.state.is_final() => {
+                *states.entry(job.state.as_str()).or_default() += 1;
+            }
+            Some(job) => {
+                violations += 1;
+                r.violation(format!(
+                    "job {id} of tenant {tenant} is still {} after {} of {} attempts{}",
+                    job.state.as_str(),
                     job.attempts,
+                    job.max_attempts,
                     job.last_error
                         .as_deref()
                         .map(|e| format!(" (last error: {e})"))
                         .unwrap_or_default()
                 ));
             }
-            Some(None) => {
-                violations += 1;
-                r.violation(format!(
-                    "job {id} was acknowledged but the service does not know it"
-                ));
-            }
             None => {
                 violations += 1;
-                r.violation(format!("job {id} was acknowledged but never looked up"));
+                r.violation(format!(
+                    "job {id} of tenant {tenant} was acknowledged with 202 but the database has no such job"
+                ));
             }
         }
     }
     r.observed = format!(
-        "{} acknowledged: {} succeeded, {} dead, {violations} lost or unsettled",
-        acknowledged.len(),
+        "{count} acknowledged: {} succeeded, {} dead, {} lost or unsettled",
         states.get("succeeded").copied().unwrap_or(0),
         states.get("dead").copied().unwrap_or(0),
+        count as usize - states.values().sum::<usize>(),
     );
-    r.finish(violations)
+    r.finish(violations).exercised(count, missing)
 }
 
 /// One charge per task and per idempotency key; every successful task and
@@ -73,14 +106,10 @@ pub(super) fn exactly_once_charge(evidence: &Evidence) -> CheckResult {
         "exactly_once_charge",
         "one charge per task and key, equal to the provider's reported usage",
     );
-    let charges = match &evidence.charges {
-        Ok(c) => c,
-        Err(why) => {
-            r.violation(format!("the ledger could not be read: {why}"));
-            r.observed = "no ledger".to_owned();
-            return r;
-        }
+    let Some(db) = database(&mut r, evidence) else {
+        return r;
     };
+    let charges = &db.charges;
     let mut violations = 0;
     let mut by_task: BTreeMap<&str, usize> = BTreeMap::new();
     let mut by_key: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
@@ -125,13 +154,10 @@ pub(super) fn exactly_once_charge(evidence: &Evidence) -> CheckResult {
             ));
         }
     }
-    for (id, job) in &evidence.jobs {
-        if let Some(job) = job
-            && job.state == "succeeded"
-            && !by_task.contains_key(id.as_str())
-        {
+    for job in &db.jobs {
+        if job.state == JobState::Succeeded && !by_task.contains_key(job.id.as_str()) {
             violations += 1;
-            r.violation(format!("job {id} succeeded but was never charged"));
+            r.violation(format!("job {} succeeded but was never charged", job.id));
         }
     }
     // The ledger against the provider's journal: the provider keys its calls
@@ -181,24 +207,6 @@ pub(super) fn exactly_once_charge(evidence: &Evidence) -> CheckResult {
             }
         }
     }
-    // Each tenant's final usage equals the sum of its charges.
-    let mut charged: BTreeMap<&str, u64> = BTreeMap::new();
-    for c in charges {
-        *charged.entry(c.tenant.as_str()).or_default() += c.tokens;
-    }
-    let mut last: BTreeMap<&str, u64> = BTreeMap::new();
-    for b in &evidence.budgets {
-        last.insert(b.tenant.as_str(), b.used_tokens);
-    }
-    for (tenant, used) in &last {
-        let sum = charged.get(tenant).copied().unwrap_or(0);
-        if *used != sum {
-            violations += 1;
-            r.violation(format!(
-                "tenant {tenant} shows {used} tokens used but its charges add up to {sum}"
-            ));
-        }
-    }
     r.observed = format!(
         "{} charges over {} tasks; {} provider calls journalled{}",
         charges.len(),
@@ -210,62 +218,261 @@ pub(super) fn exactly_once_charge(evidence: &Evidence) -> CheckResult {
             String::new()
         }
     );
-    r.finish(violations)
+    r.finish(violations).exercised(charges.len() as u64, || {
+        "the ledger holds no charge: nothing succeeded".to_owned()
+    })
 }
 
-/// No sample ever shows a tenant's used plus reserved tokens over its limit.
+/// No budget, sampled through the API during the run or read from the
+/// database at the end, shows used plus reserved tokens over its limit.
 pub(super) fn budget_never_overdrawn(evidence: &Evidence) -> CheckResult {
     let mut r = CheckResult::invariant("budget_never_overdrawn", "used + reserved <= limit");
     let mut violations = 0;
-    for b in &evidence.budgets {
-        if b.used_tokens + b.reserved_tokens > b.limit_tokens {
+    let mut spending = 0u64;
+    let mut judge = |r: &mut CheckResult, what: String, used: u64, reserved: u64, limit: u64| {
+        if used + reserved > 0 {
+            spending += 1;
+        }
+        if used.saturating_add(reserved) > limit {
             violations += 1;
             r.violation(format!(
-                "tenant {} at {:.0}ms: used {} + reserved {} > limit {}",
-                b.tenant, b.at_ms, b.used_tokens, b.reserved_tokens, b.limit_tokens
+                "{what}: used {used} + reserved {reserved} > limit {limit}"
+            ));
+        }
+    };
+    for b in &evidence.budgets {
+        judge(
+            &mut r,
+            format!("tenant {} at {:.0}ms", b.tenant, b.at_ms),
+            b.used_tokens,
+            b.reserved_tokens,
+            b.limit_tokens,
+        );
+    }
+    let rows = match &evidence.database {
+        Ok(db) => {
+            for b in &db.budgets {
+                judge(
+                    &mut r,
+                    format!("tenant {} in the database", b.tenant),
+                    b.used_tokens,
+                    b.reserved_tokens,
+                    b.limit_tokens,
+                );
+            }
+            db.budgets.len()
+        }
+        Err(why) => {
+            violations += 1;
+            r.violation(format!("the database could not be read: {why}"));
+            0
+        }
+    };
+    r.observed = format!(
+        "{} samples and {rows} budgets in the database, {spending} with tokens used or reserved",
+        evidence.budgets.len()
+    );
+    r.finish(violations).exercised(spending, || {
+        "no budget sample showed any tokens used or reserved".to_owned()
+    })
+}
+
+/// Budgets add up: per tenant, `used` is the sum of its charges and
+/// `reserved` the sum of its held reservations; every charge settles a
+/// reservation in state `charged`; and after a clean shutdown no reservation
+/// is held and no idempotency key is in flight.
+pub(super) fn budget_conserved(evidence: &Evidence) -> CheckResult {
+    let mut r = CheckResult::invariant(
+        "budget_conserved",
+        "used = sum of charges, reserved = sum of held reservations; none held after a clean shutdown",
+    );
+    let Some(db) = database(&mut r, evidence) else {
+        return r;
+    };
+    let mut violations = 0;
+    let mut charged: BTreeMap<&str, u64> = BTreeMap::new();
+    for c in &db.charges {
+        *charged.entry(c.tenant.as_str()).or_default() += c.tokens;
+    }
+    let mut held: BTreeMap<&str, u64> = BTreeMap::new();
+    for res in db
+        .reservations
+        .iter()
+        .filter(|r| r.state == ReservationState::Held)
+    {
+        *held.entry(res.tenant.as_str()).or_default() += res.tokens;
+    }
+    let budgets: BTreeSet<&str> = db.budgets.iter().map(|b| b.tenant.as_str()).collect();
+    for b in &db.budgets {
+        let sum = charged.get(b.tenant.as_str()).copied().unwrap_or(0);
+        if b.used_tokens != sum {
+            violations += 1;
+            r.violation(format!(
+                "tenant {}: used_tokens is {} but its charges add up to {sum}",
+                b.tenant, b.used_tokens
+            ));
+        }
+        let sum = held.get(b.tenant.as_str()).copied().unwrap_or(0);
+        if b.reserved_tokens != sum {
+            violations += 1;
+            r.violation(format!(
+                "tenant {}: reserved_tokens is {} but its held reservations add up to {sum}",
+                b.tenant, b.reserved_tokens
             ));
         }
     }
-    if evidence.budgets.is_empty() {
-        violations += 1;
-        r.violation("no budget sample was taken");
+    for tenant in charged.keys().chain(held.keys()) {
+        if !budgets.contains(tenant) {
+            violations += 1;
+            r.violation(format!(
+                "tenant {tenant} has charges or reservations but no budget row"
+            ));
+        }
     }
-    r.observed = format!("{} samples", evidence.budgets.len());
-    r.finish(violations)
-}
-
-/// The audit chain verifies through the API and offline.
-pub(super) fn audit_chain_intact(evidence: &Evidence) -> CheckResult {
-    let mut r = CheckResult::invariant(
-        "audit_chain_intact",
-        "the chain verifies online and offline",
-    );
-    let mut violations = 0;
-    let mut entries = 0;
-    for (how, answer) in [
-        ("online", &evidence.audit_online),
-        ("offline", &evidence.audit_offline),
-    ] {
-        match answer {
-            Ok(a) if a.ok => entries = entries.max(a.entries),
-            Ok(a) => {
+    let states: BTreeMap<i64, ReservationState> =
+        db.reservations.iter().map(|r| (r.id, r.state)).collect();
+    for c in &db.charges {
+        match states.get(&c.reservation_id) {
+            Some(ReservationState::Charged) => {}
+            other => {
                 violations += 1;
                 r.violation(format!(
-                    "{how}: entry {} does not verify: {}",
-                    a.first_bad_seq
-                        .map(|s| s.to_string())
-                        .unwrap_or_else(|| "?".to_owned()),
-                    a.reason.as_deref().unwrap_or("no reason given")
+                    "the charge of task {} settles reservation {}, which is {}",
+                    c.task_id,
+                    c.reservation_id,
+                    other.map_or("missing".to_owned(), |s| format!("{s:?}").to_lowercase())
                 ));
-            }
-            Err(why) => {
-                violations += 1;
-                r.violation(format!("{how}: verification failed: {why}"));
             }
         }
     }
-    r.observed = format!("{entries} entries");
+    let clean = matches!(&evidence.shutdown, Ok(s) if s.graceful);
+    let mut left_held = 0;
+    let mut left_in_flight = 0;
+    if clean {
+        for res in db
+            .reservations
+            .iter()
+            .filter(|r| r.state == ReservationState::Held)
+        {
+            left_held += 1;
+            violations += 1;
+            r.violation(format!(
+                "reservation {} of tenant {} (task {}{}) still holds {} tokens after a clean shutdown",
+                res.id,
+                res.tenant,
+                res.task_id,
+                res.idempotency_key
+                    .as_deref()
+                    .map(|k| format!(", key {k}"))
+                    .unwrap_or_default(),
+                res.tokens
+            ));
+        }
+        for key in db.keys.iter().filter(|k| k.state == KeyState::InFlight) {
+            left_in_flight += 1;
+            violations += 1;
+            r.violation(format!(
+                "key {} of tenant {} is still in flight after a clean shutdown (reservation {})",
+                key.key, key.tenant, key.reservation_id
+            ));
+        }
+    }
+    r.observed = format!(
+        "{} tenants, {} reservations, {} charges{}",
+        db.budgets.len(),
+        db.reservations.len(),
+        db.charges.len(),
+        if clean {
+            format!("; after a clean shutdown {left_held} held, {left_in_flight} keys in flight")
+        } else {
+            "; the shutdown was not clean, so held reservations were not judged".to_owned()
+        }
+    );
     r.finish(violations)
+        .exercised(db.reservations.len() as u64, || {
+            "no reservation was ever made".to_owned()
+        })
+}
+
+/// The audit chain the database holds verifies with the harness's own
+/// implementation of the documented hash; the service's own verification
+/// (`GET /v1/audit/verify`, before shutdown) agrees with it, entry for entry.
+pub(super) fn audit_chain_intact(evidence: &Evidence) -> CheckResult {
+    let mut r = CheckResult::invariant(
+        "audit_chain_intact",
+        "the chain verifies by the documented hash, and the service agrees",
+    );
+    let Some(db) = database(&mut r, evidence) else {
+        return r;
+    };
+    let mut violations = 0;
+    let own = audit::verify(&db.audit, db.audit_head.as_ref());
+    if let Some(bad) = &own.first_bad {
+        violations += 1;
+        r.violation(format!(
+            "entry {} does not verify by the documented hash: {}",
+            bad.seq, bad.reason
+        ));
+    }
+    match &evidence.audit_service {
+        Ok(answer) => {
+            match (&own.first_bad, answer.ok, answer.first_bad_seq) {
+                (Some(bad), true, _) if bad.seq as u64 <= answer.entries => {
+                    violations += 1;
+                    r.violation(format!(
+                        "the service verified {} entries but entry {} among them does not verify by the documented hash",
+                        answer.entries, bad.seq
+                    ));
+                }
+                (_, false, seq) => {
+                    violations += 1;
+                    r.violation(format!(
+                        "the service says entry {} does not verify: {}",
+                        seq.map_or_else(|| "?".to_owned(), |s| s.to_string()),
+                        answer.reason.as_deref().unwrap_or("no reason given")
+                    ));
+                }
+                _ => {}
+            }
+            if answer.entries > own.entries {
+                violations += 1;
+                r.violation(format!(
+                    "the service verified {} entries but the database holds {}",
+                    answer.entries, own.entries
+                ));
+            } else if let (Some(head), Some(index)) =
+                (&answer.head_hash, answer.entries.checked_sub(1))
+            {
+                let stored = db
+                    .audit
+                    .get(index as usize)
+                    .map(|row| hex::encode(&row.hash));
+                if stored.as_deref() != Some(head.as_str()) {
+                    violations += 1;
+                    r.violation(format!(
+                        "entry {}: the service's head hash {} is not the hash the database holds ({})",
+                        answer.entries,
+                        short(Some(head)),
+                        short(stored.as_deref())
+                    ));
+                }
+            }
+        }
+        Err(why) => {
+            violations += 1;
+            r.violation(format!("the service's verification failed: {why}"));
+        }
+    }
+    r.observed = format!(
+        "{} entries; the service verified {}",
+        own.entries,
+        evidence
+            .audit_service
+            .as_ref()
+            .map_or_else(|_| "nothing".to_owned(), |a| a.entries.to_string())
+    );
+    r.finish(violations)
+        .exercised(own.entries, || "the audit log holds no entry".to_owned())
 }
 
 /// Requests that reused a key and succeeded got the first success's answer:
@@ -319,7 +526,9 @@ pub(super) fn idempotent_replay_consistent(evidence: &Evidence) -> CheckResult {
         }
     }
     r.observed = format!("{} keys, {reused} repeated successes", first.len());
-    r.finish(violations)
+    r.finish(violations).exercised(reused, || {
+        "no idempotency key was used again after a success".to_owned()
+    })
 }
 
 fn short(digest: Option<&str>) -> String {
@@ -353,7 +562,9 @@ pub(super) fn allowed_statuses(evidence: &Evidence, statuses: &[u16]) -> CheckRe
         .map(|(s, n)| format!("{s}: {n}"))
         .collect::<Vec<_>>()
         .join(", ");
+    let sent = seen.values().sum();
     r.finish(violations)
+        .exercised(sent, || "no request was sent".to_owned())
 }
 
 /// Per tenant key, requests admitted past the limiter within any interval
@@ -365,7 +576,7 @@ pub(super) fn rate_limit_respected(evidence: &Evidence) -> CheckResult {
         "admitted <= rate x interval + burst; every 429 has Retry-After",
     );
     let mut violations = 0;
-    let mut limited = 0;
+    let mut limited = 0u64;
     let mut by_tenant: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for op in &evidence.history {
         match op.outcome {
@@ -416,7 +627,9 @@ pub(super) fn rate_limit_respected(evidence: &Evidence) -> CheckResult {
         }
     }
     r.observed = format!("{limited} requests limited with 429");
-    r.finish(violations)
+    r.finish(violations).exercised(limited, || {
+        "no request was refused with 429: the load never went over a key's limit".to_owned()
+    })
 }
 
 /// `/health/live` answers 200 except while the process is meant to be down;
@@ -436,12 +649,8 @@ pub(super) fn ready_reflects_faults(
         ),
     );
     let mut violations = 0;
-    let down = |t: f64| {
-        evidence
-            .process_down
-            .iter()
-            .any(|(from, to)| t >= *from && t <= *to)
-    };
+    let process_down = evidence.process_down();
+    let down = |t: f64| process_down.iter().any(|(from, to)| t >= *from && t <= *to);
     for s in &evidence.health {
         if s.live != Some(200) && !down(s.at_ms) {
             violations += 1;
@@ -454,8 +663,10 @@ pub(super) fn ready_reflects_faults(
             ));
         }
     }
+    let mut inside = 0u64;
+    let mut unprobed = Vec::new();
     for name in faults {
-        let Some(span) = evidence.faults.get(name) else {
+        let Some(span) = evidence.span(name) else {
             violations += 1;
             r.violation(format!("fault {name} was never applied"));
             continue;
@@ -465,6 +676,12 @@ pub(super) fn ready_reflects_faults(
             .iter()
             .filter(|s| s.at_ms >= span.start_ms && s.at_ms <= span.end_ms)
             .collect();
+        inside += during.len() as u64;
+        if during.is_empty() {
+            // Nothing shows what ready said during the fault, nor after.
+            unprobed.push(name.as_str());
+            continue;
+        }
         if !during.iter().any(|s| s.ready != Some(200)) {
             violations += 1;
             r.violation(format!(
@@ -494,17 +711,29 @@ pub(super) fn ready_reflects_faults(
             }
         }
     }
-    r.observed = format!("{} health samples", evidence.health.len());
-    r.finish(violations)
+    r.observed = format!(
+        "{} health samples, {inside} inside the faults",
+        evidence.health.len()
+    );
+    let missing = (!unprobed.is_empty())
+        .then(|| format!("no health probe fell inside {}", unprobed.join(", ")));
+    r.finish(violations).evidenced(inside, missing)
 }
 
 /// The orchestrator's log holds no panic.
 pub(super) fn no_panics(evidence: &Evidence) -> CheckResult {
     let mut r = CheckResult::invariant("no_panics", "no panic in the orchestrator's log");
-    for (line, text) in &evidence.panics {
+    let log = match &evidence.log {
+        Ok(log) => log,
+        Err(why) => {
+            r.violation(format!("the orchestrator's log could not be read: {why}"));
+            return r;
+        }
+    };
+    for (line, text) in &log.panics {
         r.violation(format!("log line {line}: {text}"));
     }
-    r.observed = format!("{} panics", evidence.panics.len());
-    let n = evidence.panics.len();
-    r.finish(n)
+    r.observed = format!("{} panics in {} lines", log.panics.len(), log.lines);
+    r.finish(log.panics.len())
+        .exercised(log.lines, || "the orchestrator's log is empty".to_owned())
 }

@@ -1,17 +1,19 @@
 //! Checks: SLOs over windows of the history, and invariants over the history
 //! and the system's final state. Pure functions of [`Evidence`]: the engine
-//! gathers the evidence, the checks only judge it, so every check can be
-//! tested on hand-made histories.
+//! gathers the evidence, only the checks make verdicts, so every check can be
+//! tested on hand-made evidence.
+//!
+//! Every check states the evidence it needs. A check that found none cannot
+//! have failed, so it proves nothing: its verdict is [`Verdict::Vacuous`],
+//! which fails the run like a violation does.
 
 mod invariants;
+mod run;
 mod slo;
-
-use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::load::Op;
-use crate::mock_llm::CallRecord;
+use crate::evidence::Evidence;
 use crate::scenario::{Invariant, Scenario};
 
 pub(crate) use slo::was_sent;
@@ -20,101 +22,8 @@ pub use slo::window_label;
 /// The most evidence lines a failed check keeps; the count of the rest is said.
 pub const MAX_EVIDENCE_LINES: usize = 20;
 
-/// What the run observed, as the checks need it.
-#[derive(Clone, Debug)]
-pub struct Evidence {
-    /// Every operation the load generator planned, in plan order.
-    pub history: Vec<Op>,
-    /// How long the load ran, in milliseconds from its epoch.
-    pub load_end_ms: f64,
-    /// When each fault was applied and reverted, by fault name.
-    pub faults: BTreeMap<String, FaultSpan>,
-    /// Health probe samples, in time order.
-    pub health: Vec<HealthSample>,
-    /// Budget samples (during the run and one final per tenant).
-    pub budgets: Vec<BudgetSample>,
-    /// Final state of every job acknowledged with 202, by id; a job whose
-    /// state could not be read maps to `None`.
-    pub jobs: BTreeMap<String, Option<JobFinal>>,
-    /// The ledger, read from the store after the run, or why it could not be.
-    pub charges: Result<Vec<orchestrator::store::ChargeRecord>, String>,
-    /// The mock provider's journal, and how many records it dropped.
-    pub journal: Vec<CallRecord>,
-    /// Records the journal dropped (its ring is bounded).
-    pub journal_dropped: u64,
-    /// `GET /v1/audit/verify` after the run, or why it failed.
-    pub audit_online: Result<AuditAnswer, String>,
-    /// `orchestrator audit verify` on the database after shutdown.
-    pub audit_offline: Result<AuditAnswer, String>,
-    /// The configured rate limit of each tenant's key: (per second, burst).
-    pub rate_limits: BTreeMap<String, (u32, u32)>,
-    /// Panics found in the orchestrator's log: (line number, line).
-    pub panics: Vec<(usize, String)>,
-    /// Windows in which the process was meant to be down (kill, pause,
-    /// restart, OOM faults), so liveness failures there are expected.
-    pub process_down: Vec<(f64, f64)>,
-}
-
-/// When a fault was in force, in milliseconds from the load's epoch.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
-pub struct FaultSpan {
-    /// When it was applied.
-    pub start_ms: f64,
-    /// When it was reverted (equal to `start_ms` for an instant fault).
-    pub end_ms: f64,
-}
-
-/// One probe of `/health/live` and `/health/ready`.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
-pub struct HealthSample {
-    /// When, from the load's epoch.
-    pub at_ms: f64,
-    /// The live probe's status; `None` when it got no answer.
-    pub live: Option<u16>,
-    /// The ready probe's status; `None` when it got no answer.
-    pub ready: Option<u16>,
-}
-
-/// A tenant's budget as the service reported it.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct BudgetSample {
-    /// When, from the load's epoch.
-    pub at_ms: f64,
-    /// The tenant.
-    pub tenant: String,
-    /// Tokens charged.
-    pub used_tokens: u64,
-    /// Tokens reserved by calls in flight.
-    pub reserved_tokens: u64,
-    /// The limit.
-    pub limit_tokens: u64,
-}
-
-/// A job's state at the end of the run.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct JobFinal {
-    /// `queued`, `running`, `succeeded` or `dead`.
-    pub state: String,
-    /// Attempts made.
-    pub attempts: u64,
-    /// The last error, if any.
-    pub last_error: Option<String>,
-}
-
-/// The audit verification answer.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct AuditAnswer {
-    /// Whether the chain verified.
-    pub ok: bool,
-    /// Entries read.
-    pub entries: u64,
-    /// The first entry that does not verify.
-    pub first_bad_seq: Option<u64>,
-    /// Why.
-    pub reason: Option<String>,
-}
-
-/// Whether a check is an SLO or an invariant.
+/// Whether a check is an SLO, an invariant the scenario lists, or one the
+/// harness makes on every run.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckKind {
@@ -122,45 +31,87 @@ pub enum CheckKind {
     Slo,
     /// An invariant.
     Invariant,
+    /// A check of the run itself, made on every run: each fault applied
+    /// (`fault_applied`), the orchestrator stopped cleanly (`clean_shutdown`).
+    Run,
+}
+
+/// What a check concluded.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// It held, on the evidence it needs.
+    Pass,
+    /// It was violated; the evidence lines name how.
+    Fail,
+    /// It found none of the evidence it needs, so it could not have failed;
+    /// the evidence line says what was missing. Fails the run.
+    Vacuous,
+}
+
+impl Verdict {
+    /// The verdict as report.json and verdict.yaml write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+            Verdict::Vacuous => "vacuous",
+        }
+    }
 }
 
 /// The judgement of one check.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct CheckResult {
-    /// SLO or invariant.
+    /// SLO, invariant or run check.
     pub kind: CheckKind,
     /// The check's name: the metric or the invariant.
     pub name: String,
-    /// The window, for SLOs (`all`, `during(F)`...).
+    /// The window, for SLOs (`all`, `during(F)`...); the fault, for
+    /// `fault_applied`.
     pub window: Option<String>,
-    /// Whether it held.
-    pub passed: bool,
+    /// What it concluded.
+    pub verdict: Verdict,
     /// The threshold, in words (`<= 2s`).
     pub expected: String,
     /// What was measured, in words; timings live here, so the redacted
     /// verdict leaves it out.
     pub observed: String,
+    /// How much evidence it judged: requests, jobs, charges, entries,
+    /// probes... (what counts is the check's own; 0 makes it vacuous).
+    pub exercised: u64,
     /// For a failure: the evidence (request ids, keys, entries), at most
-    /// [`MAX_EVIDENCE_LINES`] lines.
+    /// [`MAX_EVIDENCE_LINES`] lines; for a vacuous check, what was missing.
     pub evidence: Vec<String>,
 }
 
 impl CheckResult {
-    fn invariant(name: &str, expected: impl Into<String>) -> CheckResult {
+    /// A check that holds until a violation is recorded.
+    fn new(kind: CheckKind, name: &str, expected: impl Into<String>) -> CheckResult {
         CheckResult {
-            kind: CheckKind::Invariant,
+            kind,
             name: name.to_owned(),
             window: None,
-            passed: true,
+            verdict: Verdict::Pass,
             expected: expected.into(),
             observed: String::new(),
+            exercised: 0,
             evidence: Vec::new(),
         }
     }
 
+    fn invariant(name: &str, expected: impl Into<String>) -> CheckResult {
+        CheckResult::new(CheckKind::Invariant, name, expected)
+    }
+
+    /// Whether it passed.
+    pub fn passed(&self) -> bool {
+        self.verdict == Verdict::Pass
+    }
+
     /// Records one violation: the check fails and keeps the line, up to the limit.
     fn violation(&mut self, line: impl Into<String>) {
-        self.passed = false;
+        self.verdict = Verdict::Fail;
         if self.evidence.len() < MAX_EVIDENCE_LINES {
             self.evidence.push(line.into());
         }
@@ -174,18 +125,44 @@ impl CheckResult {
         }
         self
     }
+
+    /// Records how much evidence the check judged; with none, a check that
+    /// found no violation is vacuous, and says what it lacked.
+    fn exercised(self, count: u64, missing: impl FnOnce() -> String) -> CheckResult {
+        self.evidenced(count, (count == 0).then(missing))
+    }
+
+    /// Records how much evidence the check judged, and what it lacked (for
+    /// checks that need evidence of several parts, such as a probe inside
+    /// each named fault): a check that found no violation but lacked some is
+    /// vacuous.
+    fn evidenced(mut self, count: u64, missing: Option<String>) -> CheckResult {
+        self.exercised = count;
+        if let Some(missing) = missing
+            && self.verdict == Verdict::Pass
+        {
+            self.verdict = Verdict::Vacuous;
+            self.evidence.push(format!("vacuous: {missing}"));
+        }
+        self
+    }
 }
 
 /// Runs every SLO and invariant of the scenario against the evidence, in
-/// file order (SLOs first).
+/// file order (SLOs first), then the run checks: one `fault_applied` per
+/// fault of the timeline and `clean_shutdown`.
 pub fn run_all(scenario: &Scenario, evidence: &Evidence) -> Vec<CheckResult> {
     let mut results = Vec::new();
     for slo in &scenario.slos {
-        results.push(slo::check(slo, scenario, evidence));
+        results.push(slo::check(slo, evidence));
     }
     for invariant in &scenario.invariants {
         results.push(check_invariant(invariant, evidence));
     }
+    for fault in &evidence.faults {
+        results.push(run::fault_applied(fault));
+    }
+    results.push(run::clean_shutdown(evidence));
     results
 }
 
@@ -195,6 +172,7 @@ pub fn check_invariant(invariant: &Invariant, evidence: &Evidence) -> CheckResul
         Invariant::NoLostJobs { .. } => invariants::no_lost_jobs(evidence),
         Invariant::ExactlyOnceCharge => invariants::exactly_once_charge(evidence),
         Invariant::BudgetNeverOverdrawn => invariants::budget_never_overdrawn(evidence),
+        Invariant::BudgetConserved => invariants::budget_conserved(evidence),
         Invariant::AuditChainIntact => invariants::audit_chain_intact(evidence),
         Invariant::IdempotentReplayConsistent => invariants::idempotent_replay_consistent(evidence),
         Invariant::AllowedStatuses { statuses } => invariants::allowed_statuses(evidence, statuses),

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use super::{CheckKind, CheckResult, Evidence, MAX_EVIDENCE_LINES};
+use super::{CheckKind, CheckResult, Evidence, MAX_EVIDENCE_LINES, Verdict};
 use crate::load::{Op, Outcome};
-use crate::scenario::{Objective, Scenario, Slo, Window};
+use crate::scenario::{Objective, Slo, Window};
 
 /// How many consecutive good seconds make a recovery.
 const RECOVERY_SECONDS: u32 = 3;
@@ -60,14 +60,34 @@ fn is_ok(op: &Op) -> bool {
     matches!(op.outcome, Outcome::Status(s) if (200..300).contains(&s))
 }
 
-/// A span of the run in milliseconds from the epoch, `[from, to)`.
+/// A span of the run in milliseconds from the epoch, `[from, to)`, by
+/// intended send time. `ended_by_ms` also requires the operation to have
+/// ended by then: a `before(F)` window holds what was over before F began,
+/// not a request that was on the wire when it struck.
 #[derive(Clone, Copy, Debug)]
 struct Span {
     from_ms: f64,
     to_ms: f64,
+    ended_by_ms: Option<f64>,
 }
 
 impl Span {
+    /// A span by intended time alone.
+    fn between(from_ms: f64, to_ms: f64) -> Span {
+        Span {
+            from_ms,
+            to_ms,
+            ended_by_ms: None,
+        }
+    }
+
+    /// Whether the operation belongs to the span.
+    fn holds(self, op: &Op) -> bool {
+        op.intended_ms >= self.from_ms
+            && op.intended_ms < self.to_ms
+            && self.ended_by_ms.is_none_or(|t| op.end_ms <= t)
+    }
+
     fn seconds(self) -> f64 {
         ((self.to_ms - self.from_ms) / 1000.0).max(0.0)
     }
@@ -85,48 +105,37 @@ fn spans(window: &Window, evidence: &Evidence) -> Result<Vec<Span>, String> {
     let end = evidence.load_end_ms;
     let fault = |name: &String| {
         evidence
-            .faults
-            .get(name)
-            .copied()
+            .span(name)
             .ok_or_else(|| format!("fault {name} was never applied"))
     };
     Ok(match window {
-        Window::All => vec![Span {
-            from_ms: 0.0,
-            to_ms: end,
-        }],
-        Window::Before(f) => vec![Span {
-            from_ms: 0.0,
-            to_ms: fault(f)?.start_ms,
-        }],
-        Window::During(f) => {
-            let s = fault(f)?;
+        Window::All => vec![Span::between(0.0, end)],
+        Window::Before(f) => {
+            let start = fault(f)?.start_ms;
             vec![Span {
-                from_ms: s.start_ms,
-                to_ms: s.end_ms,
+                ended_by_ms: Some(start),
+                ..Span::between(0.0, start)
             }]
         }
-        Window::After { fault: f, delay } => vec![Span {
-            from_ms: fault(f)?.end_ms + delay.as_secs_f64() * 1000.0,
-            to_ms: end,
-        }],
+        Window::During(f) => {
+            let s = fault(f)?;
+            vec![Span::between(s.start_ms, s.end_ms)]
+        }
+        Window::After { fault: f, delay } => vec![Span::between(
+            fault(f)?.end_ms + delay.as_secs_f64() * 1000.0,
+            end,
+        )],
         Window::Every(d) => {
             let len = d.as_secs_f64() * 1000.0;
             let mut out = Vec::new();
             let mut from = 0.0;
             // One-second steps, bounded by the run's length.
             while from + len <= end + 1e-6 {
-                out.push(Span {
-                    from_ms: from,
-                    to_ms: from + len,
-                });
+                out.push(Span::between(from, from + len));
                 from += 1000.0;
             }
             if out.is_empty() {
-                out.push(Span {
-                    from_ms: 0.0,
-                    to_ms: end,
-                });
+                out.push(Span::between(0.0, end));
             }
             out
         }
@@ -134,9 +143,7 @@ fn spans(window: &Window, evidence: &Evidence) -> Result<Vec<Span>, String> {
 }
 
 fn in_span(history: &[Op], span: Span) -> impl Iterator<Item = &Op> {
-    history
-        .iter()
-        .filter(move |op| op.intended_ms >= span.from_ms && op.intended_ms < span.to_ms)
+    history.iter().filter(move |op| span.holds(op))
 }
 
 /// Exact quantile of sorted values (nearest rank).
@@ -149,11 +156,13 @@ fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
 }
 
 /// One measurement over a span: the value, whether it meets the objective,
-/// and what to say about it.
+/// what to say about it, and how many requests it judged (0: the span had
+/// none of the traffic the objective needs, so it proves nothing).
 struct Measured {
     value: Option<f64>,
     passed: bool,
     observed: String,
+    judged: u64,
 }
 
 fn measure(objective: &Objective, evidence: &Evidence, span: Span) -> Measured {
@@ -169,6 +178,7 @@ fn measure(objective: &Objective, evidence: &Evidence, span: Span) -> Measured {
                     value: Some(v),
                     passed: v <= max.as_secs_f64() * 1000.0,
                     observed: format!("{v:.1}ms over {} requests", latencies.len()),
+                    judged: latencies.len() as u64,
                 },
                 None => no_requests(),
             }
@@ -183,6 +193,7 @@ fn measure(objective: &Objective, evidence: &Evidence, span: Span) -> Measured {
                 value: Some(rate),
                 passed: rate <= *max,
                 observed: format!("{rate:.4} ({errors} of {})", ops.len()),
+                judged: ops.len() as u64,
             }
         }
         Objective::Availability { min } => {
@@ -197,11 +208,12 @@ fn measure(objective: &Objective, evidence: &Evidence, span: Span) -> Measured {
                 value: Some(share),
                 passed: share >= *min,
                 observed: format!("{share:.4} ({up} of {} seconds up)", with_traffic.len()),
+                judged: ops.len() as u64,
             }
         }
         Objective::Throughput { min_rps } => {
             let secs = span.seconds();
-            if secs <= 0.0 {
+            if secs <= 0.0 || ops.is_empty() {
                 return no_requests();
             }
             let ok = ops.iter().filter(|op| is_ok(op)).count();
@@ -210,6 +222,7 @@ fn measure(objective: &Objective, evidence: &Evidence, span: Span) -> Measured {
                 value: Some(rps),
                 passed: rps >= *min_rps,
                 observed: format!("{rps:.2} rps ({ok} successes in {secs:.1}s)"),
+                judged: ops.len() as u64,
             }
         }
         Objective::RecoveryTime { max, error_rate } => recovery(evidence, span, *max, *error_rate),
@@ -219,8 +232,9 @@ fn measure(objective: &Objective, evidence: &Evidence, span: Span) -> Measured {
 fn no_requests() -> Measured {
     Measured {
         value: None,
-        passed: false,
+        passed: true,
         observed: "no requests in the window".to_owned(),
+        judged: 0,
     }
 }
 
@@ -245,6 +259,20 @@ fn recovery(evidence: &Evidence, span: Span, max: Duration, threshold: f64) -> M
     let ops: Vec<&Op> = in_span(&evidence.history, span)
         .filter(|op| was_sent(op))
         .collect();
+    // Recovery is judged on answers: a window where nothing was answered
+    // cannot show the service serving again.
+    let answered = ops
+        .iter()
+        .filter(|op| op.outcome.status().is_some())
+        .count() as u64;
+    if answered == 0 {
+        return Measured {
+            value: None,
+            passed: true,
+            observed: format!("no request answered in {}", span.label()),
+            judged: 0,
+        };
+    }
     let seconds = per_second(&ops, span);
     let good = |(n, e): &(u64, u64)| *n == 0 || (*e as f64) <= threshold * (*n as f64);
     let needed = RECOVERY_SECONDS as usize;
@@ -257,11 +285,13 @@ fn recovery(evidence: &Evidence, span: Span, max: Duration, threshold: f64) -> M
                 value: Some(ms),
                 passed: ms <= max.as_secs_f64() * 1000.0,
                 observed: format!("recovered after {ms:.0}ms"),
+                judged: answered,
             }
         }
         None => Measured {
             value: None,
             passed: false,
+            judged: answered,
             observed: format!(
                 "did not recover: no {RECOVERY_SECONDS} consecutive seconds at error rate <= {threshold} before the run ended"
             ),
@@ -291,27 +321,21 @@ fn describe(objective: &Objective) -> (String, String) {
 
 /// Judges one SLO. A sliding window must hold in every position; its
 /// observed value is the worst position's.
-pub(super) fn check(slo: &Slo, _scenario: &Scenario, evidence: &Evidence) -> CheckResult {
+pub(super) fn check(slo: &Slo, evidence: &Evidence) -> CheckResult {
     let (name, expected) = describe(&slo.objective);
-    let mut result = CheckResult {
-        kind: CheckKind::Slo,
-        name,
-        window: Some(window_label(&slo.window)),
-        passed: true,
-        expected,
-        observed: String::new(),
-        evidence: Vec::new(),
-    };
+    let mut result = CheckResult::new(CheckKind::Slo, &name, expected);
+    result.window = Some(window_label(&slo.window));
     let spans = match spans(&slo.window, evidence) {
         Ok(s) => s,
         Err(why) => {
             // In the evidence too: the redacted verdict leaves `observed` out.
-            result.passed = false;
-            result.evidence.push(why.clone());
+            result.violation(why.clone());
             result.observed = why;
             return result;
         }
     };
+    let mut judged = 0;
+    let mut empty = Vec::new();
     let mut failures = 0usize;
     let mut window_lines = Vec::new();
     let mut failed_spans = Vec::new();
@@ -322,9 +346,13 @@ pub(super) fn check(slo: &Slo, _scenario: &Scenario, evidence: &Evidence) -> Che
     );
     for span in &spans {
         let m = measure(&slo.objective, evidence, *span);
+        judged += m.judged;
+        if m.judged == 0 {
+            empty.push(span.label());
+        }
         if !m.passed {
             failures += 1;
-            result.passed = false;
+            result.verdict = Verdict::Fail;
             window_lines.push(format!("{}: {}", span.label(), m.observed));
             failed_spans.push(*span);
             if result.observed.is_empty() {
@@ -341,10 +369,25 @@ pub(super) fn check(slo: &Slo, _scenario: &Scenario, evidence: &Evidence) -> Che
             }
         }
     }
-    if result.passed {
-        result.observed = worst.map(|(_, o)| o).unwrap_or_default();
-        return result;
+    if result.passed() {
+        result.observed = worst
+            .map(|(_, o)| o)
+            .unwrap_or_else(|| "no requests in the window".to_owned());
+        let missing = (!empty.is_empty()).then(|| {
+            let shown: Vec<String> = empty.iter().take(3).cloned().collect();
+            format!(
+                "no requests the metric could judge in {}{}",
+                shown.join(", "),
+                if empty.len() > 3 {
+                    format!(" and {} more positions", empty.len() - 3)
+                } else {
+                    String::new()
+                }
+            )
+        });
+        return result.evidenced(judged, missing);
     }
+    result.exercised = judged;
     if spans.len() > 1 {
         result.observed = format!(
             "{failures} of {} windows failed; first: {}",
@@ -359,11 +402,7 @@ pub(super) fn check(slo: &Slo, _scenario: &Scenario, evidence: &Evidence) -> Che
         .history
         .iter()
         .filter(|op| was_sent(op))
-        .filter(|op| {
-            failed_spans
-                .iter()
-                .any(|s| op.intended_ms >= s.from_ms && op.intended_ms < s.to_ms)
-        })
+        .filter(|op| failed_spans.iter().any(|s| s.holds(op)))
         .collect();
     let op_lines: Vec<String> = match slo.objective {
         Objective::Latency { .. } => {

@@ -2,12 +2,11 @@
 //! reverts it at its end, recording when each really happened.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use serde::Serialize;
 use tokio::time::Instant;
 
 use super::system::{Mock, System};
+use crate::evidence::FaultRecord;
 use crate::load::CancellationSignal;
 use crate::mock_llm::Program;
 use crate::proxy::ProxyClient;
@@ -22,27 +21,6 @@ pub struct Hands {
     pub mock: Mock,
     /// The orchestrator, on whichever backend.
     pub system: Arc<System>,
-}
-
-/// What happened to one fault.
-#[derive(Clone, Debug, Serialize)]
-pub struct FaultRecord {
-    /// The fault's name.
-    pub name: String,
-    /// Its kind.
-    pub kind: String,
-    /// Its class (`network`, `llm`...).
-    pub class: String,
-    /// Its target.
-    pub target: String,
-    /// When it was scheduled to start, from the load's epoch.
-    pub scheduled_ms: f64,
-    /// When applying it began; `None` if it never was applied.
-    pub applied_ms: Option<f64>,
-    /// When reverting it completed (the service may still be recovering).
-    pub reverted_ms: Option<f64>,
-    /// Why applying or reverting failed.
-    pub error: Option<String>,
 }
 
 /// The target as written in scenario files.
@@ -209,8 +187,3 @@ async fn revert(fault: &Fault, hands: &Hands) -> Result<(), String> {
         FaultAction::Oom { .. } => s.oom_end().await,
     }
 }
-
-/// How long after a process fault's end the service may still be down
-/// (starting, recovering its store), for the liveness part of
-/// `ready_reflects_faults`.
-pub const RESTART_GRACE: Duration = Duration::from_secs(5);

@@ -1,33 +1,32 @@
-//! The scenario engine: brings the system up on the local backend, drives
-//! the load while the fault timeline runs, gathers the evidence, judges it
-//! and writes the report. Teardown happens on every path: the backend's
-//! handles tear down when dropped, so an error or a panic leaves nothing.
+//! The scenario engine. A run is a pipeline of stages with typed hand-offs,
+//! each doing one thing: bring-up ([`rig::up`] gives a `Rig`, whichever the
+//! backend), drive ([`drive::drive`]: load, fault timeline, probes; gives
+//! `Driven`), collect ([`collect::collect`]: settle, stop, read the copy of
+//! the database with the harness's own code; gives the `Evidence`), judge
+//! ([`crate::checks::run_all`], the only place verdicts are made) and report.
+//! Teardown happens on every path: the backend's handles tear down when
+//! dropped, so an error or a panic leaves nothing.
 
+mod collect;
 pub mod config;
+mod drive;
 pub mod faults;
 pub mod observe;
+mod rig;
 pub mod system;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
+use orchestrator::exit::Exit;
 use thiserror::Error;
-use tokio::sync::watch;
-use tokio::time::Instant;
 
-use crate::checks::{self, Evidence, FaultSpan};
-use crate::docker::{DockerConfig, DockerNeeds, DockerSystem};
+use crate::checks;
 use crate::images::ImageNames;
-use crate::load::{self, LoadLimits, LoadTarget, OpKind, Outcome};
-use crate::local::{self, Launcher, LocalConfig, LocalSystem, Needs};
-use crate::mock_llm::{MockClient, MockConfig, MockLlm};
-use crate::proxy::ProxyConfig;
-use crate::proxy::{ProxyClient, ProxyServer, ProxyServerConfig};
+use crate::local::{self, Launcher, Needs};
 use crate::report::{self, Report};
-use crate::scenario::{FaultAction, Invariant, Scenario};
-use system::{DOCKER_NO_FIU, Mock, System};
+use crate::scenario::{Fault, FaultAction, Scenario};
+use system::DOCKER_NO_FIU;
 
 /// How long the orchestrator gets to say it is listening.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -144,6 +143,22 @@ pub fn needs_of(scenario: &Scenario) -> Needs {
     needs
 }
 
+/// Checks that this machine can run `scenario` on `backend`: what its
+/// faults need from the host (root for mounts, libfiu, a memory cgroup),
+/// named when missing. The Docker backend mounts the disk faults' tmpfs on
+/// the host too; its memory faults need only the engine.
+pub fn check_host(backend: &Backend, scenario: &Scenario) -> Result<(), String> {
+    let needs = needs_of(scenario);
+    let host_needs = match backend {
+        Backend::Local(_) => needs,
+        Backend::Docker(_) => Needs {
+            disk_tmpfs_bytes: needs.disk_tmpfs_bytes,
+            ..Needs::default()
+        },
+    };
+    local::check_needs(&host_needs).map_err(|e| e.to_string())
+}
+
 /// The size of the data directory's tmpfs when a disk fault needs one.
 pub const DATA_TMPFS_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -180,36 +195,45 @@ pub async fn run(
     options: &RunOptions,
     cancel: &Cancel,
 ) -> Result<Report, RunError> {
-    let scenario = scaled(scenario, options.scale);
+    run_with_timeline(scenario, &scenario.faults, options, cancel).await
+}
+
+/// Runs `scenario` with `timeline` in place of its own faults (the same
+/// checks judge it; a window naming a fault the timeline lacks fails), and
+/// writes its report. This is how a caller varies the faults without
+/// copying engine code.
+pub async fn run_with_timeline(
+    scenario: &Scenario,
+    timeline: &[Fault],
+    options: &RunOptions,
+    cancel: &Cancel,
+) -> Result<Report, RunError> {
+    let scenario = scaled(
+        &Scenario {
+            faults: timeline.to_vec(),
+            ..scenario.clone()
+        },
+        options.scale,
+    );
     let seed = options.seed.unwrap_or(scenario.seed);
     let name = scenario.name.clone();
     let env_err = |message: String| RunError::Environment {
         scenario: name.clone(),
         message,
     };
-    if let Some(reason) = unsupported_on(&options.backend, &scenario) {
-        return Err(RunError::Unmet {
-            scenario: name,
-            reason: format!(
-                "cannot run on the {} backend: {reason}",
-                options.backend.name()
-            ),
-        });
-    }
-    let needs = needs_of(&scenario);
-    // The Docker backend mounts the disk faults' tmpfs on the host too; its
-    // memory faults need only the engine.
-    let host_needs = match &options.backend {
-        Backend::Local(_) => needs.clone(),
-        Backend::Docker(_) => Needs {
-            disk_tmpfs_bytes: needs.disk_tmpfs_bytes,
-            ..Needs::default()
-        },
-    };
-    local::check_needs(&host_needs).map_err(|e| RunError::Unmet {
+    let unmet = |reason: String| RunError::Unmet {
         scenario: name.clone(),
-        reason: e.to_string(),
-    })?;
+        reason,
+    };
+    if let Some(reason) = unsupported_on(&options.backend, &scenario) {
+        return Err(unmet(format!(
+            "cannot run on the {} backend: {reason}",
+            options.backend.name()
+        )));
+    }
+    check_host(&options.backend, &scenario).map_err(unmet)?;
+    // The load is planned before anything starts, so that a bad plan costs nothing.
+    let plan = drive::plan(&scenario, seed).map_err(env_err)?;
     let started = std::time::SystemTime::now();
     let run_id = run_id_of(&name, seed, started);
     let report_dir = options.report_dir.join(&name);
@@ -219,262 +243,34 @@ pub async fn run(
         .prefix("gauntlet-run-")
         .tempdir()
         .map_err(|e| env_err(format!("cannot create a temporary directory: {e}")))?;
-    let rig = match &options.backend {
-        Backend::Local(launcher) => {
-            bring_up_local(&scenario, seed, &run_id, run_dir.path(), launcher, needs).await
-        }
-        Backend::Docker(images) => {
-            bring_up_docker(&scenario, seed, &run_id, run_dir.path(), images, &needs).await
-        }
-    }
-    .map_err(env_err)?;
-    let Rig {
-        system,
-        mock,
-        proxy_client,
-        proxy,
-        run_config,
-        client_url,
-        direct,
-    } = rig;
 
-    // The load, planned before anything starts so that a bad plan costs nothing.
-    let limits = LoadLimits {
-        max_requests: MAX_REQUESTS,
-        drain_timeout: DRAIN_TIMEOUT,
-    };
-    let plan = load::schedule(&scenario.load, seed, &limits).map_err(|e| env_err(e.to_string()))?;
-    let target = LoadTarget {
-        base_url: client_url,
-        keys: run_config
-            .tenants
-            .iter()
-            .map(|t| (t.tenant.clone(), t.key.clone()))
-            .collect(),
-    };
-    target
-        .validate(&scenario.load)
-        .map_err(|e| env_err(e.to_string()))?;
-    let progress = load::Progress::new();
-    let bar = report::progress_bar(options.progress, &scenario, plan.len() as u64);
-
-    let probe = observe::client().map_err(env_err)?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let epoch = Instant::now() + Duration::from_millis(200);
-    let hands = Arc::new(faults::Hands {
-        proxy: proxy_client.clone(),
-        mock: mock.clone(),
-        system: system.clone(),
-    });
-    // Faults stop early when the run is cancelled; otherwise they keep their
-    // own schedule, which ends within the load.
-    let fault_task = tokio::spawn(faults::execute(
-        scenario.faults.clone(),
-        hands,
-        epoch,
-        cancel.clone(),
-    ));
-    let health_task = tokio::spawn(observe::health(
-        probe.clone(),
-        direct.clone(),
-        epoch,
-        stop_rx.clone(),
-    ));
-    let budget_task = tokio::spawn(observe::budgets(
-        probe.clone(),
-        direct.clone(),
-        run_config.ops_key.clone(),
-        run_config
-            .tenants
-            .iter()
-            .map(|t| t.tenant.clone())
-            .collect(),
-        epoch,
-        stop_rx.clone(),
-    ));
-    let ticker = report::spawn_ticker(bar.clone(), progress.clone());
-    let mut outcome = load::run(
-        &scenario.load,
-        plan,
-        &target,
-        &limits,
-        epoch,
-        &progress,
-        cancel.clone(),
+    let rig = rig::up(
+        &options.backend,
+        &scenario,
+        seed,
+        &run_id,
+        run_dir.path(),
+        needs_of(&scenario),
     )
-    .await;
-    ticker.abort();
-    let fault_records = fault_task.await.unwrap_or_default();
-    stop_tx.send_replace(true);
-    let health = health_task.await.unwrap_or_default();
-    let mut budgets = budget_task.await.unwrap_or_default();
+    .await
+    .map_err(env_err)?;
+    let bar = report::progress_bar(options.progress, &scenario, plan.len() as u64);
+    let driven = match drive::drive(&rig, &scenario, plan, &scenario.faults, cancel, &bar).await {
+        Ok(driven) => driven,
+        Err(e) => {
+            rig.abandon().await;
+            return Err(env_err(e));
+        }
+    };
     if cancel.is_cancelled() {
         bar.abandon_with_message("interrupted");
-        match Arc::try_unwrap(system) {
-            // The watchdog removes the containers on the signal that
-            // cancelled the run; removing them here too would race it.
-            Ok(System::Docker(docker)) => docker.abandon(),
-            other => drop(other),
-        }
-        if let Some(proxy) = proxy {
-            proxy.shutdown().await;
-        }
+        rig.abandon().await;
         return Err(RunError::Interrupted { scenario: name });
     }
-    bar.set_message("settling jobs");
-
-    // Jobs acknowledged, with their tenants (a job is visible to its tenant only).
-    let accepted: Vec<(String, String)> = outcome
-        .history
-        .iter()
-        .filter(|op| op.kind == OpKind::Job && op.outcome == Outcome::Status(202))
-        .filter_map(|op| op.resource_id.clone().map(|id| (id, op.tenant.clone())))
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let settle = scenario
-        .invariants
-        .iter()
-        .find_map(|i| match i {
-            Invariant::NoLostJobs { settle } => Some(*settle),
-            _ => None,
-        })
-        .unwrap_or(DEFAULT_SETTLE);
-    let tenant_keys: Vec<(String, String)> = run_config
-        .tenants
-        .iter()
-        .map(|t| (t.tenant.clone(), t.ops_key.clone()))
-        .collect();
-    let settled = observe::settle_jobs(&probe, &direct, &tenant_keys, settle).await;
-    let audit_online = observe::audit_online(&probe, &direct, &run_config.ops_key).await;
-    let page = match mock.journal().await {
-        Ok(page) => page,
-        Err(e) => {
-            return Err(env_err(format!(
-                "cannot read the mock provider's journal: {e}"
-            )));
-        }
-    };
-    let process_events = system.events();
-    let log_path = system.log_path();
-    // The database is read after shutdown from a copy, because a tmpfs data
-    // directory goes with the teardown.
-    let kept = run_dir.path().join("final");
-    let db_path = kept.join(
-        system
-            .db_path()
-            .file_name()
-            .map(std::ffi::OsStr::to_os_string)
-            .unwrap_or_default(),
-    );
-
-    // Shut the system down before reading its database offline.
-    let system = Arc::try_unwrap(system)
-        .map_err(|_| env_err("the orchestrator handle is still shared after the run".to_owned()))?;
-    let shutdown = system.shutdown_preserving(&kept).await;
-    if let Some(proxy) = proxy {
-        proxy.shutdown().await;
-    }
-    if let Mock::Local(mock) = mock
-        && let Ok(mock) = Arc::try_unwrap(mock)
-    {
-        mock.shutdown().await;
-    }
-    let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
-    let audit_offline = orchestrator::store::verify_audit_file(&db_path)
-        .map(|v| checks::AuditAnswer {
-            ok: v.ok,
-            entries: v.entries,
-            first_bad_seq: v.first_bad_seq,
-            reason: v.reason,
-        })
-        .map_err(|e| e.to_string());
-    let end_ms = epoch.elapsed().as_secs_f64() * 1000.0;
-    let (charges, jobs) = match read_final(&db_path, &run_config, &accepted, end_ms) {
-        Ok(f) => {
-            budgets.extend(f.budgets);
-            (Ok(f.charges), f.jobs)
-        }
-        Err(e) => (
-            Err(e),
-            accepted.iter().map(|(id, _)| (id.clone(), None)).collect(),
-        ),
-    };
-
-    let mut fault_spans = std::collections::BTreeMap::new();
-    let mut process_down = Vec::new();
-    for (record, fault) in fault_records.iter().zip(&scenario.faults) {
-        if let (Some(start_ms), Some(end_ms)) = (record.applied_ms, record.reverted_ms) {
-            fault_spans.insert(record.name.clone(), FaultSpan { start_ms, end_ms });
-            if matches!(
-                fault.action,
-                FaultAction::Kill
-                    | FaultAction::Pause
-                    | FaultAction::Restart
-                    | FaultAction::Oom { .. }
-            ) {
-                process_down.push((
-                    start_ms,
-                    end_ms + faults::RESTART_GRACE.as_secs_f64() * 1000.0,
-                ));
-            }
-        }
-    }
-    let evidence = Evidence {
-        // Moved, not copied: a run's history can hold 200,000 operations.
-        history: std::mem::take(&mut outcome.history),
-        load_end_ms: scenario.load.duration().as_secs_f64() * 1000.0,
-        faults: fault_spans,
-        health,
-        budgets,
-        jobs,
-        charges,
-        journal: page.calls,
-        journal_dropped: page.dropped,
-        audit_online,
-        audit_offline,
-        rate_limits: config::rate_limits(&run_config),
-        panics: observe::panics_in_log(&log_text),
-        process_down,
-    };
-    let mut results = checks::run_all(&scenario, &evidence);
-    if let Err(pending) = &settled {
-        for r in results.iter_mut().filter(|r| r.name == "no_lost_jobs") {
-            r.evidence.insert(
-                0,
-                format!(
-                    "jobs had not settled after {:.0}s: {pending}",
-                    settle.as_secs_f64()
-                ),
-            );
-        }
-    }
-    // A fault that could not be applied means the scenario did not test what
-    // it says: that is a failed check, named, not a silent pass.
-    for r in &fault_records {
-        if let Some(error) = &r.error {
-            results.push(checks::CheckResult {
-                kind: checks::CheckKind::Invariant,
-                name: "fault_applied".to_owned(),
-                window: Some(r.name.clone()),
-                passed: false,
-                expected: format!("fault {} applied and reverted", r.name),
-                observed: error.clone(),
-                evidence: vec![error.clone()],
-            });
-        }
-    }
-    if let Err(e) = &shutdown {
-        results.push(checks::CheckResult {
-            kind: checks::CheckKind::Invariant,
-            name: "clean_shutdown".to_owned(),
-            window: None,
-            passed: false,
-            expected: "the orchestrator stops gracefully".to_owned(),
-            observed: e.to_string(),
-            evidence: vec![e.to_string()],
-        });
-    }
+    let collected = collect::collect(rig, driven, &scenario, run_dir.path(), &bar)
+        .await
+        .map_err(env_err)?;
+    let results = checks::run_all(&scenario, &collected.evidence);
     let finished = std::time::SystemTime::now();
     let report = Report::new(report::ReportInput {
         scenario: &scenario,
@@ -484,17 +280,23 @@ pub async fn run(
         started,
         finished,
         checks: results,
-        faults: fault_records,
-        load: &outcome,
-        evidence: &evidence,
-        process_events: process_events
+        load: &collected.load,
+        evidence: &collected.evidence,
+        process_events: collected
+            .process_events
             .iter()
             .map(report::ProcessRecord::from)
             .collect(),
         backend: options.backend.name(),
     });
     bar.finish_and_clear();
-    report::write(&report, &evidence.history, &log_path, &report_dir).map_err(|e| {
+    report::write(
+        &report,
+        &collected.evidence.history,
+        &collected.log_path,
+        &report_dir,
+    )
+    .map_err(|e| {
         env_err(format!(
             "cannot write the report to {}: {e}",
             report_dir.display()
@@ -528,202 +330,6 @@ fn run_id_of(name: &str, seed: u64, started: std::time::SystemTime) -> String {
     format!("{slug}-{}-{millis}", seed % 100_000)
 }
 
-/// What a backend brought up, ready for the load and the faults.
-struct Rig {
-    system: Arc<System>,
-    mock: Mock,
-    proxy_client: ProxyClient,
-    /// The in-process fault proxy of the local backend, shut down at the end.
-    proxy: Option<ProxyServer>,
-    run_config: config::RunConfig,
-    /// Where the load goes: the `client` proxy.
-    client_url: String,
-    /// The orchestrator itself, for the harness's probes.
-    direct: String,
-}
-
-/// The local backend: the mock provider and the fault proxy in this
-/// process, the orchestrator a child process, all on loopback.
-async fn bring_up_local(
-    scenario: &Scenario,
-    seed: u64,
-    run_id: &str,
-    run_dir: &std::path::Path,
-    launcher: &Launcher,
-    needs: Needs,
-) -> Result<Rig, String> {
-    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
-    let mock = Arc::new(
-        MockLlm::start(MockConfig {
-            listen: loopback,
-            seed,
-            ..MockConfig::default()
-        })
-        .await
-        .map_err(|e| format!("cannot start the mock LLM provider: {e}"))?,
-    );
-    let proxy = ProxyServer::start(ProxyServerConfig {
-        listen: loopback,
-        seed,
-        ..ProxyServerConfig::default()
-    })
-    .await
-    .map_err(|e| format!("cannot start the fault proxy: {e}"))?;
-    let proxy_client = proxy
-        .client()
-        .map_err(|e| format!("cannot reach the fault proxy: {e}"))?;
-    let llm_proxy = proxy_client
-        .create_proxy(&ProxyConfig::new(
-            "llm",
-            "127.0.0.1:0",
-            mock.addr().to_string(),
-        ))
-        .await
-        .map_err(|e| format!("cannot create the llm proxy: {e}"))?;
-    let run_config = config::render(
-        scenario,
-        seed,
-        &format!("http://{}/v1", llm_proxy.listen),
-        None,
-    )?;
-    let mut local_config =
-        LocalConfig::new(run_id, run_dir, run_config.yaml.clone(), launcher.clone());
-    local_config.seed = seed;
-    local_config.needs = needs;
-    local_config.ready_timeout = READY_TIMEOUT;
-    local_config.max_restarts = MAX_RESTARTS;
-    let system = LocalSystem::start(local_config)
-        .await
-        .map_err(|e| format!("cannot start the orchestrator: {e}"))?;
-    let client_proxy = proxy_client
-        .create_proxy(&ProxyConfig::new(
-            "client",
-            "127.0.0.1:0",
-            system.addr().to_string(),
-        ))
-        .await
-        .map_err(|e| format!("cannot create the client proxy: {e}"))?;
-    Ok(Rig {
-        direct: format!("http://{}", system.addr()),
-        system: Arc::new(System::Local(system)),
-        mock: Mock::Local(mock),
-        proxy_client,
-        proxy: Some(proxy),
-        run_config,
-        client_url: format!("http://{}", client_proxy.listen),
-    })
-}
-
-/// The Docker backend: every service in its own container on the run's
-/// network ([`crate::docker`]).
-async fn bring_up_docker(
-    scenario: &Scenario,
-    seed: u64,
-    run_id: &str,
-    run_dir: &std::path::Path,
-    images: &ImageNames,
-    needs: &Needs,
-) -> Result<Rig, String> {
-    let listen: SocketAddr = ([0, 0, 0, 0], crate::docker::ORCHESTRATOR_PORT).into();
-    let run_config = config::render(
-        scenario,
-        seed,
-        &crate::docker::llm_base_url(run_id),
-        Some(listen),
-    )?;
-    let system = DockerSystem::start(DockerConfig {
-        run_id: run_id.to_owned(),
-        run_dir: run_dir.to_path_buf(),
-        config_yaml: run_config.yaml.clone(),
-        images: images.clone(),
-        seed,
-        needs: DockerNeeds {
-            disk_tmpfs_bytes: needs.disk_tmpfs_bytes,
-            memory: needs.memory,
-        },
-        ready_timeout: READY_TIMEOUT,
-        state_dir: local::default_state_dir(),
-    })
-    .await
-    .map_err(|e| format!("cannot bring the system up in containers: {e}"))?;
-    let proxy_client = system.proxy_client()?;
-    let mock = MockClient::new(&system.mock_url()).map_err(|e| e.to_string())?;
-    Ok(Rig {
-        direct: format!("http://{}", system.addr()),
-        client_url: format!("http://{}", system.client_addr()),
-        system: Arc::new(System::Docker(Box::new(system))),
-        mock: Mock::Remote(mock),
-        proxy_client,
-        proxy: None,
-        run_config,
-    })
-}
-
-/// The state the orchestrator left in its database.
-struct Final {
-    charges: Vec<orchestrator::store::ChargeRecord>,
-    budgets: Vec<checks::BudgetSample>,
-    jobs: std::collections::BTreeMap<String, Option<checks::JobFinal>>,
-}
-
-/// Reads the ledger, the budgets and the acknowledged jobs offline, after
-/// the orchestrator stopped: the database is the truth, whatever the API said.
-fn read_final(
-    db_path: &std::path::Path,
-    run: &config::RunConfig,
-    accepted: &[(String, String)],
-    at_ms: f64,
-) -> Result<Final, String> {
-    // Opening creates a missing database, which would read as an empty ledger.
-    if !db_path.is_file() {
-        return Err(format!("{} does not exist", db_path.display()));
-    }
-    let options = orchestrator::store::StoreOptions::new(run.config.budget.clone());
-    let store = orchestrator::store::Store::open(db_path, &options)
-        .map_err(|e| format!("cannot open {}: {e}", db_path.display()))?;
-    let mut charges = Vec::new();
-    let mut budgets = Vec::new();
-    for t in &run.tenants {
-        charges.extend(store.charges(&t.tenant).map_err(|e| e.to_string())?);
-        let b = store.budget(&t.tenant).map_err(|e| e.to_string())?;
-        budgets.push(checks::BudgetSample {
-            at_ms,
-            tenant: t.tenant.clone(),
-            used_tokens: b.used_tokens,
-            reserved_tokens: b.reserved_tokens,
-            limit_tokens: b.limit_tokens,
-        });
-    }
-    let mut jobs = std::collections::BTreeMap::new();
-    for (id, tenant) in accepted {
-        let job = store.job(tenant, id).map_err(|e| e.to_string())?;
-        jobs.insert(
-            id.clone(),
-            job.map(|j| checks::JobFinal {
-                state: j.state.as_str().to_owned(),
-                attempts: u64::from(j.attempts),
-                last_error: j.last_error,
-            }),
-        );
-    }
-    Ok(Final {
-        charges,
-        budgets,
-        jobs,
-    })
-}
-
-/// The exit code of `gauntlet run`: 0 every check passed, 1 a check failed,
-/// 2 bad input or an environment that cannot run a scenario.
-pub mod exit {
-    /// Every check of every scenario passed.
-    pub const PASSED: u8 = 0;
-    /// At least one check failed.
-    pub const CHECK_FAILED: u8 = 1;
-    /// Bad input (scenario, arguments) or an environment that cannot run it.
-    pub const BAD_INPUT: u8 = 2;
-}
-
 /// `gauntlet run`: validates every scenario first (one bad file stops the
 /// run before anything starts), then runs them one after another, printing
 /// each summary to `out` and problems to `err`.
@@ -733,12 +339,12 @@ pub async fn run_paths(
     cancel: &Cancel,
     out: &mut dyn std::io::Write,
     err: &mut dyn std::io::Write,
-) -> u8 {
+) -> Exit {
     let files = match crate::scenario::discover(paths) {
         Ok(f) => f,
         Err(e) => {
             let _ = writeln!(err, "error: {e}");
-            return exit::BAD_INPUT;
+            return Exit::BadInput;
         }
     };
     let mut scenarios = Vec::new();
@@ -754,7 +360,7 @@ pub async fn run_paths(
     }
     if bad {
         let _ = writeln!(err, "error: invalid scenarios; nothing was run");
-        return exit::BAD_INPUT;
+        return Exit::BadInput;
     }
     if !(options.scale > 0.0 && options.scale.is_finite()) {
         let _ = writeln!(
@@ -762,10 +368,10 @@ pub async fn run_paths(
             "error: --scale must be a positive number, got {}",
             options.scale
         );
-        return exit::BAD_INPUT;
+        return Exit::BadInput;
     }
     let colour = report::use_colour();
-    let mut code = exit::PASSED;
+    let mut code = Exit::Pass;
     // A scenario whose faults this backend cannot inject is skipped, with the
     // reason; if that leaves nothing to run, the request itself was wrong.
     let runnable: Vec<&Scenario> = scenarios
@@ -789,7 +395,7 @@ pub async fn run_paths(
             "error: no scenario can run on the {} backend",
             options.backend.name()
         );
-        return exit::BAD_INPUT;
+        return Exit::BadInput;
     }
     for scenario in runnable {
         if cancel.is_cancelled() {
@@ -808,12 +414,12 @@ pub async fn run_paths(
                         .display()
                 );
                 if !report.passed {
-                    code = code.max(exit::CHECK_FAILED);
+                    code = code.worst(Exit::CheckFailed);
                 }
             }
             Err(e) => {
                 let _ = writeln!(err, "error: {e}");
-                code = exit::BAD_INPUT;
+                code = code.worst(Exit::BadInput);
             }
         }
     }

@@ -1,5 +1,6 @@
 //! What the harness watches besides the load: health probes and budgets
-//! during the run, and the system's final state after it. All of it talks to
+//! during the run, the settling of jobs and the service's own audit
+//! verification after it. All of it talks to
 //! the orchestrator directly, not through the client link, because probes
 //! model the platform's own checks, not a client's view.
 
@@ -10,7 +11,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::checks::{AuditAnswer, BudgetSample, HealthSample};
+use crate::evidence::{AuditAnswer, BudgetSample, HealthSample, Settle};
 
 /// How often health is probed.
 pub const HEALTH_PERIOD: Duration = Duration::from_millis(250);
@@ -151,13 +152,13 @@ struct JobCountsAnswer {
 
 /// Waits until no tenant has a job queued or running, asking each tenant's
 /// counts (`GET /v1/jobs?limit=1` with the tenant's ops key), or until
-/// `settle` runs out. `Err` says what was still pending.
+/// `settle` runs out, and says which happened.
 pub async fn settle_jobs(
     client: &Client,
     base: &str,
     tenants: &[(String, String)],
     settle: Duration,
-) -> Result<(), String> {
+) -> Settle {
     let deadline = Instant::now() + settle;
     loop {
         let mut pending = Vec::new();
@@ -181,10 +182,13 @@ pub async fn settle_jobs(
             }
         }
         if pending.is_empty() {
-            return Ok(());
+            return Settle::Settled;
         }
         if Instant::now() >= deadline {
-            return Err(pending.join("; "));
+            return Settle::TimedOut {
+                after_ms: u64::try_from(settle.as_millis()).unwrap_or(u64::MAX),
+                pending: pending.join("; "),
+            };
         }
         tokio::time::sleep(Duration::from_millis(250).min(deadline - Instant::now())).await;
     }
@@ -212,6 +216,7 @@ pub async fn audit_online(
         entries: u64,
         first_bad_seq: Option<u64>,
         reason: Option<String>,
+        head_hash: Option<String>,
     }
     let a: Answer = answer
         .json()
@@ -222,16 +227,6 @@ pub async fn audit_online(
         entries: a.entries,
         first_bad_seq: a.first_bad_seq,
         reason: a.reason,
+        head_hash: a.head_hash,
     })
-}
-
-/// Panics in a log file: lines holding `panicked` (the panic hook and the service's panic recovery both say it), with 1-based numbers,
-/// at most 100. The log is read whole (it is bounded by the run's length).
-pub fn panics_in_log(text: &str) -> Vec<(usize, String)> {
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| l.contains("panicked"))
-        .take(100)
-        .map(|(i, l)| (i + 1, l.chars().take(300).collect()))
-        .collect()
 }

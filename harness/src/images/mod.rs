@@ -204,9 +204,9 @@ pub enum ImageError {
 }
 
 impl ImageError {
-    /// The process exit code for this error: 2, bad input or environment.
-    pub fn exit_code(&self) -> u8 {
-        2
+    /// How a command ends on this error: bad input or environment.
+    pub fn exit(&self) -> orchestrator::exit::Exit {
+        orchestrator::exit::Exit::BadInput
     }
 }
 

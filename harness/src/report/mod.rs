@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
-use crate::checks::{BudgetSample, CheckKind, CheckResult, Evidence, HealthSample};
-use crate::engine::faults::FaultRecord;
+use crate::checks::{CheckKind, CheckResult, Verdict};
+use crate::evidence::{BudgetSample, Evidence, FaultRecord, HealthSample, Settle};
 use crate::load::{LatencySummary, LoadOutcome, Op, WindowStats};
 use crate::local::ProcessEvent;
 use crate::scenario::Scenario;
@@ -22,7 +22,7 @@ use crate::scenario::Scenario;
 pub use terminal::{summary, use_colour};
 
 /// The version of report.json's shape; bumped on any incompatible change.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Everything a run found. Serialized as report.json.
 #[derive(Clone, Debug, Serialize)]
@@ -49,9 +49,10 @@ pub struct Report {
     pub started_unix_ms: u64,
     /// Wall time of the whole run, bring-up and teardown included.
     pub duration_ms: u64,
-    /// Whether every check passed.
+    /// Whether every check passed (none failed, none was vacuous).
     pub passed: bool,
-    /// The checks, SLOs first, in file order.
+    /// The checks: SLOs, then invariants, in file order, then the run
+    /// checks (`fault_applied` per fault, `clean_shutdown`).
     pub checks: Vec<CheckResult>,
     /// The fault timeline as it happened.
     pub faults: Vec<FaultRecord>,
@@ -61,9 +62,12 @@ pub struct Report {
     pub process_events: Vec<ProcessRecord>,
     /// Health probe samples.
     pub health: Vec<HealthSample>,
-    /// Budget samples.
+    /// Budget samples taken through the API during the run.
     pub budgets: Vec<BudgetSample>,
-    /// Jobs acknowledged, by final state (`lost` when never found).
+    /// How the wait for jobs to settle ended.
+    pub settle: Settle,
+    /// Jobs acknowledged with 202, by the state the database left them in
+    /// (`missing` when it has no such job, `unread` when it could not be read).
     pub jobs: BTreeMap<String, u64>,
     /// Ledger entries and provider calls.
     pub ledger: LedgerSection,
@@ -87,11 +91,17 @@ pub struct LoadSection {
     pub history_file: String,
 }
 
-/// The ledger part of the report.
+/// The ledger part of the report, as the database left it.
 #[derive(Clone, Debug, Serialize)]
 pub struct LedgerSection {
-    /// Charges in the store after the run (absent if it could not be read).
+    /// Why the database could not be read, if it could not.
+    pub database_error: Option<String>,
+    /// Charges in the database after the run (absent if it could not be read).
     pub charges: Option<u64>,
+    /// Reservations still held after the run.
+    pub held_reservations: Option<u64>,
+    /// Audit entries.
+    pub audit_entries: Option<u64>,
     /// Tokens charged in all.
     pub charged_tokens: Option<u64>,
     /// Provider calls in the mock's journal.
@@ -116,8 +126,6 @@ pub struct ReportInput<'a> {
     pub finished: SystemTime,
     /// The judged checks.
     pub checks: Vec<CheckResult>,
-    /// The fault records.
-    pub faults: Vec<FaultRecord>,
     /// The load's outcome (its history has moved into the evidence).
     pub load: &'a LoadOutcome,
     /// The evidence the checks judged.
@@ -177,15 +185,26 @@ impl Report {
             .iter()
             .filter(|op| crate::checks::was_sent(op))
             .count() as u64;
+        let database = input.evidence.database.as_ref();
         let mut jobs = BTreeMap::new();
-        for job in input.evidence.jobs.values() {
-            let state = job
-                .as_ref()
-                .map(|j| j.state.clone())
-                .unwrap_or_else(|| "lost".to_owned());
-            *jobs.entry(state).or_insert(0u64) += 1;
+        let acknowledged: std::collections::BTreeSet<&str> = input
+            .evidence
+            .history
+            .iter()
+            .filter(|op| {
+                op.kind == crate::load::OpKind::Job
+                    && op.outcome == crate::load::Outcome::Status(202)
+            })
+            .filter_map(|op| op.resource_id.as_deref())
+            .collect();
+        for id in acknowledged {
+            let state = match database {
+                Ok(db) => db.job(id).map_or("missing", |j| j.state.as_str()),
+                Err(_) => "unread",
+            };
+            *jobs.entry(state.to_owned()).or_insert(0u64) += 1;
         }
-        let charges = input.evidence.charges.as_ref().ok();
+        let charges = database.ok().map(|db| &db.charges);
         Report {
             schema_version: SCHEMA_VERSION,
             gauntlet_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -202,9 +221,9 @@ impl Report {
                 .duration_since(input.started)
                 .unwrap_or(Duration::ZERO)
                 .as_millis() as u64,
-            passed: input.checks.iter().all(|c| c.passed),
+            passed: input.checks.iter().all(CheckResult::passed),
             checks: input.checks,
-            faults: input.faults,
+            faults: input.evidence.faults.clone(),
             load: LoadSection {
                 planned: input.evidence.history.len() as u64,
                 sent,
@@ -216,9 +235,18 @@ impl Report {
             process_events: input.process_events,
             health: input.evidence.health.clone(),
             budgets: input.evidence.budgets.clone(),
+            settle: input.evidence.settle.clone(),
             jobs,
             ledger: LedgerSection {
+                database_error: database.err().cloned(),
                 charges: charges.map(|c| c.len() as u64),
+                held_reservations: database.ok().map(|db| {
+                    db.reservations
+                        .iter()
+                        .filter(|r| r.state == crate::evidence::db::ReservationState::Held)
+                        .count() as u64
+                }),
+                audit_entries: database.ok().map(|db| db.audit.len() as u64),
                 charged_tokens: charges.map(|c| c.iter().map(|c| c.tokens).sum()),
                 provider_calls: input.evidence.journal.len() as u64,
                 provider_calls_dropped: input.evidence.journal_dropped,
@@ -228,8 +256,8 @@ impl Report {
 
     /// The redacted verdict: what passed and failed, without timings, ports,
     /// ids or measured values, so two runs of a healthy system agree.
-    pub fn verdict(&self) -> Verdict {
-        Verdict {
+    pub fn verdict(&self) -> VerdictFile {
+        VerdictFile {
             scenario: self.scenario.clone(),
             seed: self.seed,
             passed: self.passed,
@@ -251,7 +279,8 @@ impl Report {
                     name: c.name.clone(),
                     window: c.window.clone(),
                     expected: c.expected.clone(),
-                    passed: c.passed,
+                    verdict: c.verdict,
+                    exercised: c.exercised > 0,
                 })
                 .collect(),
         }
@@ -260,7 +289,7 @@ impl Report {
 
 /// The redacted verdict (verdict.yaml).
 #[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct Verdict {
+pub struct VerdictFile {
     /// The scenario.
     pub scenario: String,
     /// The seed.
@@ -298,11 +327,15 @@ pub struct VerdictCheck {
     pub window: Option<String>,
     /// Its threshold.
     pub expected: String,
-    /// Whether it held.
-    pub passed: bool,
+    /// What it concluded.
+    pub verdict: Verdict,
+    /// Whether it judged any evidence (a stable form of the report's
+    /// count, so that a snapshot diff shows a check that stopped being
+    /// exercised).
+    pub exercised: bool,
 }
 
-impl Verdict {
+impl VerdictFile {
     /// The verdict as YAML.
     pub fn to_yaml(&self) -> String {
         serde_saphyr::to_string(self)
@@ -362,8 +395,26 @@ pub fn spawn_ticker(
     })
 }
 
-/// Counts checks by result: (passed, failed).
-pub fn tally(report: &Report) -> (usize, usize) {
-    let passed = report.checks.iter().filter(|c| c.passed).count();
-    (passed, report.checks.len() - passed)
+/// How many checks came to each verdict.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Passed.
+    pub passed: usize,
+    /// Failed.
+    pub failed: usize,
+    /// Vacuous.
+    pub vacuous: usize,
+}
+
+/// Counts checks by verdict.
+pub fn tally(report: &Report) -> Tally {
+    let mut tally = Tally::default();
+    for c in &report.checks {
+        match c.verdict {
+            Verdict::Pass => tally.passed += 1,
+            Verdict::Fail => tally.failed += 1,
+            Verdict::Vacuous => tally.vacuous += 1,
+        }
+    }
+    tally
 }

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::io::IsTerminal;
 
 use super::Report;
-use crate::checks::CheckKind;
+use crate::checks::{CheckKind, Verdict};
 
 /// Whether to colour output: stdout is a terminal and `NO_COLOR` is unset
 /// or empty (<https://no-color.org>).
@@ -32,6 +32,7 @@ pub fn summary(report: &Report, colour: bool) -> String {
             let kind = match c.kind {
                 CheckKind::Slo => "slo",
                 CheckKind::Invariant => "invariant",
+                CheckKind::Run => "run",
             };
             [
                 kind.to_owned(),
@@ -70,38 +71,41 @@ pub fn summary(report: &Report, colour: bool) -> String {
             .collect::<Vec<_>>()
             .join("  ")
     };
-    let _ = writeln!(out, "  RESULT  {}", line(&headers.map(str::to_owned)));
+    let _ = writeln!(out, "  RESULT   {}", line(&headers.map(str::to_owned)));
     for (row, check) in rows.iter().zip(&report.checks) {
-        let result = if check.passed {
-            paint("pass", "32", colour)
-        } else {
-            paint("FAIL", "1;31", colour)
+        // Padded before painting, so escape codes do not count as width.
+        let result = match check.verdict {
+            Verdict::Pass => paint("pass   ", "32", colour),
+            Verdict::Fail => paint("FAIL   ", "1;31", colour),
+            Verdict::Vacuous => paint("VACUOUS", "1;33", colour),
         };
-        let _ = writeln!(out, "  {result}    {}", line(row).trim_end());
+        let _ = writeln!(out, "  {result}  {}", line(row).trim_end());
     }
-    for check in report.checks.iter().filter(|c| !c.passed) {
+    for check in report.checks.iter().filter(|c| !c.passed()) {
         let window = check
             .window
             .as_deref()
             .map(|w| format!(" [{w}]"))
             .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "{} {}{window}: {}",
-            paint("failed", "1;31", colour),
-            check.name,
-            check.observed
-        );
+        let label = match check.verdict {
+            Verdict::Vacuous => paint("vacuous", "1;33", colour),
+            _ => paint("failed", "1;31", colour),
+        };
+        let _ = writeln!(out, "{label} {}{window}: {}", check.name, check.observed);
         for e in &check.evidence {
             let _ = writeln!(out, "    {e}");
         }
     }
-    let (passed, failed) = super::tally(report);
-    let verdict = if failed == 0 {
+    let tally = super::tally(report);
+    let verdict = if tally.failed + tally.vacuous == 0 {
         paint("PASSED", "1;32", colour)
     } else {
         paint("FAILED", "1;31", colour)
     };
-    let _ = writeln!(out, "{verdict}: {passed} checks passed, {failed} failed");
+    let _ = writeln!(
+        out,
+        "{verdict}: {} checks passed, {} failed, {} vacuous",
+        tally.passed, tally.failed, tally.vacuous
+    );
     out
 }

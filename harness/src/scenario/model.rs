@@ -340,7 +340,12 @@ pub enum Invariant {
     ExactlyOnceCharge,
     /// No tenant's usage exceeds its limit, sampled during and after the run.
     BudgetNeverOverdrawn,
-    /// The audit chain verifies, online and offline.
+    /// Budgets add up in the database the run left: per tenant, `used` is
+    /// the sum of its charges and `reserved` of its held reservations; after
+    /// a clean shutdown nothing is held and no key is in flight.
+    BudgetConserved,
+    /// The audit chain in the database verifies by the documented hash (the
+    /// harness's own verifier), and the service's own verification agrees.
     AuditChainIntact,
     /// Requests that reused an idempotency key and succeeded got the same body.
     IdempotentReplayConsistent,
@@ -371,6 +376,7 @@ impl Invariant {
             Invariant::NoLostJobs { .. } => "no_lost_jobs",
             Invariant::ExactlyOnceCharge => "exactly_once_charge",
             Invariant::BudgetNeverOverdrawn => "budget_never_overdrawn",
+            Invariant::BudgetConserved => "budget_conserved",
             Invariant::AuditChainIntact => "audit_chain_intact",
             Invariant::IdempotentReplayConsistent => "idempotent_replay_consistent",
             Invariant::AllowedStatuses { .. } => "allowed_statuses",

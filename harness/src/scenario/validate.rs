@@ -87,10 +87,11 @@ const METRICS: [&str; 9] = [
 ];
 
 /// Every invariant name.
-const INVARIANTS: [&str; 9] = [
+const INVARIANTS: [&str; 10] = [
     "no_lost_jobs",
     "exactly_once_charge",
     "budget_never_overdrawn",
+    "budget_conserved",
     "audit_chain_intact",
     "idempotent_replay_consistent",
     "allowed_statuses",
@@ -1598,6 +1599,7 @@ impl<'a> Validator<'a> {
                 Some(match name {
                     "exactly_once_charge" => Invariant::ExactlyOnceCharge,
                     "budget_never_overdrawn" => Invariant::BudgetNeverOverdrawn,
+                    "budget_conserved" => Invariant::BudgetConserved,
                     "audit_chain_intact" => Invariant::AuditChainIntact,
                     "idempotent_replay_consistent" => Invariant::IdempotentReplayConsistent,
                     "rate_limit_respected" => Invariant::RateLimitRespected,

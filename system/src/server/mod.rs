@@ -228,6 +228,7 @@ pub async fn serve(
         signal.send_replace(true);
     });
     let mut server_stop = stopped.clone();
+    let last = state.clone();
     let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
         let _ = server_stop.wait_for(|s| *s).await;
     });
@@ -252,7 +253,32 @@ pub async fn serve(
         workers.shutdown(grace).await;
     };
     let (result, ()) = tokio::join!(requests, jobs);
+    settle_releases(&last).await;
     result
+}
+
+/// How often the last releases are tried at shutdown, and the pause between.
+const SHUTDOWN_RELEASE_ATTEMPTS: u32 = 10;
+const SHUTDOWN_RELEASE_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Retries, a bounded number of times, the releases that failed during the
+/// run, so that a clean shutdown leaves no reservation held and no key in
+/// flight. What still fails is left to crash recovery at the next start.
+async fn settle_releases(state: &AppState) {
+    for attempt in 1..=SHUTDOWN_RELEASE_ATTEMPTS {
+        let pending = worker::retry_releases(state).await;
+        if pending == 0 {
+            return;
+        }
+        if attempt == SHUTDOWN_RELEASE_ATTEMPTS {
+            tracing::error!(
+                pending,
+                "reservations still unreleased at shutdown; they are released at the next start"
+            );
+            return;
+        }
+        tokio::time::sleep(SHUTDOWN_RELEASE_PAUSE).await;
+    }
 }
 
 /// Signals shutdown when dropped.

@@ -445,8 +445,8 @@ impl Drop for ReservationGuard {
         };
         let store = self.store.clone();
         let release = move || {
-            if let Err(e) = store.abort_task(reservation) {
-                tracing::error!(error = %e, "cannot release a reservation; it is released at the next restart");
+            if let Err(e) = store.release_or_retry_later(reservation) {
+                tracing::error!(error = %e, %reservation, "cannot release a reservation; retrying later");
             }
         };
         // Drop cannot await, and SQLite blocks: hand the release to the

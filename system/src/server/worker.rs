@@ -114,7 +114,8 @@ async fn reached(phase: &mut watch::Receiver<Phase>, target: Phase) {
     }
 }
 
-/// Takes back expired leases every heartbeat interval.
+/// Takes back expired leases, and retries failed reservation releases, every
+/// heartbeat interval (at most every second).
 async fn reaper(state: Arc<AppState>, mut phase: watch::Receiver<Phase>) {
     let period = state.config.jobs.heartbeat_interval.min(MAX_IDLE);
     loop {
@@ -139,6 +140,22 @@ async fn reaper(state: Arc<AppState>, mut phase: watch::Receiver<Phase>) {
             }
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "cannot reclaim expired job leases"),
+        }
+        retry_releases(&state).await;
+    }
+}
+
+/// Tries again the reservation releases that failed (a disk error), so that
+/// their tokens and idempotency keys come back without a restart.
+pub(super) async fn retry_releases(state: &AppState) -> usize {
+    if state.store.pending_releases() == 0 {
+        return 0;
+    }
+    match state.store.run(|s| Ok(s.retry_releases())).await {
+        Ok(pending) => pending,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot retry failed releases");
+            state.store.pending_releases()
         }
     }
 }

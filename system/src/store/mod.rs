@@ -38,6 +38,7 @@ mod jobs;
 mod schema;
 mod tasks;
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -55,6 +56,11 @@ pub use audit::{
 };
 pub use error::StoreError;
 pub use jobs::*;
+
+/// The most failed releases a store keeps to retry. Beyond it a failed
+/// release is only logged, and left to crash recovery at the next start: a
+/// disk that fails every write for hours must not grow memory without bound.
+pub const MAX_PENDING_RELEASES: usize = 10_000;
 
 /// The longest pause between two busy retries, however many attempts are
 /// configured: beyond it, waiting longer only delays the error.
@@ -264,6 +270,9 @@ struct Inner {
     /// Set once, right after recovery at open.
     recovery: OnceLock<Recovery>,
     busy_retries: AtomicU64,
+    /// Reservations whose release failed (a disk error), retried by
+    /// [`Store::retry_releases`] until they go through.
+    pending_releases: Mutex<BTreeSet<ReservationId>>,
     /// Held for the store's lifetime: the advisory lock is released when the
     /// file is closed. Declared after `conn` so that the connection closes
     /// first.
@@ -354,6 +363,7 @@ impl Store {
                 conn: Mutex::new(conn),
                 recovery: OnceLock::new(),
                 busy_retries: AtomicU64::new(0),
+                pending_releases: Mutex::new(BTreeSet::new()),
                 _lock: lock,
             }),
         };

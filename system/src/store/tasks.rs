@@ -9,6 +9,8 @@
 //! - an in-flight idempotency record points at a held reservation, and a held
 //!   reservation with a key has its in-flight record.
 
+use std::sync::PoisonError;
+
 use rusqlite::{OptionalExtension, Transaction, params};
 use serde_json::json;
 
@@ -221,6 +223,71 @@ impl Store {
             }
             Ok(())
         })
+    }
+
+    /// Releases `reservation` as [`Store::abort_task`] does; if the release
+    /// fails (the disk refused the write), remembers it, so that
+    /// [`Store::retry_releases`] tries again. A release that is never
+    /// retried would keep the tokens reserved and the idempotency key in
+    /// flight (answering 409) until the next restart.
+    pub fn release_or_retry_later(&self, reservation: ReservationId) -> Result<(), StoreError> {
+        let result = self.abort_task(reservation);
+        if let Err(e) = &result
+            && !matches!(e, StoreError::UnknownReservation { .. })
+        {
+            let mut pending = self
+                .inner
+                .pending_releases
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if pending.len() < super::MAX_PENDING_RELEASES {
+                pending.insert(reservation);
+            } else {
+                tracing::error!(%reservation, "too many failed releases to retry; this one is released at the next restart");
+            }
+        }
+        result
+    }
+
+    /// Tries again every release that failed. Returns what is still
+    /// pending afterwards (0 when all went through).
+    pub fn retry_releases(&self) -> usize {
+        let due: Vec<ReservationId> = self
+            .inner
+            .pending_releases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect();
+        for reservation in due {
+            let done = match self.abort_task(reservation) {
+                Ok(()) => true,
+                // Settled some other way, or gone: nothing left to release.
+                Err(StoreError::UnknownReservation { .. }) => true,
+                Err(e) => {
+                    tracing::warn!(%reservation, error = %e, "releasing a reservation failed again; retrying later");
+                    false
+                }
+            };
+            if done {
+                self.inner
+                    .pending_releases
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&reservation);
+            }
+        }
+        self.pending_releases()
+    }
+
+    /// How many failed releases wait for [`Store::retry_releases`].
+    pub fn pending_releases(&self) -> usize {
+        self.inner
+            .pending_releases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// A tenant's budget. A tenant not seen yet has its configured limit and

@@ -60,6 +60,10 @@ pub enum Code {
     Conflict,
     /// A value the format names but this version does not support yet.
     Unsupported,
+    /// A check that the rest of the file makes impossible to exercise (a
+    /// scenario that lists `no_lost_jobs` but sends no jobs): it could never
+    /// fail, so it would prove nothing.
+    Vacuous,
 }
 
 impl Code {
@@ -82,6 +86,7 @@ impl Code {
             Code::Policy => "policy",
             Code::Conflict => "conflict",
             Code::Unsupported => "unsupported",
+            Code::Vacuous => "vacuous",
         }
     }
 }

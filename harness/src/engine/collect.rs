@@ -1,0 +1,134 @@
+//! Collecting, the third stage of a run: jobs get time to settle, the
+//! service is asked for its own audit verification, the orchestrator is
+//! stopped (SIGTERM) and its data directory copied out, and the copy is read
+//! with the harness's own code. Nothing runs on the database between the
+//! stop and the read: the raw state is the evidence.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use indicatif::ProgressBar;
+
+use super::drive::Driven;
+use super::rig::Rig;
+use super::system::Mock;
+use super::{DEFAULT_SETTLE, config, observe};
+use crate::evidence::{Evidence, LogEvidence, ShutdownEvidence, db};
+use crate::load::LoadOutcome;
+use crate::local::ProcessEvent;
+use crate::scenario::{Invariant, Scenario};
+
+/// What the run leaves for judging and reporting.
+pub struct Collected {
+    /// What the checks judge.
+    pub evidence: Evidence,
+    /// The load's summaries (its history moved into the evidence).
+    pub load: LoadOutcome,
+    /// Everything that happened to the orchestrator's process.
+    pub process_events: Vec<ProcessEvent>,
+    /// The orchestrator's log, for the report directory.
+    pub log_path: PathBuf,
+}
+
+/// Gathers the evidence and tears the system down. `Err` means the run
+/// cannot be judged at all (the mock's journal is unreadable, the database
+/// has a schema this harness does not know): exit 2, not a failed check.
+pub async fn collect(
+    rig: Rig,
+    mut driven: Driven,
+    scenario: &Scenario,
+    run_dir: &Path,
+    bar: &ProgressBar,
+) -> Result<Collected, String> {
+    bar.set_message("settling jobs");
+    let probe = observe::client()?;
+    let tenant_keys: Vec<(String, String)> = rig
+        .run_config
+        .tenants
+        .iter()
+        .map(|t| (t.tenant.clone(), t.ops_key.clone()))
+        .collect();
+    let settle_timeout = scenario
+        .invariants
+        .iter()
+        .find_map(|i| match i {
+            Invariant::NoLostJobs { settle } => Some(*settle),
+            _ => None,
+        })
+        .unwrap_or(DEFAULT_SETTLE);
+    let settle = observe::settle_jobs(&probe, &rig.direct, &tenant_keys, settle_timeout).await;
+    let audit_service = observe::audit_online(&probe, &rig.direct, &rig.run_config.ops_key).await;
+    let page = rig
+        .mock
+        .journal()
+        .await
+        .map_err(|e| format!("cannot read the mock provider's journal: {e}"))?;
+    let process_events = rig.system.events();
+    let log_path = rig.system.log_path();
+    // The data directory is copied out at the stop (a tmpfs goes with the
+    // teardown), and only the copy is read.
+    let kept = run_dir.join("final");
+    let db_path = kept.join(
+        rig.system
+            .db_path()
+            .file_name()
+            .map(std::ffi::OsStr::to_os_string)
+            .unwrap_or_default(),
+    );
+    let Rig {
+        system,
+        mock,
+        proxy,
+        run_config,
+        ..
+    } = rig;
+    let system = Arc::try_unwrap(system)
+        .map_err(|_| "the orchestrator handle is still shared after the run".to_owned())?;
+    let shutdown = system
+        .shutdown_preserving(&kept)
+        .await
+        .map(|report| ShutdownEvidence {
+            graceful: report.graceful,
+            exit: report
+                .exit
+                .map_or_else(|| "not running".to_owned(), |e| e.to_string()),
+        });
+    if let Some(proxy) = proxy {
+        proxy.shutdown().await;
+    }
+    if let Mock::Local(mock) = mock
+        && let Ok(mock) = Arc::try_unwrap(mock)
+    {
+        mock.shutdown().await;
+    }
+    let log = std::fs::read_to_string(&log_path)
+        .map(|text| LogEvidence::from_text(&text))
+        .map_err(|e| format!("{}: {e}", log_path.display()));
+    let database = match db::read(&db_path) {
+        Ok(database) => Ok(database),
+        Err(e) if e.is_unknown_schema() => return Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let evidence = Evidence {
+        // Moved, not copied: a run's history can hold 200,000 operations.
+        history: std::mem::take(&mut driven.load.history),
+        load_end_ms: scenario.load.duration().as_secs_f64() * 1000.0,
+        faults: driven.faults,
+        health: driven.health,
+        budgets: driven.budgets,
+        settle,
+        database,
+        journal: page.calls,
+        journal_dropped: page.dropped,
+        audit_service,
+        rate_limits: config::rate_limits(&run_config),
+        log,
+        shutdown,
+    };
+    Ok(Collected {
+        evidence,
+        load: driven.load,
+        process_events,
+        log_path,
+    })
+}

@@ -1,0 +1,184 @@
+//! Bring-up, the first stage of a run: the whole system on either backend,
+//! behind one interface ([`up`] gives a [`Rig`]), so the later stages do not
+//! know which backend runs.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::system::{Mock, System};
+use super::{Backend, MAX_RESTARTS, READY_TIMEOUT, config};
+use crate::docker::{DockerConfig, DockerNeeds, DockerSystem};
+use crate::images::ImageNames;
+use crate::local::{self, Launcher, LocalConfig, LocalSystem, Needs};
+use crate::mock_llm::{MockClient, MockConfig, MockLlm};
+use crate::proxy::{ProxyClient, ProxyConfig, ProxyServer, ProxyServerConfig};
+use crate::scenario::Scenario;
+
+/// Brings the system up for `scenario` on `backend`: the mock provider, the
+/// fault proxy with its `llm` and `client` links, and the orchestrator with
+/// the run's configuration, ready.
+pub async fn up(
+    backend: &Backend,
+    scenario: &Scenario,
+    seed: u64,
+    run_id: &str,
+    run_dir: &Path,
+    needs: Needs,
+) -> Result<Rig, String> {
+    match backend {
+        Backend::Local(launcher) => {
+            bring_up_local(scenario, seed, run_id, run_dir, launcher, needs).await
+        }
+        Backend::Docker(images) => {
+            bring_up_docker(scenario, seed, run_id, run_dir, images, &needs).await
+        }
+    }
+}
+
+/// What a backend brought up, ready for the load and the faults.
+pub struct Rig {
+    pub system: Arc<System>,
+    pub mock: Mock,
+    pub proxy_client: ProxyClient,
+    /// The in-process fault proxy of the local backend, shut down at the end.
+    pub proxy: Option<ProxyServer>,
+    pub run_config: config::RunConfig,
+    /// Where the load goes: the `client` proxy.
+    pub client_url: String,
+    /// The orchestrator itself, for the harness's probes.
+    pub direct: String,
+}
+
+/// The local backend: the mock provider and the fault proxy in this
+/// process, the orchestrator a child process, all on loopback.
+async fn bring_up_local(
+    scenario: &Scenario,
+    seed: u64,
+    run_id: &str,
+    run_dir: &Path,
+    launcher: &Launcher,
+    needs: Needs,
+) -> Result<Rig, String> {
+    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let mock = Arc::new(
+        MockLlm::start(MockConfig {
+            listen: loopback,
+            seed,
+            ..MockConfig::default()
+        })
+        .await
+        .map_err(|e| format!("cannot start the mock LLM provider: {e}"))?,
+    );
+    let proxy = ProxyServer::start(ProxyServerConfig {
+        listen: loopback,
+        seed,
+        ..ProxyServerConfig::default()
+    })
+    .await
+    .map_err(|e| format!("cannot start the fault proxy: {e}"))?;
+    let proxy_client = proxy
+        .client()
+        .map_err(|e| format!("cannot reach the fault proxy: {e}"))?;
+    let llm_proxy = proxy_client
+        .create_proxy(&ProxyConfig::new(
+            "llm",
+            "127.0.0.1:0",
+            mock.addr().to_string(),
+        ))
+        .await
+        .map_err(|e| format!("cannot create the llm proxy: {e}"))?;
+    let run_config = config::render(
+        scenario,
+        seed,
+        &format!("http://{}/v1", llm_proxy.listen),
+        None,
+    )?;
+    let mut local_config =
+        LocalConfig::new(run_id, run_dir, run_config.yaml.clone(), launcher.clone());
+    local_config.seed = seed;
+    local_config.needs = needs;
+    local_config.ready_timeout = READY_TIMEOUT;
+    local_config.max_restarts = MAX_RESTARTS;
+    let system = LocalSystem::start(local_config)
+        .await
+        .map_err(|e| format!("cannot start the orchestrator: {e}"))?;
+    let client_proxy = proxy_client
+        .create_proxy(&ProxyConfig::new(
+            "client",
+            "127.0.0.1:0",
+            system.addr().to_string(),
+        ))
+        .await
+        .map_err(|e| format!("cannot create the client proxy: {e}"))?;
+    Ok(Rig {
+        direct: format!("http://{}", system.addr()),
+        system: Arc::new(System::Local(system)),
+        mock: Mock::Local(mock),
+        proxy_client,
+        proxy: Some(proxy),
+        run_config,
+        client_url: format!("http://{}", client_proxy.listen),
+    })
+}
+
+/// The Docker backend: every service in its own container on the run's
+/// network ([`crate::docker`]).
+async fn bring_up_docker(
+    scenario: &Scenario,
+    seed: u64,
+    run_id: &str,
+    run_dir: &Path,
+    images: &ImageNames,
+    needs: &Needs,
+) -> Result<Rig, String> {
+    let listen: SocketAddr = ([0, 0, 0, 0], crate::docker::ORCHESTRATOR_PORT).into();
+    let run_config = config::render(
+        scenario,
+        seed,
+        &crate::docker::llm_base_url(run_id),
+        Some(listen),
+    )?;
+    let system = DockerSystem::start(DockerConfig {
+        run_id: run_id.to_owned(),
+        run_dir: run_dir.to_path_buf(),
+        config_yaml: run_config.yaml.clone(),
+        images: images.clone(),
+        seed,
+        needs: DockerNeeds {
+            disk_tmpfs_bytes: needs.disk_tmpfs_bytes,
+            memory: needs.memory,
+        },
+        ready_timeout: READY_TIMEOUT,
+        state_dir: local::default_state_dir(),
+    })
+    .await
+    .map_err(|e| format!("cannot bring the system up in containers: {e}"))?;
+    let proxy_client = system.proxy_client()?;
+    let mock = MockClient::new(&system.mock_url()).map_err(|e| e.to_string())?;
+    Ok(Rig {
+        direct: format!("http://{}", system.addr()),
+        client_url: format!("http://{}", system.client_addr()),
+        system: Arc::new(System::Docker(Box::new(system))),
+        mock: Mock::Remote(mock),
+        proxy_client,
+        proxy: None,
+        run_config,
+    })
+}
+
+impl Rig {
+    /// Tears everything down after an interrupted run, without waiting for
+    /// a graceful stop.
+    pub async fn abandon(self) {
+        match Arc::try_unwrap(self.system) {
+            // The watchdog removes the containers on the signal that
+            // cancelled the run; removing them here too would race it.
+            Ok(System::Docker(docker)) => docker.abandon(),
+            other => drop(other),
+        }
+        if let Some(proxy) = self.proxy {
+            proxy.shutdown().await;
+        }
+    }
+}
