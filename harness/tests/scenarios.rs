@@ -5,11 +5,15 @@
 //! the same snapshot on both backends, so a PR that changes what a scenario
 //! checks shows the change.
 //!
-//! The docker tests need a Docker engine and the images of `gauntlet images
-//! build`; without them they are skipped with the reason, except under
-//! `CI=true`, where they fail. A scenario whose faults a backend cannot
-//! inject has no test on that backend (`unsupported_on` says which, and a
-//! test below checks it).
+//! A test this machine cannot run (no Docker engine or images for the
+//! docker tests; no root, no `fiu-run`, no memory cgroup for the disk and
+//! memory scenarios) is listed as ignored, never run as a pass, and the
+//! reason is printed when the suite runs (`cargo test` shows it;
+//! `cargo nextest run` counts it as skipped, and `--run-ignored all` runs it
+//! to fail with the reason). Under `CI=true` nothing is ignored: every test
+//! runs, and a missing need fails it. A scenario whose faults a backend
+//! cannot inject at all has no test on that backend (`unsupported_on` says
+//! which, and a test below checks it).
 //!
 //! `GAUNTLET_TEST_SCALE` multiplies the scenarios' durations (default 1).
 //! `GAUNTLET_TEST_REPORT_DIR` keeps the reports (as
@@ -41,15 +45,6 @@ fn run_one(path: &Path, backend: &Backend) -> Result<(), Failed> {
         .enable_all()
         .build()
         .map_err(|e| Failed::from(e.to_string()))?;
-    if let Backend::Docker(images) = backend {
-        let test = format!("docker/{}", scenario.name);
-        if runtime
-            .block_on(docker_support::images_or_skip(&test, images))
-            .is_none()
-        {
-            return Ok(());
-        }
-    }
     let temporary = tempfile::tempdir().map_err(|e| Failed::from(e.to_string()))?;
     let report_dir = match std::env::var_os("GAUNTLET_TEST_REPORT_DIR") {
         Some(dir) => PathBuf::from(dir).join(backend.name()),
@@ -62,16 +57,11 @@ fn run_one(path: &Path, backend: &Backend) -> Result<(), Failed> {
         backend: backend.clone(),
         progress: false,
     };
-    let report = match runtime.block_on(engine::run(&scenario, &options, &Cancel::new())) {
-        Ok(report) => report,
-        // A machine without root, libfiu or a memory controller cannot run
-        // some scenarios: said and skipped locally, never under CI.
-        Err(e @ engine::RunError::Unmet { .. }) if !docker_support::in_ci() => {
-            eprintln!("skipped: {}/{}: {e}", backend.name(), scenario.name);
-            return Ok(());
-        }
-        Err(e) => return Err(Failed::from(e.to_string())),
-    };
+    // A need this machine lacks was found when the tests were listed (the
+    // test is ignored then); met or not, here it is a failure.
+    let report = runtime
+        .block_on(engine::run(&scenario, &options, &Cancel::new()))
+        .map_err(|e| Failed::from(e.to_string()))?;
     if report.backend != backend.name() {
         return Err(Failed::from(format!(
             "the report says backend {}, the run used {}",
@@ -128,24 +118,54 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // What this machine lacks, found once, before anything runs. Under
+    // CI=true nothing is ignored: a missing need fails the test instead.
+    let in_ci = docker_support::in_ci();
+    let docker_missing = if in_ci {
+        None
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()
+            .and_then(|rt| match &docker {
+                Backend::Docker(images) => rt.block_on(docker_support::docker_unavailable(images)),
+                Backend::Local(_) => None,
+            })
+    };
+    let listing = std::env::args().any(|a| a == "--list");
     let mut trials = Vec::new();
     for path in files {
         let name = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let unsupported = gauntlet::scenario::load_file(&path)
-            .ok()
-            .and_then(|s| engine::unsupported_on(&docker, &s));
+        let scenario = gauntlet::scenario::load_file(&path).ok();
+        let unsupported = scenario
+            .as_ref()
+            .and_then(|s| engine::unsupported_on(&docker, s));
         for backend in [&local, &docker] {
             if matches!(backend, Backend::Docker(_)) && unsupported.is_some() {
                 continue;
             }
+            let test = format!("{}/{name}", backend.name());
+            let missing = match (backend, &docker_missing) {
+                _ if in_ci => None,
+                (Backend::Docker(_), Some(reason)) => Some(reason.clone()),
+                _ => scenario
+                    .as_ref()
+                    .and_then(|s| engine::check_host(backend, s).err()),
+            };
+            if let Some(reason) = &missing
+                && !listing
+            {
+                eprintln!("ignored: {test}: {reason} (runs under CI=true)");
+            }
             let (path, backend) = (path.clone(), backend.clone());
-            trials.push(Trial::test(
-                format!("{}/{name}", backend.name()),
-                move || run_one(&path, &backend),
-            ));
+            trials.push(
+                Trial::test(test, move || run_one(&path, &backend))
+                    .with_ignored_flag(missing.is_some()),
+            );
         }
     }
     trials.push(Trial::test("docker_skips_only_libfiu_faults", move || {

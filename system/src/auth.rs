@@ -108,11 +108,7 @@ impl Auth {
                     .get(&k.role)
                     .map(|p| p.as_slice().into())
                     .unwrap_or_else(|| Arc::from(Vec::new()));
-                let rate = security
-                    .rate_limits
-                    .get(&k.role)
-                    .copied()
-                    .unwrap_or(security.default_rate_limit);
+                let rate = security.rate_limit_of(&k.role);
                 Key {
                     sha256: k.sha256,
                     principal: Principal {

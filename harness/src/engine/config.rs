@@ -91,15 +91,6 @@ pub fn render(
         format!("gauntlet-{tenant}-{v:016x}")
     };
     let hash = |key: &str| -> [u8; 32] { Sha256::digest(key.as_bytes()).into() };
-    let rate_limit_of = |config: &Config, role: &str| {
-        let limit = config
-            .security
-            .rate_limits
-            .get(role)
-            .copied()
-            .unwrap_or(config.security.default_rate_limit);
-        (limit.requests_per_second, limit.burst)
-    };
     config.security.roles.insert(
         OPS_ROLE.to_owned(),
         orchestrator::config::raw::Permission::ALL.to_vec(),
@@ -135,7 +126,10 @@ pub fn render(
         tenants.push(TenantKey {
             tenant: t.name.clone(),
             key,
-            rate_limit: rate_limit_of(&config, &t.role),
+            rate_limit: {
+                let limit = config.security.rate_limit_of(&t.role);
+                (limit.requests_per_second, limit.burst)
+            },
             ops_key,
         });
     }

@@ -23,7 +23,10 @@ const OVERRIDES: &str = "system.overrides";
 impl Validator<'_> {
     /// Loads, merges and validates the configuration. Returns the merged YAML
     /// and the base file's path when the configuration is valid.
-    pub(crate) fn system_config(&mut self, system: &SystemParts<'_>) -> Option<(String, PathBuf)> {
+    pub(crate) fn system_config(
+        &mut self,
+        system: &SystemParts<'_>,
+    ) -> Option<(String, PathBuf, config::Config)> {
         let (base_path, shown) = match resolve_base(self.source, &system.config) {
             Ok(found) => found,
             Err((code, message)) => {
@@ -91,7 +94,7 @@ impl Validator<'_> {
                 self.base_finding(&shown, d, location);
             }
         }
-        outcome.config.map(|_| (text, base_path))
+        outcome.config.map(|config| (text, base_path, config))
     }
 
     /// A finding about the base file, reported at `system.config`.

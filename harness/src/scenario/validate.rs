@@ -411,7 +411,12 @@ impl<'a> Validator<'a> {
         if self.has_errors() {
             return None;
         }
-        let (config_yaml, config_base) = config?;
+        let (config_yaml, config_base, config) = config?;
+        let load = load?;
+        self.exercisable(raw, &load, &invariants, &config);
+        if self.has_errors() {
+            return None;
+        }
         Some(Scenario {
             name: name?.to_owned(),
             description: description?.to_owned(),
@@ -423,11 +428,59 @@ impl<'a> Validator<'a> {
                 config_yaml,
                 config_base,
             },
-            load: load?,
+            load,
             faults,
             slos,
             invariants,
         })
+    }
+
+    /// Refuses checks the rest of the scenario makes impossible to exercise:
+    /// they could never fail, so they would prove nothing (at run time they
+    /// would come out `vacuous`). Each is reported at its invariant.
+    fn exercisable(
+        &mut self,
+        raw: &RawScenario,
+        load: &LoadSpec,
+        invariants: &[Invariant],
+        config: &orchestrator::config::Config,
+    ) {
+        let raw_invariants = raw.invariants.as_deref().unwrap_or_default();
+        let mix = load.mix;
+        for invariant in invariants {
+            let name = invariant.name();
+            let Some(index) = raw_invariants.iter().position(|r| r.name == name) else {
+                continue;
+            };
+            let why = match invariant {
+                Invariant::NoLostJobs { .. } if mix.jobs == 0 => {
+                    Some("the mix sends no jobs (`load.mix.jobs` is 0)".to_owned())
+                }
+                Invariant::ExactlyOnceCharge | Invariant::BudgetConserved
+                    if mix.tasks == 0 && mix.jobs == 0 =>
+                {
+                    Some(
+                        "the mix sends no tasks or jobs, so nothing is reserved or charged"
+                            .to_owned(),
+                    )
+                }
+                Invariant::IdempotentReplayConsistent if load.idempotency_reuse == 0.0 => {
+                    Some("no request reuses a key (`load.idempotency_reuse` is 0)".to_owned())
+                }
+                Invariant::IdempotentReplayConsistent if mix.tasks == 0 && mix.jobs == 0 => {
+                    Some("the mix sends no tasks or jobs, which are what carry keys".to_owned())
+                }
+                Invariant::RateLimitRespected => rate_limit_unreachable(load, config),
+                _ => None,
+            };
+            if let Some(why) = why {
+                self.error(
+                    Code::Vacuous,
+                    &format!("invariants[{index}]"),
+                    format!("`{name}` can never be exercised: {why}"),
+                );
+            }
+        }
     }
 
     fn system(&mut self, raw: &RawSystem) -> SystemParts<'a> {
@@ -1609,6 +1662,41 @@ impl<'a> Validator<'a> {
             }
         }
     }
+}
+
+/// Why no key of the load can go over its rate limit, if none can: in no
+/// stage does a tenant's share of the requests exceed what its key's limit
+/// admits over the stage (rate × duration + burst). Requests are spread
+/// evenly over the tenants.
+fn rate_limit_unreachable(
+    load: &LoadSpec,
+    config: &orchestrator::config::Config,
+) -> Option<String> {
+    let tenants = load.tenants.len().max(1) as f64;
+    let mut closest: Option<(f64, f64, &Tenant, Duration)> = None;
+    for stage in &load.stages {
+        let seconds = stage.duration.as_secs_f64();
+        let per_key = (stage.start_rps + stage.end_rps) / 2.0 * seconds / tenants;
+        for tenant in &load.tenants {
+            let limit = config.security.rate_limit_of(&tenant.role);
+            let allowed = f64::from(limit.requests_per_second) * seconds + f64::from(limit.burst);
+            if per_key > allowed {
+                return None;
+            }
+            if closest.is_none_or(|(n, a, _, _)| per_key / allowed > n / a) {
+                closest = Some((per_key, allowed, tenant, stage.duration));
+            }
+        }
+    }
+    let (per_key, allowed, tenant, duration) = closest?;
+    let limit = config.security.rate_limit_of(&tenant.role);
+    Some(format!(
+        "no stage sends a key more than its limit admits (at most {per_key:.0} requests to tenant {}'s key over a stage of {}, where {} per second and a burst of {} admit {allowed:.0})",
+        tenant.name,
+        format_duration(duration),
+        limit.requests_per_second,
+        limit.burst
+    ))
 }
 
 /// A threshold before it is tied to its metric.

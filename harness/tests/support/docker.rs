@@ -47,6 +47,20 @@ pub async fn images_or_skip(test: &str, images: &ImageNames) -> Option<Docker> {
     }
 }
 
+/// Why the Docker backend cannot run here (no engine, or `images` not
+/// built), or `None` when it can. Prints nothing: the caller decides how
+/// to report it.
+pub async fn docker_unavailable(images: &ImageNames) -> Option<String> {
+    let docker = match images::engine().await {
+        Ok(docker) => docker,
+        Err(e) => return Some(format!("no Docker engine: {e}")),
+    };
+    images::preflight(&docker, images)
+        .await
+        .err()
+        .map(|e| e.to_string())
+}
+
 /// Images a test made, removed (with what only they use) when the guard is
 /// dropped, whether the test passed or panicked.
 #[derive(Default)]

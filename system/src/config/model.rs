@@ -169,6 +169,17 @@ pub struct SecurityConfig {
     pub outbound_url_allowlist: Vec<Url>,
 }
 
+impl SecurityConfig {
+    /// The rate limit of a key with this role: the role's own, else the
+    /// default.
+    pub fn rate_limit_of(&self, role: &str) -> RateLimitConfig {
+        self.rate_limits
+            .get(role)
+            .copied()
+            .unwrap_or(self.default_rate_limit)
+    }
+}
+
 /// One API key.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ApiKeyConfig {
