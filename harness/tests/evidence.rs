@@ -4,6 +4,8 @@
 //! with its own SQL and verifies them with its own hash. The checks then
 //! judge what was read.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
