@@ -115,7 +115,7 @@ fn main() {
         Ok(names) => Backend::Docker(names),
         Err(e) => {
             eprintln!("error: {e}");
-            std::process::exit(2);
+            std::process::exit(i32::from(orchestrator::exit::Exit::BadInput.code()));
         }
     };
     // What this machine lacks, found once, before anything runs. Under
