@@ -34,15 +34,6 @@ impl Exit {
         }
     }
 
-    /// What the code means, in words (for help texts and documentation).
-    pub const fn meaning(self) -> &'static str {
-        match self {
-            Exit::Pass => "every check passed",
-            Exit::CheckFailed => "a check failed",
-            Exit::BadInput => "bad input or an environment that cannot run it",
-        }
-    }
-
     /// The more severe of two results.
     pub fn worst(self, other: Exit) -> Exit {
         self.max(other)
