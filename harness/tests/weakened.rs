@@ -15,22 +15,31 @@ fn root() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// `gauntlet run SCENARIO --report-dir REPORTS`: its output, its stdout, and
+/// everything it said, for failure messages.
+fn run(scenario: &Path, reports: &Path) -> (std::process::Output, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_gauntlet"))
+        .arg("run")
+        .arg(scenario)
+        .arg("--report-dir")
+        .arg(reports)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("gauntlet runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let context = format!(
+        "--- stdout\n{stdout}\n--- stderr\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output, stdout, context)
+}
+
 /// Runs `gauntlet run` on a weakened scenario and checks that it fails
 /// naming `check`. Prints everything the run said when it does not.
 fn check(file: &str, check: &str) {
     let reports = tempfile::tempdir().expect("a temporary directory");
     let scenario = root().join("fixtures/scenarios/weakened").join(file);
-    let output = Command::new(env!("CARGO_BIN_EXE_gauntlet"))
-        .arg("run")
-        .arg(&scenario)
-        .arg("--report-dir")
-        .arg(reports.path())
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("gauntlet runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let context = format!("--- stdout\n{stdout}\n--- stderr\n{stderr}");
+    let (output, stdout, context) = run(&scenario, reports.path());
     assert_eq!(
         output.status.code(),
         Some(1),
@@ -81,19 +90,7 @@ fn a_tiny_queue_fails_allowed_statuses() {
 fn a_rate_limit_check_that_saw_no_429_is_vacuous_and_fails_the_run() {
     let reports = tempfile::tempdir().expect("a temporary directory");
     let scenario = root().join("fixtures/scenarios/vacuous/rate-limit-never-hit.yaml");
-    let output = Command::new(env!("CARGO_BIN_EXE_gauntlet"))
-        .arg("run")
-        .arg(&scenario)
-        .arg("--report-dir")
-        .arg(reports.path())
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("gauntlet runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let context = format!(
-        "--- stdout\n{stdout}\n--- stderr\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (output, stdout, context) = run(&scenario, reports.path());
     assert_eq!(output.status.code(), Some(1), "{context}");
     assert!(
         stdout
