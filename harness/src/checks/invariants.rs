@@ -38,8 +38,7 @@ pub(super) fn no_lost_jobs(evidence: &Evidence) -> CheckResult {
     let acknowledged: BTreeMap<&str, &str> = evidence
         .history
         .iter()
-        .filter(|op| op.kind == OpKind::Job && op.outcome == Outcome::Status(202))
-        .filter_map(|op| Some((op.resource_id.as_deref()?, op.tenant.as_str())))
+        .filter_map(|op| Some((op.acknowledged_job()?, op.tenant.as_str())))
         .collect();
     let count = acknowledged.len() as u64;
     let missing = || "no job was acknowledged with 202".to_owned();

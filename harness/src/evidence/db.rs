@@ -197,6 +197,14 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// Every state.
+    pub const ALL: [JobState; 4] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Dead,
+    ];
+
     /// The state as the schema writes it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -338,8 +346,7 @@ struct Tables<'a> {
 
 impl Tables<'_> {
     fn read(&self, schema_version: u32) -> Result<Database, DbError> {
-        let r = self;
-        let budgets = r.rows(
+        let budgets = self.rows(
             "budgets",
             "SELECT tenant, limit_tokens, used_tokens, reserved_tokens FROM budgets ORDER BY tenant",
             |row| {
@@ -351,73 +358,36 @@ impl Tables<'_> {
                 })
             },
         )?;
-        let reservations = r.rows(
+        let reservations = self.rows(
             "reservations",
             "SELECT id, tenant, task_id, idempotency_key, tokens, state FROM reservations ORDER BY id",
             |row| {
                 let id: i64 = row.get(0)?;
-                let state: String = row.get(5)?;
-                Ok((
-                    ReservationRow {
-                        id,
-                        tenant: row.get(1)?,
-                        task_id: row.get(2)?,
-                        idempotency_key: row.get(3)?,
-                        tokens: tokens(row, 4)?,
-                        state: ReservationState::Held,
-                    },
-                    state,
-                ))
+                Ok(ReservationRow {
+                    id,
+                    tenant: row.get(1)?,
+                    task_id: row.get(2)?,
+                    idempotency_key: row.get(3)?,
+                    tokens: tokens(row, 4)?,
+                    state: state(&RESERVATION_STATES, row.get(5)?, || id.to_string())?,
+                })
             },
         )?;
-        let reservations = reservations
-            .into_iter()
-            .map(|(mut row, state)| {
-                row.state = match state.as_str() {
-                    "held" => ReservationState::Held,
-                    "charged" => ReservationState::Charged,
-                    "released" => ReservationState::Released,
-                    _ => return Err(r.bad("reservations", row.id.to_string(), "state", state)),
-                };
-                Ok(row)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let keys = r.rows(
+        let keys = self.rows(
             "idempotency",
             "SELECT tenant, key, reservation_id, state FROM idempotency ORDER BY tenant, key",
             |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, i64>(2)?,
-                    row.get::<_, String>(3)?,
-                ))
-            },
-        )?;
-        let keys = keys
-            .into_iter()
-            .map(|(tenant, key, reservation_id, state)| {
-                let state = match state.as_str() {
-                    "in_flight" => KeyState::InFlight,
-                    "completed" => KeyState::Completed,
-                    _ => {
-                        return Err(r.bad(
-                            "idempotency",
-                            format!("{tenant}/{key}"),
-                            "state",
-                            state,
-                        ));
-                    }
-                };
+                let (tenant, key): (String, String) = (row.get(0)?, row.get(1)?);
+                let state = state(&KEY_STATES, row.get(3)?, || format!("{tenant}/{key}"))?;
                 Ok(KeyRow {
                     tenant,
                     key,
-                    reservation_id,
+                    reservation_id: row.get(2)?,
                     state,
                 })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let charges = r.rows(
+            },
+        )?;
+        let charges = self.rows(
             "charges",
             "SELECT tenant, reservation_id, task_id, idempotency_key, tokens, overage_tokens
              FROM charges ORDER BY id",
@@ -432,37 +402,24 @@ impl Tables<'_> {
                 })
             },
         )?;
-        let jobs = r.rows(
+        let jobs = self.rows(
             "jobs",
             "SELECT id, tenant, state, attempts, max_attempts, last_error FROM jobs ORDER BY num",
             |row| {
-                Ok((
-                    JobRow {
-                        id: row.get(0)?,
-                        tenant: row.get(1)?,
-                        state: JobState::Queued,
-                        attempts: tokens(row, 3)?,
-                        max_attempts: tokens(row, 4)?,
-                        last_error: row.get(5)?,
-                    },
-                    row.get::<_, String>(2)?,
-                ))
+                let id: String = row.get(0)?;
+                let names = JobState::ALL.map(|s| (s.as_str(), s));
+                let state = state(&names, row.get(2)?, || id.clone())?;
+                Ok(JobRow {
+                    id,
+                    tenant: row.get(1)?,
+                    state,
+                    attempts: tokens(row, 3)?,
+                    max_attempts: tokens(row, 4)?,
+                    last_error: row.get(5)?,
+                })
             },
         )?;
-        let jobs = jobs
-            .into_iter()
-            .map(|(mut job, state)| {
-                job.state = match state.as_str() {
-                    "queued" => JobState::Queued,
-                    "running" => JobState::Running,
-                    "succeeded" => JobState::Succeeded,
-                    "dead" => JobState::Dead,
-                    _ => return Err(r.bad("jobs", job.id.clone(), "state", state)),
-                };
-                Ok(job)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let audit = r.rows(
+        let audit = self.rows(
             "audit",
             "SELECT seq, ts_ms, actor, action, subject, details, prev_hash, hash FROM audit ORDER BY seq",
             |row| {
@@ -478,7 +435,7 @@ impl Tables<'_> {
                 })
             },
         )?;
-        let mut heads = r.rows(
+        let mut heads = self.rows(
             "audit_head",
             "SELECT last_seq, last_hash FROM audit_head WHERE id = 1",
             |row| {
@@ -505,7 +462,7 @@ impl Tables<'_> {
         &self,
         table: &'static str,
         sql: &str,
-        map: impl Fn(&Row<'_>) -> rusqlite::Result<T>,
+        map: impl Fn(&Row<'_>) -> Result<T, RowError>,
     ) -> Result<Vec<T>, DbError> {
         let error = |source| DbError::Query {
             path: self.path.to_path_buf(),
@@ -522,27 +479,65 @@ impl Tables<'_> {
                     table,
                 });
             }
-            out.push(map(row).map_err(error)?);
+            out.push(map(row).map_err(|e| match e {
+                RowError::Sql(source) => error(source),
+                RowError::Bad { row, column, value } => DbError::BadValue {
+                    path: self.path.to_path_buf(),
+                    table,
+                    row,
+                    column,
+                    value,
+                },
+            })?);
         }
         Ok(out)
     }
+}
 
-    fn bad(
-        &self,
-        table: &'static str,
+/// Why one row could not be read; [`Tables::rows`] adds the file and table.
+enum RowError {
+    /// SQLite's error.
+    Sql(rusqlite::Error),
+    /// A value the schema does not allow.
+    Bad {
         row: String,
         column: &'static str,
         value: String,
-    ) -> DbError {
-        DbError::BadValue {
-            path: self.path.to_path_buf(),
-            table,
-            row,
-            column,
-            value: value.chars().take(64).collect(),
-        }
+    },
+}
+
+impl From<rusqlite::Error> for RowError {
+    fn from(error: rusqlite::Error) -> Self {
+        RowError::Sql(error)
     }
 }
+
+/// A state column's value among the names the schema gives it; `row` names
+/// the row for the error.
+fn state<S: Copy>(
+    names: &[(&str, S)],
+    value: String,
+    row: impl FnOnce() -> String,
+) -> Result<S, RowError> {
+    match names.iter().find(|(name, _)| *name == value) {
+        Some((_, state)) => Ok(*state),
+        None => Err(RowError::Bad {
+            row: row(),
+            column: "state",
+            value: value.chars().take(64).collect(),
+        }),
+    }
+}
+
+const RESERVATION_STATES: [(&str, ReservationState); 3] = [
+    ("held", ReservationState::Held),
+    ("charged", ReservationState::Charged),
+    ("released", ReservationState::Released),
+];
+const KEY_STATES: [(&str, KeyState); 2] = [
+    ("in_flight", KeyState::InFlight),
+    ("completed", KeyState::Completed),
+];
 
 /// A token amount or count: the schema keeps them nonnegative, so a negative
 /// one is read as a conversion error naming the column.

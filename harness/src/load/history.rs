@@ -127,6 +127,14 @@ pub struct Op {
 }
 
 impl Op {
+    /// The job's id, if this operation is a job submission acknowledged
+    /// with 202: what `no_lost_jobs` holds the system to.
+    pub fn acknowledged_job(&self) -> Option<&str> {
+        (self.kind == OpKind::Job && self.outcome == Outcome::Status(202))
+            .then_some(self.resource_id.as_deref())
+            .flatten()
+    }
+
     /// The latency the client experienced, counted from the intended send
     /// time (so that time spent waiting for a slot or behind a stall is not
     /// hidden): `end_ms - intended_ms`. `None` for an operation never sent.

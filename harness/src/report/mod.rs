@@ -191,11 +191,7 @@ impl Report {
             .evidence
             .history
             .iter()
-            .filter(|op| {
-                op.kind == crate::load::OpKind::Job
-                    && op.outcome == crate::load::Outcome::Status(202)
-            })
-            .filter_map(|op| op.resource_id.as_deref())
+            .filter_map(Op::acknowledged_job)
             .collect();
         for id in acknowledged {
             let state = match database {
