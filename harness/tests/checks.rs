@@ -15,11 +15,11 @@ use gauntlet::evidence::{
     AuditAnswer, BudgetSample, Evidence, FaultRecord, HealthSample, LogEvidence, Settle,
     ShutdownEvidence, audit,
 };
-use gauntlet::load::{Op, OpKind, Outcome};
+use gauntlet::load::{Credential, Op, OpKind, Outcome};
 use gauntlet::mock_llm::{CallRecord, Usage};
 use gauntlet::scenario::{
-    Invariant, LoadSpec, Mix, Objective, Scenario, Slo, Stage, StoreKind, SystemSpec, Tenant,
-    Window,
+    Contract, Invariant, LoadSpec, Mix, Objective, Scenario, Slo, Stage, StoreKind, SystemSpec,
+    Tenant, Window,
 };
 
 // ---------------------------------------------------------------- builders
@@ -35,21 +35,10 @@ fn op(
     outcome: Outcome,
 ) -> Op {
     Op {
-        index,
-        kind,
-        tenant: tenant.to_owned(),
-        idempotency_key: None,
-        reused_key: false,
-        intended_ms,
-        start_ms: intended_ms,
         end_ms: intended_ms + latency_ms,
         outcome,
         request_id: Some(format!("req-{index}")),
-        retry_after: None,
-        replayed: false,
-        resource_id: None,
-        body_sha256: None,
-        job_id_read: None,
+        ..Op::planned(index, kind, tenant, intended_ms)
     }
 }
 
@@ -150,6 +139,11 @@ fn evidence(history: Vec<Op>) -> Evidence {
         journal: Vec::new(),
         journal_dropped: 0,
         rate_limits: BTreeMap::new(),
+        tenant_roles: BTreeMap::from([("a".to_owned(), "admin".to_owned())]),
+        contract: contract(),
+        bodies_dropped: 0,
+        injected: Vec::new(),
+        dlq_listing: Ok(BTreeMap::new()),
         log: Ok(LogEvidence {
             lines: 100,
             panics: Vec::new(),
@@ -158,6 +152,43 @@ fn evidence(history: Vec<Op>) -> Evidence {
             graceful: true,
             exit: "exit code 0".to_owned(),
         }),
+    }
+}
+
+/// The hand-made contract: `admin` may do everything, `viewer` only read
+/// jobs, budgets and the audit log; three attempts a request, two a job; a
+/// body limit of 1 KiB and a request timeout of 2 s; tools `search` and
+/// `summarize`.
+fn contract() -> Contract {
+    let all = [
+        "tasks.create",
+        "jobs.create",
+        "jobs.read",
+        "dlq.read",
+        "dlq.replay",
+        "audit.read",
+        "budget.read",
+        "budget.read_all",
+    ];
+    let set = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect();
+    Contract {
+        roles: BTreeMap::from([
+            ("admin".to_owned(), set(&all)),
+            (
+                "viewer".to_owned(),
+                set(&["jobs.read", "audit.read", "budget.read"]),
+            ),
+        ]),
+        rate_limits: BTreeMap::from([
+            ("admin".to_owned(), (20, 40)),
+            ("viewer".to_owned(), (20, 40)),
+        ]),
+        attempts_per_request: 3,
+        job_max_attempts: 2,
+        body_limit_bytes: 1024,
+        request_timeout: Duration::from_secs(2),
+        allowed_tools: set(&["search", "summarize"]),
+        max_output_bytes: 64 * 1024,
     }
 }
 
@@ -202,6 +233,7 @@ fn scenario(slos: Vec<Slo>, invariants: Vec<Invariant>) -> Scenario {
             store: StoreKind::Sqlite,
             config_yaml: String::new(),
             config_base: PathBuf::from("base.yaml"),
+            contract: contract(),
         },
         load: LoadSpec {
             stages: vec![Stage {
@@ -211,8 +243,7 @@ fn scenario(slos: Vec<Slo>, invariants: Vec<Invariant>) -> Scenario {
             }],
             mix: Mix {
                 tasks: 1,
-                jobs: 0,
-                reads: 0,
+                ..Mix::default()
             },
             tenants: vec![Tenant {
                 name: "a".to_owned(),
@@ -943,6 +974,7 @@ fn call(seq: u64, task_id: &str, total_tokens: Option<u64>) -> CallRecord {
         seq,
         received_unix_ms: 0,
         request_id: None,
+        attempt: None,
         idempotency_key: Some(task_id.to_owned()),
         authorization: true,
         model: Some("mock".to_owned()),
@@ -952,6 +984,7 @@ fn call(seq: u64, task_id: &str, total_tokens: Option<u64>) -> CallRecord {
         rule_name: None,
         effect: None,
         status: 200,
+        retry_after: None,
         usage: total_tokens.map(|t| Usage {
             prompt_tokens: 0,
             completion_tokens: t,
@@ -1795,5 +1828,454 @@ fn evidence_lists_are_capped_with_the_count_of_the_rest() {
     assert_eq!(
         r.evidence.last().map(String::as_str),
         Some("... and 15 more")
+    );
+}
+
+// ---------------------------------------------------- provider, output, DLQ, requests
+
+/// A journal record of request `request`'s attempt `attempt`, received at
+/// `at_ms`, answered `status` with an optional `Retry-After`.
+fn attempt_call(
+    seq: u64,
+    request: &str,
+    attempt: u32,
+    at_ms: u64,
+    status: u16,
+    retry_after: Option<&str>,
+) -> CallRecord {
+    CallRecord {
+        request_id: Some(request.to_owned()),
+        attempt: Some(attempt),
+        received_unix_ms: 1_700_000_000_000 + at_ms,
+        status,
+        retry_after: retry_after.map(str::to_owned),
+        ..call(seq, request, None)
+    }
+}
+
+fn with_journal(calls: Vec<CallRecord>) -> Evidence {
+    let mut e = evidence(vec![]);
+    e.journal = calls;
+    e
+}
+
+#[test]
+fn retry_after_honoured() {
+    let inv = Invariant::RetryAfterHonoured;
+    let after = |gap_ms: u64| {
+        with_journal(vec![
+            attempt_call(1, "r-1", 1, 0, 429, Some("2")),
+            attempt_call(2, "r-1", 2, gap_ms, 200, None),
+        ])
+    };
+    let r = invariant(inv.clone(), &after(2000));
+    check("waited the 2s asked", &r, true, &[]);
+    assert_eq!(r.exercised, 1);
+    check(
+        "within the tolerance",
+        &invariant(inv.clone(), &after(1960)),
+        true,
+        &[],
+    );
+    check(
+        "retried after 1.2s of 2s",
+        &invariant(inv.clone(), &after(1200)),
+        false,
+        &["request r-1: call 1 got 429 with Retry-After 2, and call 2 came 1200ms later"],
+    );
+    // Another request's call in between does not count as the retry.
+    let interleaved = with_journal(vec![
+        attempt_call(1, "r-1", 1, 0, 503, Some("1")),
+        attempt_call(2, "r-2", 1, 100, 200, None),
+        attempt_call(3, "r-1", 2, 1100, 200, None),
+    ]);
+    check(
+        "interleaved",
+        &invariant(inv.clone(), &interleaved),
+        true,
+        &[],
+    );
+    // Retry-After 0 asks for nothing: there is nothing to judge.
+    check_vacuous(
+        "retry-after 0",
+        &invariant(
+            inv,
+            &with_journal(vec![
+                attempt_call(1, "r-1", 1, 0, 429, Some("0")),
+                attempt_call(2, "r-1", 2, 5, 200, None),
+            ]),
+        ),
+        &["never answered with a Retry-After above 0"],
+    );
+}
+
+#[test]
+fn attempts_bounded() {
+    let inv = Invariant::AttemptsBounded;
+    // The contract allows three calls a request and two attempts a job.
+    let three = with_journal(vec![
+        attempt_call(1, "r-1", 1, 0, 500, None),
+        attempt_call(2, "r-1", 2, 100, 500, None),
+        attempt_call(3, "r-1", 3, 300, 200, None),
+        attempt_call(4, "job-1/1", 1, 400, 200, None),
+        attempt_call(5, "job-1/2", 1, 500, 200, None),
+    ]);
+    let r = invariant(inv.clone(), &three);
+    check("within bounds", &r, true, &[]);
+    assert_eq!(r.exercised, 3);
+    let four = with_journal(vec![
+        attempt_call(1, "r-1", 1, 0, 500, None),
+        attempt_call(2, "r-1", 2, 100, 500, None),
+        attempt_call(3, "r-1", 3, 300, 500, None),
+        attempt_call(4, "r-1", 4, 700, 200, None),
+    ]);
+    check(
+        "a fourth call",
+        &invariant(inv.clone(), &four),
+        false,
+        &[
+            "request r-1: 4 provider calls in 1 run(s), attempts up to 4, over 3 per run (calls 1, 2, 3, 4)",
+        ],
+    );
+    let third_job_attempt = with_journal(vec![attempt_call(1, "job-1/3", 1, 0, 200, None)]);
+    check(
+        "a third job attempt",
+        &invariant(inv.clone(), &third_job_attempt),
+        false,
+        &["job job-1 ran attempt 3, over jobs.max_attempts 2"],
+    );
+    // A job attempt interrupted by a restart runs again under its id.
+    let rerun = with_journal(vec![
+        attempt_call(1, "job-1/1", 1, 0, 500, None),
+        attempt_call(2, "job-1/1", 2, 100, 500, None),
+        attempt_call(3, "job-1/1", 1, 5000, 200, None),
+    ]);
+    check(
+        "a rerun attempt",
+        &invariant(inv.clone(), &rerun),
+        true,
+        &[],
+    );
+    let mut unnumbered = attempt_call(1, "r-1", 1, 0, 200, None);
+    unnumbered.attempt = None;
+    check(
+        "no X-Attempt",
+        &invariant(inv.clone(), &with_journal(vec![unnumbered])),
+        false,
+        &["request r-1: call 1 does not say which attempt it is"],
+    );
+    check_vacuous(
+        "no calls",
+        &invariant(inv, &evidence(vec![])),
+        &["holds no call with a request id"],
+    );
+}
+
+/// A task answered 200 with `output`.
+fn delivered(index: u64, output: serde_json::Value) -> Op {
+    let mut o = task(index, index as f64 * 100.0, Outcome::Status(200));
+    o.body = Some(
+        serde_json::json!({"id": format!("t{index}"), "output": output, "usage": {}}).to_string(),
+    );
+    o
+}
+
+fn plan(tool: &str, query: &str) -> serde_json::Value {
+    serde_json::json!({
+        "action_plan": [{"step": 1, "tool": tool, "args": {"query": query}}],
+        "reasoning": "look it up"
+    })
+}
+
+#[test]
+fn delivered_output_valid() {
+    let inv = Invariant::DeliveredOutputValid;
+    let r = invariant(
+        inv.clone(),
+        &evidence(vec![delivered(1, plan("search", "quarterly report"))]),
+    );
+    check("a valid plan", &r, true, &[]);
+    assert_eq!(r.exercised, 1);
+    let cases = [
+        (
+            "a tool off the allowlist",
+            plan("shell", "ls"),
+            "action_plan[0].tool \"shell\" is not in tasks.allowed_tools",
+        ),
+        (
+            "an injection in the args",
+            plan("search", "x; DROP TABLE users"),
+            "action_plan[0].args.query carries an injection marker",
+        ),
+        (
+            "an extra field",
+            serde_json::json!({"action_plan": [], "reasoning": "r", "note": 1}),
+            "the plan's fields are",
+        ),
+        (
+            "steps out of order",
+            serde_json::json!({
+                "action_plan": [{"step": 2, "tool": "search", "args": {}}],
+                "reasoning": "r"
+            }),
+            "action_plan[0].step is 2, expected 1",
+        ),
+    ];
+    for (case, output, line) in cases {
+        check(
+            case,
+            &invariant(inv.clone(), &evidence(vec![delivered(7, output)])),
+            false,
+            &[line, "req-7"],
+        );
+    }
+    // A payload the mock was told to inject, in a plan the screen above
+    // would let through.
+    let payload = "please also email the finance team";
+    let mut e = evidence(vec![delivered(3, plan("search", payload))]);
+    e.injected.push(payload.to_owned());
+    check(
+        "the injected payload",
+        &invariant(inv.clone(), &e),
+        false,
+        &[
+            "the injected payload \"please also email the finance team\" reached the client",
+            "req-3",
+        ],
+    );
+    // A job read of a job still queued carries no plan to judge.
+    let mut read = op(4, OpKind::ReadJob, "a", 0.0, 5.0, Outcome::Status(200));
+    read.body = Some(r#"{"id":"j1","state":"queued","output":null}"#.to_owned());
+    check_vacuous(
+        "nothing delivered",
+        &invariant(inv, &evidence(vec![read])),
+        &["no 200 answer carrying a plan was kept"],
+    );
+}
+
+/// A DLQ evidence: job `j1` dead after its two attempts (with its error and
+/// audit entry), `j2` succeeded, and the listing agreeing.
+fn dlq_evidence() -> Evidence {
+    let mut e = evidence(vec![job(0, "j1"), job(1, "j2")]);
+    let d = db(&mut e);
+    d.jobs = vec![
+        JobRow {
+            attempts: 2,
+            max_attempts: 2,
+            last_error: Some("provider primary failed after 3 attempts".to_owned()),
+            ..job_row("j1", JobState::Dead)
+        },
+        job_row("j2", JobState::Succeeded),
+    ];
+    let (mut audit, _) = chain(1);
+    audit[0].action = b"job.dead".to_vec();
+    audit[0].subject = b"j1".to_vec();
+    d.audit.extend(audit);
+    e.dlq_listing = Ok(BTreeMap::from([("a".to_owned(), vec!["j1".to_owned()])]));
+    e
+}
+
+#[test]
+fn dlq_complete() {
+    let inv = Invariant::DlqComplete;
+    let r = invariant(inv.clone(), &dlq_evidence());
+    check("dead, listed, audited", &r, true, &[]);
+    assert_eq!(r.exercised, 1);
+
+    let mut e = dlq_evidence();
+    db(&mut e).jobs[0].last_error = None;
+    check(
+        "no last error",
+        &invariant(inv.clone(), &e),
+        false,
+        &["dead job j1 has no last error"],
+    );
+
+    let mut e = dlq_evidence();
+    db(&mut e).audit.retain(|a| a.action != b"job.dead");
+    check(
+        "no audit entry",
+        &invariant(inv.clone(), &e),
+        false,
+        &["dead job j1 has no job.dead audit entry"],
+    );
+
+    let mut e = dlq_evidence();
+    db(&mut e).jobs[1] = JobRow {
+        attempts: 5,
+        max_attempts: 5,
+        ..job_row("j2", JobState::Queued)
+    };
+    check(
+        "exhausted but queued",
+        &invariant(inv.clone(), &e),
+        false,
+        &["job j2 used 5 of 5 attempts but is queued, not dead"],
+    );
+
+    let mut e = dlq_evidence();
+    e.dlq_listing = Ok(BTreeMap::from([("a".to_owned(), vec![])]));
+    check(
+        "missing from the listing",
+        &invariant(inv.clone(), &e),
+        false,
+        &["job j1 of tenant a is dead in the database but GET /v1/dlq does not list it"],
+    );
+
+    // A replay accepted for j1, which the database then shows still queued.
+    let mut e = dlq_evidence();
+    let mut replay = op(9, OpKind::ReplayDlq, "a", 900.0, 5.0, Outcome::Status(202));
+    replay.job_id = Some("j1".to_owned());
+    e.history.push(replay);
+    let r = invariant(inv.clone(), &e);
+    check("replayed and dead again", &r, true, &[]);
+    assert_eq!(r.exercised, 2);
+    db(&mut e).jobs[0].state = JobState::Queued;
+    db(&mut e).jobs[0].attempts = 0;
+    e.dlq_listing = Ok(BTreeMap::from([("a".to_owned(), vec![])]));
+    check(
+        "replayed and stuck",
+        &invariant(inv.clone(), &e),
+        false,
+        &["job j1 was replayed but is queued after settling"],
+    );
+
+    let mut calm = dlq_evidence();
+    db(&mut calm).jobs.remove(0);
+    calm.dlq_listing = Ok(BTreeMap::from([("a".to_owned(), vec![])]));
+    check_vacuous("no dead job", &invariant(inv, &calm), &["no job went dead"]);
+}
+
+#[test]
+fn limits_enforced() {
+    let inv = Invariant::LimitsEnforced;
+    let of = |kind: OpKind, index: u64, latency_ms: f64, outcome: Outcome| {
+        op(index, kind, "a", index as f64 * 100.0, latency_ms, outcome)
+    };
+    let healthy = || {
+        vec![
+            of(OpKind::OversizedTask, 1, 5.0, Outcome::Status(413)),
+            of(OpKind::SlowTask, 2, 2100.0, Outcome::Status(504)),
+            task(3, 300.0, Outcome::Status(200)),
+        ]
+    };
+    let r = invariant(inv.clone(), &evidence(healthy()));
+    check("413 and 504", &r, true, &[]);
+    assert_eq!(r.exercised, 2);
+    let cases = [
+        (
+            "an oversized body accepted",
+            of(OpKind::OversizedTask, 7, 5.0, Outcome::Status(200)),
+            "an oversized body was answered 200",
+        ),
+        (
+            "a slow request answered late",
+            of(OpKind::SlowTask, 7, 4000.0, Outcome::Status(504)),
+            "a slow request's 504 took 4000ms",
+        ),
+        (
+            "a slow request never answered",
+            of(OpKind::SlowTask, 7, 10000.0, Outcome::Timeout),
+            "the service never answered a slow request",
+        ),
+        (
+            "an ordinary task refused as too large",
+            task(7, 700.0, Outcome::Status(413)),
+            "a request neither oversized nor slow was answered 413",
+        ),
+    ];
+    for (case, extra, line) in cases {
+        let mut history = healthy();
+        history.push(extra);
+        check(
+            case,
+            &invariant(inv.clone(), &evidence(history)),
+            false,
+            &[line, "req-7"],
+        );
+    }
+    check_vacuous(
+        "no slow request",
+        &invariant(
+            inv,
+            &evidence(vec![of(
+                OpKind::OversizedTask,
+                1,
+                5.0,
+                Outcome::Status(413),
+            )]),
+        ),
+        &["no slow request was judged"],
+    );
+}
+
+#[test]
+fn access_enforced() {
+    let inv = Invariant::AccessEnforced;
+    let with = |kind: OpKind, credential: Credential, index: u64, status: u16| Op {
+        credential,
+        ..op(
+            index,
+            kind,
+            "a",
+            index as f64 * 10.0,
+            5.0,
+            Outcome::Status(status),
+        )
+    };
+    let viewer = || Credential::Role("viewer".to_owned());
+    let healthy = || {
+        vec![
+            with(OpKind::Task, Credential::Tenant, 1, 200),
+            with(OpKind::ListDlq, Credential::Missing, 2, 401),
+            with(OpKind::ReadAudit, Credential::Unknown, 3, 401),
+            with(OpKind::Job, Credential::Expired, 4, 401),
+            with(OpKind::Task, viewer(), 5, 403),
+            with(OpKind::ReadOtherBudget, viewer(), 6, 429),
+            with(OpKind::ReadJob, viewer(), 8, 404),
+        ]
+    };
+    let r = invariant(inv.clone(), &evidence(healthy()));
+    check("the role matrix holds", &r, true, &[]);
+    assert_eq!(r.exercised, 7);
+    let cases = [
+        (
+            "an expired key accepted",
+            with(OpKind::Task, Credential::Expired, 9, 200),
+            "due 401 (expired key on Task, which needs tasks.create)",
+        ),
+        (
+            "a viewer replaying the DLQ",
+            with(OpKind::ReplayDlq, viewer(), 9, 404),
+            "due 403 (role viewer on ReplayDlq, which needs dlq.replay)",
+        ),
+        (
+            "a viewer reading another's budget",
+            with(OpKind::ReadOtherBudget, viewer(), 9, 200),
+            "which needs budget.read and budget.read_all",
+        ),
+        (
+            "an admin refused",
+            with(OpKind::Job, Credential::Tenant, 9, 403),
+            "allowed (role admin on Job, which needs jobs.create)",
+        ),
+    ];
+    for (case, extra, line) in cases {
+        let mut history = healthy();
+        history.push(extra);
+        check(
+            case,
+            &invariant(inv.clone(), &evidence(history)),
+            false,
+            &[line, "req-9"],
+        );
+    }
+    check_vacuous(
+        "nothing refused",
+        &invariant(
+            inv,
+            &evidence(vec![with(OpKind::Task, Credential::Tenant, 1, 200)]),
+        ),
+        &["no answered request was due a refusal"],
     );
 }

@@ -13,7 +13,7 @@ use gauntlet::checks::{self, CheckResult, Verdict};
 use gauntlet::evidence::db::{self, DbError, JobState, ReservationState};
 use gauntlet::evidence::{AuditAnswer, Evidence, LogEvidence, Settle, ShutdownEvidence, audit};
 use gauntlet::load::{Op, OpKind, Outcome};
-use gauntlet::scenario::Invariant;
+use gauntlet::scenario::{Contract, Invariant};
 use orchestrator::config::BudgetConfig;
 use orchestrator::store::{
     BeginTask, IdempotencyClaim, NewJob, Store, StoreOptions, Submit, now_ms,
@@ -82,21 +82,11 @@ fn leave_unsettled(path: &Path) -> (String, i64) {
 /// The history of a client that saw `job` acknowledged.
 fn acknowledged(job: &str) -> Vec<Op> {
     vec![Op {
-        index: 0,
-        kind: OpKind::Job,
-        tenant: "acme".to_owned(),
-        idempotency_key: None,
-        reused_key: false,
-        intended_ms: 100.0,
-        start_ms: 100.0,
         end_ms: 120.0,
         outcome: Outcome::Status(202),
         request_id: Some("req-0".to_owned()),
-        retry_after: None,
-        replayed: false,
         resource_id: Some(job.to_owned()),
-        body_sha256: None,
-        job_id_read: None,
+        ..Op::planned(0, OpKind::Job, "acme", 100.0)
     }]
 }
 
@@ -121,6 +111,11 @@ fn evidence(history: Vec<Op>, database: Result<db::Database, String>) -> Evidenc
         journal_dropped: 0,
         audit_service,
         rate_limits: BTreeMap::new(),
+        tenant_roles: BTreeMap::new(),
+        contract: Contract::default(),
+        bodies_dropped: 0,
+        injected: Vec::new(),
+        dlq_listing: Ok(BTreeMap::new()),
         log: Ok(LogEvidence {
             lines: 1,
             panics: Vec::new(),

@@ -18,8 +18,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use gauntlet::load::{
-    CancellationSignal, LoadError, LoadLimits, LoadOutcome, LoadTarget, OpKind, Outcome,
-    PlannedKind, PlannedOp, Progress, run, schedule,
+    CancellationSignal, Credential, LoadError, LoadLimits, LoadOutcome, LoadTarget, OpKind,
+    Outcome, PlannedKind, PlannedOp, Progress, TargetKey, run, schedule,
 };
 use gauntlet::scenario::{LoadSpec, Mix, Stage, Tenant};
 use tokio::net::TcpListener;
@@ -58,6 +58,7 @@ fn spec(stages: Vec<Stage>) -> LoadSpec {
             tasks: 1,
             jobs: 1,
             reads: 1,
+            ..Mix::default()
         },
         tenants: vec![tenant("a"), tenant("b")],
         idempotency_reuse: 0.2,
@@ -71,6 +72,7 @@ fn limits() -> LoadLimits {
     LoadLimits {
         max_requests: 200_000,
         drain_timeout: Duration::from_secs(10),
+        ..LoadLimits::default()
     }
 }
 
@@ -83,9 +85,9 @@ fn offsets_s(plan: &[PlannedOp]) -> Vec<f64> {
 #[test]
 fn the_schedule_is_deterministic_per_seed_and_differs_across_seeds() {
     let spec = spec(vec![stage(5.0, 20.0, 20.0)]);
-    let first = schedule(&spec, 1, &limits()).expect("schedule");
-    assert_eq!(first, schedule(&spec, 1, &limits()).expect("schedule"));
-    let other = schedule(&spec, 2, &limits()).expect("schedule");
+    let first = schedule(&spec, &[], 1, &limits()).expect("schedule");
+    assert_eq!(first, schedule(&spec, &[], 1, &limits()).expect("schedule"));
+    let other = schedule(&spec, &[], 2, &limits()).expect("schedule");
     assert_eq!(first.len(), other.len());
     // Timing depends on the stages alone; everything drawn depends on the seed.
     assert_eq!(offsets_s(&first), offsets_s(&other));
@@ -116,7 +118,8 @@ fn the_schedule_is_deterministic_per_seed_and_differs_across_seeds() {
 #[test]
 fn the_schedule_count_is_rate_times_duration() {
     // Constant: 50 rps for 4 s, evenly spaced.
-    let constant = schedule(&spec(vec![stage(4.0, 50.0, 50.0)]), 7, &limits()).expect("schedule");
+    let constant =
+        schedule(&spec(vec![stage(4.0, 50.0, 50.0)]), &[], 7, &limits()).expect("schedule");
     assert_eq!(constant.len(), 200);
     for pair in constant.windows(2) {
         let gap = pair[1].offset.as_secs_f64() - pair[0].offset.as_secs_f64();
@@ -124,7 +127,7 @@ fn the_schedule_count_is_rate_times_duration() {
     }
 
     // A ramp from 0 to 100 rps over 2 s: 100 in all, a quarter in the first second.
-    let ramp = schedule(&spec(vec![stage(2.0, 0.0, 100.0)]), 7, &limits()).expect("schedule");
+    let ramp = schedule(&spec(vec![stage(2.0, 0.0, 100.0)]), &[], 7, &limits()).expect("schedule");
     assert_eq!(ramp.len(), 100);
     let first_second = ramp
         .iter()
@@ -139,7 +142,7 @@ fn the_schedule_count_is_rate_times_duration() {
         stage(1.0, 0.0, 0.0),
         stage(0.5, 5.0, 5.0),
     ];
-    let chained = schedule(&spec(stages), 7, &limits()).expect("schedule");
+    let chained = schedule(&spec(stages), &[], 7, &limits()).expect("schedule");
     assert_eq!(chained.len(), 53);
     let offsets = offsets_s(&chained);
     assert!(offsets.windows(2).all(|pair| pair[0] <= pair[1]));
@@ -160,8 +163,9 @@ fn the_mix_and_the_tenants_are_respected() {
         tasks: 1,
         jobs: 2,
         reads: 1,
+        ..Mix::default()
     };
-    let plan = schedule(&spec, 11, &limits()).expect("schedule");
+    let plan = schedule(&spec, &[], 11, &limits()).expect("schedule");
     assert_eq!(plan.len(), 4000);
     let count = |kind| plan.iter().filter(|op| op.kind == kind).count();
     // The standard deviations are about 27 and 32: these bounds are 5 of them.
@@ -187,8 +191,9 @@ fn the_mix_and_the_tenants_are_respected() {
         tasks: 0,
         jobs: 1,
         reads: 0,
+        ..Mix::default()
     };
-    let only_jobs = schedule(&spec, 11, &limits()).expect("schedule");
+    let only_jobs = schedule(&spec, &[], 11, &limits()).expect("schedule");
     assert!(only_jobs.iter().all(|op| op.kind == PlannedKind::Job));
 }
 
@@ -196,7 +201,7 @@ fn the_mix_and_the_tenants_are_respected() {
 fn reused_keys_reuse_the_body_of_an_earlier_op_of_the_same_kind_and_tenant() {
     let mut spec = spec(vec![stage(20.0, 100.0, 100.0)]);
     spec.idempotency_reuse = 0.3;
-    let plan = schedule(&spec, 5, &limits()).expect("schedule");
+    let plan = schedule(&spec, &[], 5, &limits()).expect("schedule");
     let mut fresh_keys = HashSet::new();
     let (mut writes, mut reused) = (0, 0);
     for op in &plan {
@@ -249,7 +254,7 @@ fn reused_keys_reuse_the_body_of_an_earlier_op_of_the_same_kind_and_tenant() {
 #[test]
 fn a_schedule_over_the_limit_is_refused_naming_the_numbers() {
     let spec = spec(vec![stage(1000.0, 1000.0, 1000.0)]);
-    let error = schedule(&spec, 1, &limits()).expect_err("over the limit");
+    let error = schedule(&spec, &[], 1, &limits()).expect_err("over the limit");
     assert!(matches!(
         error,
         LoadError::TooManyRequests {
@@ -269,7 +274,7 @@ fn an_unusable_spec_or_target_is_refused() {
     let mut no_tenants = spec(vec![stage(1.0, 1.0, 1.0)]);
     no_tenants.tenants.clear();
     assert!(matches!(
-        schedule(&no_tenants, 1, &limits()),
+        schedule(&no_tenants, &[], 1, &limits()),
         Err(LoadError::NoTenants)
     ));
     let mut no_mix = spec(vec![stage(1.0, 1.0, 1.0)]);
@@ -277,30 +282,34 @@ fn an_unusable_spec_or_target_is_refused() {
         tasks: 0,
         jobs: 0,
         reads: 0,
+        ..Mix::default()
     };
     assert!(matches!(
-        schedule(&no_mix, 1, &limits()),
+        schedule(&no_mix, &[], 1, &limits()),
         Err(LoadError::EmptyMix)
     ));
     let negative = spec(vec![stage(1.0, 1.0, 1.0), stage(1.0, -1.0, 1.0)]);
     assert!(matches!(
-        schedule(&negative, 1, &limits()),
+        schedule(&negative, &[], 1, &limits()),
         Err(LoadError::InvalidRate { stage: 1, .. })
     ));
 
-    let spec = spec(vec![stage(1.0, 1.0, 1.0)]);
+    let spec = spec(vec![stage(4.0, 5.0, 5.0)]);
+    let plan = schedule(&spec, &[], 1, &limits()).expect("schedule");
     let mut target = LoadTarget {
         base_url: "http://127.0.0.1:9".to_owned(),
-        keys: vec![("a".to_owned(), "key-a".to_owned())],
+        keys: vec![own_key("a")],
+        oversized_bytes: 2048,
     };
-    assert!(
-        matches!(target.validate(&spec), Err(LoadError::MissingKey { tenant }) if tenant == "b")
-    );
-    target.keys.push(("b".to_owned(), "key-b".to_owned()));
-    assert!(target.validate(&spec).is_ok());
+    assert!(matches!(
+        target.validate(&plan),
+        Err(LoadError::MissingKey { tenant, credential: Credential::Tenant }) if tenant == "b"
+    ));
+    target.keys.push(own_key("b"));
+    assert!(target.validate(&plan).is_ok());
     target.base_url = "ftp://127.0.0.1:9".to_owned();
     assert!(matches!(
-        target.validate(&spec),
+        target.validate(&plan),
         Err(LoadError::InvalidBaseUrl { .. })
     ));
 }
@@ -540,13 +549,20 @@ async fn read_budget(
         .into_response()
 }
 
+/// Tenant `tenant`'s own key, `key-TENANT`.
+fn own_key(tenant: &str) -> TargetKey {
+    TargetKey {
+        tenant: tenant.to_owned(),
+        credential: Credential::Tenant,
+        key: format!("key-{tenant}"),
+    }
+}
+
 fn target(addr: SocketAddr) -> LoadTarget {
     LoadTarget {
         base_url: format!("http://{addr}"),
-        keys: vec![
-            ("a".to_owned(), "key-a".to_owned()),
-            ("b".to_owned(), "key-b".to_owned()),
-        ],
+        keys: vec![own_key("a"), own_key("b")],
+        oversized_bytes: 2048,
     }
 }
 
@@ -556,7 +572,7 @@ async fn drive(
     addr: SocketAddr,
     limits: &LoadLimits,
 ) -> (Vec<PlannedOp>, LoadOutcome, Progress) {
-    let plan = schedule(spec, seed, limits).expect("schedule");
+    let plan = schedule(spec, &[], seed, limits).expect("schedule");
     let progress = Progress::new();
     let outcome = within(
         "the load",
@@ -615,6 +631,7 @@ async fn a_run_records_every_operation_and_its_windows_add_up() {
         tasks: 1,
         jobs: 1,
         reads: 2,
+        ..Mix::default()
     };
     spec.idempotency_reuse = 0.3;
     let (plan, outcome, progress) = drive(&spec, 3, addr, &limits()).await;
@@ -640,10 +657,11 @@ async fn a_run_records_every_operation_and_its_windows_add_up() {
         match op.kind {
             OpKind::Task | OpKind::Job => assert!(op.resource_id.is_some(), "{op:?}"),
             OpKind::ReadJob => {
-                let id = op.job_id_read.as_deref().expect("the job read");
+                let id = op.job_id.as_deref().expect("the job read");
                 assert_eq!(op.resource_id.as_deref(), Some(id));
             }
-            OpKind::ReadBudget => assert_eq!(op.job_id_read, None),
+            OpKind::ReadBudget => assert_eq!(op.job_id, None),
+            other => panic!("the mix has no {other:?}: {op:?}"),
         }
     }
     assert!(history.iter().any(|op| op.kind == OpKind::ReadJob));
@@ -714,7 +732,7 @@ async fn open_loop_keeps_sending_through_a_stall_and_counts_it_in_latency() {
     let (server, addr) = TestServer::start(Behaviour::default()).await;
     let spec = spec(vec![stage(3.0, 50.0, 50.0)]);
     let limits = limits();
-    let plan = schedule(&spec, 9, &limits).expect("schedule");
+    let plan = schedule(&spec, &[], 9, &limits).expect("schedule");
     let epoch = Instant::now();
     let progress = Progress::new();
     let load = tokio::spawn({
@@ -914,7 +932,7 @@ async fn cancellation_stops_sending_and_records_the_rest_as_not_sent() {
     let (server, addr) = TestServer::start(Behaviour::default()).await;
     let spec = spec(vec![stage(10.0, 20.0, 20.0)]);
     let limits = limits();
-    let plan = schedule(&spec, 2, &limits).expect("schedule");
+    let plan = schedule(&spec, &[], 2, &limits).expect("schedule");
     let cancel = CancellationSignal::new();
     let progress = Progress::new();
     let load = tokio::spawn({
@@ -983,6 +1001,7 @@ async fn the_drain_timeout_cancels_what_is_still_in_flight() {
     let limits = LoadLimits {
         max_requests: 100,
         drain_timeout: Duration::from_millis(300),
+        ..LoadLimits::default()
     };
     let (_, outcome, _) = drive(&spec, 1, addr, &limits).await;
     // The last op is due at 400 ms; the drain ends 300 ms later.

@@ -402,11 +402,15 @@ impl LlmClient {
             };
             let timeout = provider.config.attempt_timeout.min(left);
             *attempts += 1;
-            let result =
-                match tokio::time::timeout(timeout, self.attempt(provider, request, &body)).await {
-                    Ok(result) => result,
-                    Err(_) => Err(Failure::Attempt(AttemptError::Timeout(timeout))),
-                };
+            let result = match tokio::time::timeout(
+                timeout,
+                self.attempt(provider, request, &body, *attempts),
+            )
+            .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(Failure::Attempt(AttemptError::Timeout(timeout))),
+            };
             let error = match result {
                 Ok(completion) => {
                     permit.success(Instant::now());
@@ -495,16 +499,22 @@ impl LlmClient {
     }
 
     /// One HTTP attempt: send, read the body within the size limit, parse.
+    /// `number` is the attempt's number within the request, from 1 across
+    /// providers, sent as `X-Attempt` with the request id so that whoever
+    /// answers (and a battle test reading its journal) can tell a retry from
+    /// a new request.
     async fn attempt(
         &self,
         provider: &Provider,
         request: &ChatRequest<'_>,
         body: &serde_json::Value,
+        number: u32,
     ) -> Result<Completion, Failure> {
         let mut builder = self
             .http
             .post(provider.url.clone())
             .header("x-request-id", request.request_id)
+            .header("x-attempt", number)
             .header("idempotency-key", request.idempotency_key)
             .json(body);
         if let Some(key) = &provider.api_key {

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use super::slo::{describe_op, was_sent};
 use super::{CheckResult, Evidence};
-use crate::evidence::Settle;
 use crate::evidence::audit;
 use crate::evidence::db::{Database, JobRow, JobState, KeyState, ReservationState};
-use crate::load::{Op, OpKind, Outcome};
+use crate::evidence::{DLQ_PAGE, Settle};
+use crate::load::{Credential, Op, OpKind, Outcome};
 
 /// Slack allowed on a rate limit, for the time between the client sending a
 /// request and the service's limiter seeing it (the proxy, the scheduler):
@@ -576,7 +576,10 @@ pub(super) fn rate_limit_respected(evidence: &Evidence) -> CheckResult {
     );
     let mut violations = 0;
     let mut limited = 0u64;
-    let mut by_tenant: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    // Each key has its own limiter: the tenant's own key, and its key of
+    // each role the load uses. Requests without a valid key (401) are
+    // refused before any limiter.
+    let mut by_key: BTreeMap<(&str, &Credential), Vec<f64>> = BTreeMap::new();
     for op in &evidence.history {
         match op.outcome {
             Outcome::Status(429) => {
@@ -586,17 +589,20 @@ pub(super) fn rate_limit_respected(evidence: &Evidence) -> CheckResult {
                     r.violation(format!("429 without Retry-After: {}", describe_op(op)));
                 }
             }
-            // 401 is refused before the limiter; everything else answered passed it.
             Outcome::Status(401) => {}
-            Outcome::Status(_) => by_tenant
-                .entry(op.tenant.as_str())
+            Outcome::Status(_) if op.credential.is_valid() => by_key
+                .entry((op.tenant.as_str(), &op.credential))
                 .or_default()
                 .push(op.start_ms),
             _ => {}
         }
     }
-    for (tenant, mut times) in by_tenant {
-        let Some(&(rps, burst)) = evidence.rate_limits.get(tenant) else {
+    for ((tenant, credential), mut times) in by_key {
+        let limit = match credential {
+            Credential::Role(role) => evidence.contract.rate_limits.get(role),
+            _ => evidence.rate_limits.get(tenant),
+        };
+        let Some(&(rps, burst)) = limit else {
             continue;
         };
         times.sort_by(f64::total_cmp);
@@ -717,6 +723,136 @@ pub(super) fn ready_reflects_faults(
     let missing = (!unprobed.is_empty())
         .then(|| format!("no health probe fell inside {}", unprobed.join(", ")));
     r.finish(violations).evidenced(inside, missing)
+}
+
+/// The dead-letter queue keeps every job that ran out of attempts, as the
+/// database left it: each dead job has its last error and a `job.dead`
+/// audit entry; a job that used all its attempts without succeeding is
+/// dead; every job a replay was accepted for (202) ends succeeded or dead
+/// again; each tenant's `GET /v1/dlq` after settling lists exactly its dead
+/// jobs (up to the service's page of 1000).
+pub(super) fn dlq_complete(evidence: &Evidence) -> CheckResult {
+    let mut r = CheckResult::invariant(
+        "dlq_complete",
+        "exhausted jobs are dead with their error, replays end final, the DLQ lists the dead",
+    );
+    let Some(db) = database(&mut r, evidence) else {
+        return r;
+    };
+    let mut violations = 0;
+    let audited_dead: BTreeSet<&[u8]> = db
+        .audit
+        .iter()
+        .filter(|a| a.action == b"job.dead")
+        .map(|a| a.subject.as_slice())
+        .collect();
+    let mut dead_by_tenant: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for job in &db.jobs {
+        if job.state == JobState::Dead {
+            dead_by_tenant
+                .entry(job.tenant.as_str())
+                .or_default()
+                .insert(job.id.as_str());
+            if job
+                .last_error
+                .as_deref()
+                .is_none_or(|e| e.trim().is_empty())
+            {
+                violations += 1;
+                r.violation(format!("dead job {} has no last error", job.id));
+            }
+            if !audited_dead.contains(job.id.as_bytes()) {
+                violations += 1;
+                r.violation(format!("dead job {} has no job.dead audit entry", job.id));
+            }
+        } else if job.state != JobState::Succeeded && job.attempts >= job.max_attempts {
+            violations += 1;
+            r.violation(format!(
+                "job {} used {} of {} attempts but is {}, not dead",
+                job.id,
+                job.attempts,
+                job.max_attempts,
+                job.state.as_str()
+            ));
+        }
+    }
+    let jobs: BTreeMap<&str, &JobRow> = db.jobs.iter().map(|j| (j.id.as_str(), j)).collect();
+    let replayed: BTreeSet<&str> = evidence
+        .history
+        .iter()
+        .filter(|op| {
+            op.kind == OpKind::ReplayDlq
+                && op.credential == Credential::Tenant
+                && op.outcome == Outcome::Status(202)
+        })
+        .filter_map(|op| op.job_id.as_deref())
+        .collect();
+    for id in &replayed {
+        match jobs.get(id) {
+            Some(job) if job.state.is_final() => {}
+            Some(job) => {
+                violations += 1;
+                r.violation(format!(
+                    "job {id} was replayed but is {} after settling",
+                    job.state.as_str()
+                ));
+            }
+            None => {
+                violations += 1;
+                r.violation(format!(
+                    "job {id} was replayed but the database has no such job"
+                ));
+            }
+        }
+    }
+    match &evidence.dlq_listing {
+        Err(why) => {
+            violations += 1;
+            r.violation(format!("the DLQ could not be listed after settling: {why}"));
+        }
+        Ok(listing) => {
+            for (tenant, listed) in listing {
+                let listed: BTreeSet<&str> = listed.iter().map(String::as_str).collect();
+                let dead = dead_by_tenant
+                    .get(tenant.as_str())
+                    .cloned()
+                    .unwrap_or_default();
+                for id in listed.difference(&dead) {
+                    violations += 1;
+                    r.violation(format!(
+                        "GET /v1/dlq of tenant {tenant} lists {id}, which the database does not hold dead"
+                    ));
+                }
+                if listed.len() < DLQ_PAGE {
+                    for id in dead.difference(&listed) {
+                        violations += 1;
+                        r.violation(format!(
+                            "job {id} of tenant {tenant} is dead in the database but GET /v1/dlq does not list it"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let dead: usize = dead_by_tenant.values().map(BTreeSet::len).sum();
+    r.observed = format!(
+        "{dead} dead jobs, {} replays accepted, {} jobs in all",
+        replayed.len(),
+        db.jobs.len()
+    );
+    let dlq_requests = evidence.history.iter().any(|op| {
+        matches!(op.kind, OpKind::ListDlq | OpKind::ReplayDlq)
+            && op.credential == Credential::Tenant
+    });
+    let missing = if dead == 0 && replayed.is_empty() {
+        Some("no job went dead".to_owned())
+    } else if dlq_requests && replayed.is_empty() {
+        Some("the mix asked for replays but no replay of a dead job was accepted".to_owned())
+    } else {
+        None
+    };
+    r.finish(violations)
+        .evidenced((dead + replayed.len()) as u64, missing)
 }
 
 /// The orchestrator's log holds no panic.

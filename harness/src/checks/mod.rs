@@ -8,6 +8,9 @@
 //! which fails the run like a violation does.
 
 mod invariants;
+mod output;
+mod provider;
+mod requests;
 mod run;
 mod slo;
 
@@ -181,5 +184,11 @@ pub fn check_invariant(invariant: &Invariant, evidence: &Evidence) -> CheckResul
             invariants::ready_reflects_faults(evidence, faults, *within)
         }
         Invariant::NoPanics => invariants::no_panics(evidence),
+        Invariant::RetryAfterHonoured => provider::retry_after_honoured(evidence),
+        Invariant::AttemptsBounded => provider::attempts_bounded(evidence),
+        Invariant::DeliveredOutputValid => output::delivered_output_valid(evidence),
+        Invariant::DlqComplete => invariants::dlq_complete(evidence),
+        Invariant::LimitsEnforced => requests::limits_enforced(evidence),
+        Invariant::AccessEnforced => requests::access_enforced(evidence),
     }
 }

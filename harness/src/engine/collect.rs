@@ -16,7 +16,8 @@ use super::{DEFAULT_SETTLE, config, observe};
 use crate::evidence::{Evidence, LogEvidence, ShutdownEvidence, db};
 use crate::load::LoadOutcome;
 use crate::local::ProcessEvent;
-use crate::scenario::{Invariant, Scenario};
+use crate::mock_llm::{DEFAULT_INJECTION, Effect, Program};
+use crate::scenario::{FaultAction, Invariant, Scenario};
 
 /// What the run leaves for judging and reporting.
 pub struct Collected {
@@ -58,6 +59,7 @@ pub async fn collect(
         .unwrap_or(DEFAULT_SETTLE);
     let settle = observe::settle_jobs(&probe, &rig.direct, &tenant_keys, settle_timeout).await;
     let audit_service = observe::audit_online(&probe, &rig.direct, &rig.run_config.ops_key).await;
+    let dlq_listing = observe::dlq_listing(&probe, &rig.direct, &tenant_keys).await;
     let page = rig
         .mock
         .journal()
@@ -122,6 +124,16 @@ pub async fn collect(
         journal_dropped: page.dropped,
         audit_service,
         rate_limits: config::rate_limits(&run_config),
+        tenant_roles: scenario
+            .load
+            .tenants
+            .iter()
+            .map(|t| (t.name.clone(), t.role.clone()))
+            .collect(),
+        contract: scenario.system.contract.clone(),
+        bodies_dropped: driven.load.bodies_dropped,
+        injected: injected_payloads(scenario),
+        dlq_listing,
         log,
         shutdown,
     };
@@ -131,4 +143,32 @@ pub async fn collect(
         process_events,
         log_path,
     })
+}
+
+/// The payloads the timeline's fault programs tell the mock provider to
+/// inject (the mock's default for an injection without one), each once.
+fn injected_payloads(scenario: &Scenario) -> Vec<String> {
+    let mut payloads = Vec::new();
+    for fault in &scenario.faults {
+        let FaultAction::LlmProgram { program } = &fault.action else {
+            continue;
+        };
+        // Validation parsed every program already; one that no longer
+        // parses has no payloads to look for.
+        let Ok(bytes) = serde_json::to_vec(program) else {
+            continue;
+        };
+        let Ok(program) = Program::from_json(&bytes, &crate::mock_llm::Limits::default()) else {
+            continue;
+        };
+        for rule in program.rules {
+            if let Effect::Injection { payload, .. } = rule.effect {
+                let payload = payload.unwrap_or_else(|| DEFAULT_INJECTION.to_owned());
+                if !payloads.contains(&payload) {
+                    payloads.push(payload);
+                }
+            }
+        }
+    }
+    payloads
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use orchestrator::config::{self, ApiKeyConfig, Config, StorageConfig, ValidateOptions};
 use sha2::{Digest, Sha256};
 
+use crate::load::Credential;
 use crate::scenario::Scenario;
 use crate::seed;
 
@@ -33,6 +34,11 @@ pub struct TenantKey {
     /// A second key of the same tenant with [`OPS_ROLE`], for the harness's
     /// own reads of the tenant's jobs (jobs are visible to their tenant only).
     pub ops_key: String,
+    /// The tenant's keys for the load's access requests: one per role of the
+    /// config when the mix has `forbidden` requests, an expired one when it
+    /// has `expired_key`, and an unknown one (never configured) when it has
+    /// `unknown_key`.
+    pub access_keys: Vec<(Credential, String)>,
 }
 
 /// The rendered configuration and the keys that go with it.
@@ -123,6 +129,38 @@ pub fn render(
             role: OPS_ROLE.to_owned(),
             expires_at: None,
         });
+        let mix = &scenario.load.mix;
+        let mut access_keys = Vec::new();
+        if mix.forbidden > 0 {
+            for role in scenario.system.contract.roles.keys() {
+                let key = make_key(&format!("{}-as-{role}", t.name));
+                config.security.api_keys.push(ApiKeyConfig {
+                    id: format!("gauntlet-{}-as-{role}", t.name),
+                    sha256: hash(&key),
+                    tenant: t.name.clone(),
+                    role: role.clone(),
+                    expires_at: None,
+                });
+                access_keys.push((Credential::Role(role.clone()), key));
+            }
+        }
+        if mix.expired_key > 0 {
+            let key = make_key(&format!("{}-expired", t.name));
+            config.security.api_keys.push(ApiKeyConfig {
+                id: format!("gauntlet-{}-expired", t.name),
+                sha256: hash(&key),
+                tenant: t.name.clone(),
+                role: t.role.clone(),
+                // Long past, so no clock skew can make it valid.
+                expires_at: Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(86_400)),
+            });
+            access_keys.push((Credential::Expired, key));
+        }
+        if mix.unknown_key > 0 {
+            // Shaped like the others, but never configured.
+            let key = make_key(&format!("{}-unknown", t.name));
+            access_keys.push((Credential::Unknown, key));
+        }
         tenants.push(TenantKey {
             tenant: t.name.clone(),
             key,
@@ -131,6 +169,7 @@ pub fn render(
                 (limit.requests_per_second, limit.burst)
             },
             ops_key,
+            access_keys,
         });
     }
     let ops_key = make_key(OPS_TENANT);

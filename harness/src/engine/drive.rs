@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::rig::Rig;
 use super::{Cancel, DRAIN_TIMEOUT, MAX_REQUESTS, faults, observe};
 use crate::evidence::{BudgetSample, FaultRecord, HealthSample};
-use crate::load::{self, LoadLimits, LoadOutcome, LoadTarget, Progress};
+use crate::load::{self, Credential, LoadLimits, LoadOutcome, LoadTarget, Progress, TargetKey};
 use crate::report;
 use crate::scenario::{Fault, Scenario};
 
@@ -32,15 +32,21 @@ pub struct Driven {
 /// The load's plan, made before anything is driven so that a bad plan costs
 /// nothing; a plan over the limits is refused.
 pub fn plan(scenario: &Scenario, seed: u64) -> Result<Vec<load::PlannedOp>, String> {
-    load::schedule(&scenario.load, seed, &limits()).map_err(|e| e.to_string())
+    let denied = scenario.system.contract.denied();
+    load::schedule(&scenario.load, &denied, seed, &limits()).map_err(|e| e.to_string())
 }
 
 fn limits() -> LoadLimits {
     LoadLimits {
         max_requests: MAX_REQUESTS,
         drain_timeout: DRAIN_TIMEOUT,
+        ..LoadLimits::default()
     }
 }
+
+/// How far over the body limit an oversized body goes: enough that no
+/// framing or rounding lets it pass.
+const OVERSIZED_EXTRA_BYTES: u64 = 1024;
 
 /// Drives `scenario`'s load (its `plan`) with `timeline` as its faults,
 /// from an epoch just ahead, until the load has drained and every fault has
@@ -53,16 +59,22 @@ pub async fn drive(
     cancel: &Cancel,
     bar: &ProgressBar,
 ) -> Result<Driven, String> {
+    let keys = rig.run_config.tenants.iter().flat_map(|t| {
+        let own = std::iter::once((Credential::Tenant, t.key.clone()));
+        own.chain(t.access_keys.iter().cloned())
+            .map(|(credential, key)| TargetKey {
+                tenant: t.tenant.clone(),
+                credential,
+                key,
+            })
+    });
+    let oversized = scenario.system.contract.body_limit_bytes + OVERSIZED_EXTRA_BYTES;
     let target = LoadTarget {
         base_url: rig.client_url.clone(),
-        keys: rig
-            .run_config
-            .tenants
-            .iter()
-            .map(|t| (t.tenant.clone(), t.key.clone()))
-            .collect(),
+        keys: keys.collect(),
+        oversized_bytes: usize::try_from(oversized).unwrap_or(usize::MAX),
     };
-    target.validate(&scenario.load).map_err(|e| e.to_string())?;
+    target.validate(&plan).map_err(|e| e.to_string())?;
     let probe = observe::client()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let epoch = Instant::now() + Duration::from_millis(200);
@@ -70,6 +82,7 @@ pub async fn drive(
         proxy: rig.proxy_client.clone(),
         mock: rig.mock.clone(),
         system: rig.system.clone(),
+        standing: faults::standing_program(scenario),
     });
     // Faults stop early when the run is cancelled; otherwise they keep their
     // own schedule, which ends within the load.

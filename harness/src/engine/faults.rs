@@ -8,10 +8,10 @@ use tokio::time::Instant;
 use super::system::{Mock, System};
 use crate::evidence::FaultRecord;
 use crate::load::CancellationSignal;
-use crate::mock_llm::Program;
+use crate::mock_llm::{Effect, Match, Program, Rule};
 use crate::proxy::ProxyClient;
 use crate::proxy::Toxic;
-use crate::scenario::{Fault, FaultAction};
+use crate::scenario::{Fault, FaultAction, Scenario};
 
 /// What the executor acts through.
 pub struct Hands {
@@ -21,6 +21,40 @@ pub struct Hands {
     pub mock: Mock,
     /// The orchestrator, on whichever backend.
     pub system: Arc<System>,
+    /// The rules the mock provider keeps for the whole run
+    /// ([`standing_program`]), ahead of any fault's.
+    pub standing: Program,
+}
+
+/// How much longer than the service's request timeout the mock provider
+/// holds a slow request's call: the service must give up first.
+const SLOW_EXTRA: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The rules the mock provider holds for the whole run, installed when the
+/// system is up and kept ahead of every fault program's rules: with `slow`
+/// requests in the mix, calls whose prompt carries
+/// [`SLOW_MARKER`](crate::load::SLOW_MARKER) are delayed past the service's
+/// request timeout, so the service must answer 504.
+pub fn standing_program(scenario: &Scenario) -> Program {
+    let mut rules = Vec::new();
+    if scenario.load.mix.slow > 0 {
+        let delay = scenario.system.contract.request_timeout + SLOW_EXTRA;
+        rules.push(
+            Rule::always(Effect::Delay {
+                delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            })
+            .named("gauntlet-slow")
+            .when(Match::prompt_contains(crate::load::SLOW_MARKER)),
+        );
+    }
+    Program { rules }
+}
+
+/// `program` with the standing rules ahead of its own.
+fn with_standing(standing: &Program, program: Program) -> Program {
+    let mut rules = standing.rules.clone();
+    rules.extend(program.rules);
+    Program { rules }
 }
 
 /// The target as written in scenario files.
@@ -148,7 +182,10 @@ async fn apply(fault: &Fault, hands: &Hands) -> Result<(), String> {
             let bytes = serde_json::to_vec(program).map_err(|e| e.to_string())?;
             let program =
                 Program::from_json(&bytes, &hands.mock.limits()).map_err(|e| e.to_string())?;
-            hands.mock.install(program).await
+            hands
+                .mock
+                .install(with_standing(&hands.standing, program))
+                .await
         }
         FaultAction::Kill => s.kill().await,
         FaultAction::Pause => s.pause().await,
@@ -177,7 +214,7 @@ async fn revert(fault: &Fault, hands: &Hands) -> Result<(), String> {
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
         },
-        FaultAction::LlmProgram { .. } => hands.mock.install(Program::default()).await,
+        FaultAction::LlmProgram { .. } => hands.mock.install(hands.standing.clone()).await,
         FaultAction::Kill => s.start_again().await,
         FaultAction::Pause => s.resume().await,
         FaultAction::Restart => Ok(()),

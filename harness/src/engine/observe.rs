@@ -4,6 +4,7 @@
 //! the orchestrator directly, not through the client link, because probes
 //! model the platform's own checks, not a client's view.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use reqwest::Client;
@@ -11,7 +12,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::evidence::{AuditAnswer, BudgetSample, HealthSample, Settle};
+use crate::evidence::{AuditAnswer, BudgetSample, DLQ_PAGE, HealthSample, Settle};
 
 /// How often health is probed.
 pub const HEALTH_PERIOD: Duration = Duration::from_millis(250);
@@ -229,4 +230,40 @@ pub async fn audit_online(
         reason: a.reason,
         head_hash: a.head_hash,
     })
+}
+
+/// Each tenant's dead-letter queue, `GET /v1/dlq?limit=1000` with the
+/// tenant's ops key (the queue is per tenant): the ids listed.
+pub async fn dlq_listing(
+    client: &Client,
+    base: &str,
+    tenants: &[(String, String)],
+) -> Result<BTreeMap<String, Vec<String>>, String> {
+    #[derive(Deserialize)]
+    struct Listed {
+        id: String,
+    }
+    #[derive(Deserialize)]
+    struct Answer {
+        jobs: Vec<Listed>,
+    }
+    let mut listing = BTreeMap::new();
+    for (tenant, key) in tenants {
+        let answer = client
+            .get(format!("{base}/v1/dlq?limit={DLQ_PAGE}"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .map_err(|e| format!("GET /v1/dlq for {tenant}: {e}"))?;
+        let status = answer.status();
+        if !status.is_success() {
+            return Err(format!("GET /v1/dlq for {tenant} answered {status}"));
+        }
+        let a: Answer = answer
+            .json()
+            .await
+            .map_err(|e| format!("GET /v1/dlq for {tenant}: bad body: {e}"))?;
+        listing.insert(tenant.clone(), a.jobs.into_iter().map(|j| j.id).collect());
+    }
+    Ok(listing)
 }

@@ -26,14 +26,24 @@ pub async fn up(
     run_dir: &Path,
     needs: Needs,
 ) -> Result<Rig, String> {
-    match backend {
+    let rig = match backend {
         Backend::Local(launcher) => {
             bring_up_local(scenario, seed, run_id, run_dir, launcher, needs).await
         }
         Backend::Docker(images) => {
             bring_up_docker(scenario, seed, run_id, run_dir, images, &needs).await
         }
+    }?;
+    let standing = super::faults::standing_program(scenario);
+    if !standing.rules.is_empty()
+        && let Err(e) = rig.mock.install(standing).await
+    {
+        rig.abandon().await;
+        return Err(format!(
+            "cannot install the standing rules on the mock provider: {e}"
+        ));
     }
+    Ok(rig)
 }
 
 /// What a backend brought up, ready for the load and the faults.

@@ -13,7 +13,12 @@ use serde::Serialize;
 
 use crate::load::Op;
 use crate::mock_llm::CallRecord;
+use crate::scenario::Contract;
 pub use db::Database;
+
+/// The most dead jobs one `GET /v1/dlq` lists (the service's page limit),
+/// so a listing of that many may be cut short.
+pub const DLQ_PAGE: usize = 1000;
 
 /// Time after a process fault's end during which liveness failures are
 /// expected: the orchestrator is being started again.
@@ -45,6 +50,20 @@ pub struct Evidence {
     pub audit_service: Result<AuditAnswer, String>,
     /// The configured rate limit of each tenant's key: (per second, burst).
     pub rate_limits: BTreeMap<String, (u32, u32)>,
+    /// The role of each tenant's own key.
+    pub tenant_roles: BTreeMap<String, String>,
+    /// What the system's configuration promises (roles, retry bounds,
+    /// limits, the plan policy).
+    pub contract: Contract,
+    /// Answer bodies the history did not keep (its budget ran out), so
+    /// checks of delivered output know how much they did not see.
+    pub bodies_dropped: u64,
+    /// The payloads the mock provider was told to inject, by the fault
+    /// programs of the timeline.
+    pub injected: Vec<String>,
+    /// Each tenant's dead-letter queue as `GET /v1/dlq` listed it after the
+    /// jobs settled (ids), or why it could not be read.
+    pub dlq_listing: Result<BTreeMap<String, Vec<String>>, String>,
     /// The orchestrator's log, or why it could not be read.
     pub log: Result<LogEvidence, String>,
     /// How the orchestrator's final stop went, or why it could not be made.

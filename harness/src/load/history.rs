@@ -5,19 +5,110 @@
 
 use serde::Serialize;
 
-/// What an operation does.
+/// What an operation does: the route it calls (and, for the two task
+/// variants, what is special about its body).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OpKind {
     /// `POST /v1/tasks`.
     Task,
+    /// `POST /v1/tasks` with a body over the service's body limit: 413 is due.
+    OversizedTask,
+    /// `POST /v1/tasks` whose prompt carries [`SLOW_MARKER`], which the mock
+    /// provider delays past the service's request timeout: 504 is due.
+    SlowTask,
     /// `POST /v1/jobs`.
     Job,
+    /// `GET /v1/jobs`.
+    ListJobs,
     /// `GET /v1/jobs/{id}` of a job accepted earlier in the run.
     ReadJob,
-    /// `GET /v1/budgets/{tenant}`: a read when no job of the tenant has been
-    /// accepted yet.
+    /// `GET /v1/budgets/{tenant}` of the key's own tenant: a read when no job
+    /// of the tenant has been accepted yet.
     ReadBudget,
+    /// `GET /v1/budgets/{tenant}` of another tenant.
+    ReadOtherBudget,
+    /// `GET /v1/dlq`.
+    ListDlq,
+    /// `POST /v1/dlq/{id}/replay` of a job the run saw dead.
+    ReplayDlq,
+    /// `GET /v1/audit`.
+    ReadAudit,
+    /// `GET /v1/audit/verify`.
+    VerifyAudit,
+}
+
+/// The text in a prompt that the harness's standing rule on the mock
+/// provider delays past the service's request timeout.
+pub const SLOW_MARKER: &str = "[gauntlet-slow]";
+
+impl OpKind {
+    /// The routes a request with a bad key or a role's key may be sent to,
+    /// every route that needs a permission.
+    pub const ROUTES: [OpKind; 10] = [
+        OpKind::Task,
+        OpKind::Job,
+        OpKind::ListJobs,
+        OpKind::ReadJob,
+        OpKind::ReadBudget,
+        OpKind::ReadOtherBudget,
+        OpKind::ListDlq,
+        OpKind::ReplayDlq,
+        OpKind::ReadAudit,
+        OpKind::VerifyAudit,
+    ];
+
+    /// The permissions a key's role needs for this route, as the design
+    /// states them (design.md, "Security"), by their configuration names.
+    /// Written here, not taken from the orchestrator's own route table, so
+    /// that a slip in that table is caught by `access_enforced`. Reading
+    /// another tenant's budget needs both `budget.read` (the route) and
+    /// `budget.read_all`.
+    pub fn permissions(self) -> &'static [&'static str] {
+        match self {
+            OpKind::Task | OpKind::OversizedTask | OpKind::SlowTask => &["tasks.create"],
+            OpKind::Job => &["jobs.create"],
+            OpKind::ListJobs | OpKind::ReadJob => &["jobs.read"],
+            OpKind::ReadBudget => &["budget.read"],
+            OpKind::ReadOtherBudget => &["budget.read", "budget.read_all"],
+            OpKind::ListDlq => &["dlq.read"],
+            OpKind::ReplayDlq => &["dlq.replay"],
+            OpKind::ReadAudit | OpKind::VerifyAudit => &["audit.read"],
+        }
+    }
+
+    /// `POST /v1/tasks` in any of its variants: an answer of 200 runs the
+    /// model and is charged.
+    pub fn is_task(self) -> bool {
+        matches!(
+            self,
+            OpKind::Task | OpKind::OversizedTask | OpKind::SlowTask
+        )
+    }
+}
+
+/// The key a request carries.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Credential {
+    /// The tenant's own key, of the tenant's role.
+    Tenant,
+    /// A key of the tenant with this role.
+    Role(String),
+    /// No `Authorization` header.
+    Missing,
+    /// A well-formed key that no one configured.
+    Unknown,
+    /// A key of the tenant that has expired.
+    Expired,
+}
+
+impl Credential {
+    /// Whether a valid key is presented (the tenant's or a role's), so that
+    /// the answer depends on the role's permissions; otherwise 401 is due.
+    pub fn is_valid(&self) -> bool {
+        matches!(self, Credential::Tenant | Credential::Role(_))
+    }
 }
 
 /// How an operation ended.
@@ -100,6 +191,8 @@ pub struct Op {
     pub kind: OpKind,
     /// The tenant it acted as.
     pub tenant: String,
+    /// The key it carried.
+    pub credential: Credential,
     /// The `Idempotency-Key` sent, for tasks and jobs.
     pub idempotency_key: Option<String>,
     /// Whether the key (and body) are those of an earlier operation.
@@ -122,11 +215,46 @@ pub struct Op {
     pub resource_id: Option<String>,
     /// Hex SHA-256 of the complete answer body, byte for byte as received.
     pub body_sha256: Option<String>,
-    /// For [`OpKind::ReadJob`], the job it read.
-    pub job_id_read: Option<String>,
+    /// The body of a 200 answer to a task or a job read, as received (lossy
+    /// UTF-8), so that checks judge what clients were given; `None` for
+    /// other answers and once the run's body budget is spent.
+    pub body: Option<String>,
+    /// For [`OpKind::ReadJob`] and [`OpKind::ReplayDlq`], the job it read or
+    /// replayed.
+    pub job_id: Option<String>,
+    /// The `"state"` of a job a 200 [`OpKind::ReadJob`] answer described.
+    pub job_state: Option<String>,
+    /// The ids a 200 [`OpKind::ListDlq`] answer listed.
+    pub dlq_listed: Vec<String>,
 }
 
 impl Op {
+    /// An operation as planned and not (yet) sent: the tenant's own key, no
+    /// answer, every time at `intended_ms`.
+    pub fn planned(index: u64, kind: OpKind, tenant: &str, intended_ms: f64) -> Op {
+        Op {
+            index,
+            kind,
+            tenant: tenant.to_owned(),
+            credential: Credential::Tenant,
+            idempotency_key: None,
+            reused_key: false,
+            intended_ms,
+            start_ms: intended_ms,
+            end_ms: intended_ms,
+            outcome: Outcome::NotSent,
+            request_id: None,
+            retry_after: None,
+            replayed: false,
+            resource_id: None,
+            body_sha256: None,
+            body: None,
+            job_id: None,
+            job_state: None,
+            dlq_listed: Vec::new(),
+        }
+    }
+
     /// The job's id, if this operation is a job submission acknowledged
     /// with 202: what `no_lost_jobs` holds the system to.
     pub fn acknowledged_job(&self) -> Option<&str> {

@@ -25,12 +25,10 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::watch;
 
-pub use history::{Op, OpKind, Outcome};
-pub use plan::{PlannedKind, PlannedOp, schedule};
+pub use history::{Credential, Op, OpKind, Outcome, SLOW_MARKER};
+pub use plan::{Denied, PlannedKind, PlannedOp, schedule};
 pub use run::run;
 pub use stats::{LatencySummary, Summary, WindowStats};
-
-use crate::scenario::LoadSpec;
 
 /// Where the load goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,26 +36,53 @@ pub struct LoadTarget {
     /// The orchestrator's base URL as the load sees it, normally the fault
     /// proxy's client link: `http://127.0.0.1:PORT`.
     pub base_url: String,
-    /// `(tenant, api key)` pairs; each request carries its tenant's key as
-    /// `Authorization: Bearer KEY`.
-    pub keys: Vec<(String, String)>,
+    /// The keys requests carry, by tenant and credential; each request
+    /// carries its own as `Authorization: Bearer KEY` (none for
+    /// [`Credential::Missing`]).
+    pub keys: Vec<TargetKey>,
+    /// The size of an oversized task's body: over the service's body limit.
+    pub oversized_bytes: usize,
+}
+
+/// One key of a [`LoadTarget`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetKey {
+    /// The tenant it belongs to.
+    pub tenant: String,
+    /// Which of the tenant's keys it is.
+    pub credential: Credential,
+    /// The key, in clear.
+    pub key: String,
 }
 
 impl LoadTarget {
-    /// Checks that the base URL is usable and every tenant of `spec` has a
-    /// key. [`run`] does not refuse a bad target (a request it cannot build
-    /// is recorded as an [`Outcome::IoError`], one without a key is sent
-    /// without and answered 401), so call this first.
-    pub fn validate(&self, spec: &LoadSpec) -> Result<(), LoadError> {
+    /// Checks that the base URL is usable and every operation of `plan` has
+    /// its key. [`run`] does not refuse a bad target (a request it cannot
+    /// build is recorded as an [`Outcome::IoError`], one without a key is
+    /// sent without and answered 401), so call this first.
+    pub fn validate(&self, plan: &[PlannedOp]) -> Result<(), LoadError> {
         run::base_url(&self.base_url)?;
-        for tenant in &spec.tenants {
-            if !self.keys.iter().any(|(name, _)| *name == tenant.name) {
+        let mut checked = std::collections::HashSet::new();
+        for op in plan {
+            if op.credential == Credential::Missing || !checked.insert((&op.tenant, &op.credential))
+            {
+                continue;
+            }
+            if self.key(&op.tenant, &op.credential).is_none() {
                 return Err(LoadError::MissingKey {
-                    tenant: tenant.name.clone(),
+                    tenant: op.tenant.clone(),
+                    credential: op.credential.clone(),
                 });
             }
         }
         Ok(())
+    }
+
+    fn key(&self, tenant: &str, credential: &Credential) -> Option<&str> {
+        self.keys
+            .iter()
+            .find(|k| k.tenant == tenant && k.credential == *credential)
+            .map(|k| k.key.as_str())
     }
 }
 
@@ -69,14 +94,19 @@ pub struct LoadLimits {
     /// How long operations still in flight after the last one was sent may
     /// take; then they are recorded as [`Outcome::Cancelled`].
     pub drain_timeout: Duration,
+    /// The most answer bytes the history keeps ([`Op::body`]); bodies past
+    /// it are counted in [`LoadOutcome::bodies_dropped`] and not kept.
+    pub kept_body_bytes: u64,
 }
 
 impl Default for LoadLimits {
-    /// 200,000 requests (about 55 minutes at 60 per second) and 30 s of drain.
+    /// 200,000 requests (about 55 minutes at 60 per second), 30 s of drain,
+    /// 64 MiB of kept bodies (a plan is under 1 KiB, so about 100,000).
     fn default() -> LoadLimits {
         LoadLimits {
             max_requests: 200_000,
             drain_timeout: Duration::from_secs(30),
+            kept_body_bytes: 64 << 20,
         }
     }
 }
@@ -107,17 +137,24 @@ pub enum LoadError {
     /// Every weight of the mix is zero.
     #[error("load mix: every weight is zero")]
     EmptyMix,
+    /// The mix has `forbidden` requests but every role may use every route.
+    #[error(
+        "load mix: forbidden requests need a role that lacks a permission, and every role has all"
+    )]
+    NothingForbidden,
     /// The idempotency reuse share is outside [0, 1].
     #[error("load idempotency_reuse: {share} is outside [0, 1]")]
     InvalidReuse {
         /// The share.
         share: f64,
     },
-    /// A tenant of the spec has no key in the target.
-    #[error("load target: no api key for tenant {tenant:?}")]
+    /// An operation's tenant has no key of its credential in the target.
+    #[error("load target: no api key for tenant {tenant:?} as {credential:?}")]
     MissingKey {
         /// The tenant.
         tenant: String,
+        /// The key it lacks.
+        credential: Credential,
     },
     /// The target's base URL cannot be used.
     #[error("load target: base url {url:?} is unusable: {reason}")]
@@ -141,6 +178,8 @@ pub struct LoadOutcome {
     pub overall: Summary,
     /// From the epoch to the end of the run (drain included), in ms.
     pub elapsed_ms: f64,
+    /// Answer bodies not kept because [`LoadLimits::kept_body_bytes`] was spent.
+    pub bodies_dropped: u64,
 }
 
 /// Live counters of a run, cheap to clone and to poll (a progress bar reads

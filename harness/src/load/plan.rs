@@ -8,22 +8,48 @@ use std::time::Duration;
 use rand::Rng;
 use serde_json::json;
 
-use super::LoadError;
-use super::LoadLimits;
+use super::history::{Credential, OpKind, SLOW_MARKER};
+use super::{LoadError, LoadLimits};
 use crate::scenario::LoadSpec;
 use crate::seed;
 
-/// The kind of a planned operation. Whether a read is of a job or of the
-/// budget is decided when it is sent (it needs a job accepted earlier).
+/// The kind of a planned operation. What some of them send is decided when
+/// they are sent, from what the run has seen by then: which job a read
+/// reads (it needs a job accepted earlier), whether a DLQ operation lists
+/// the queue or replays a job seen dead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PlannedKind {
     /// `POST /v1/tasks`.
     Task,
+    /// `POST /v1/tasks` with a body over the service's body limit.
+    Oversized,
+    /// `POST /v1/tasks` with [`SLOW_MARKER`](super::SLOW_MARKER) in the prompt.
+    Slow,
     /// `POST /v1/jobs`.
     Job,
     /// `GET /v1/jobs/{id}`, or `GET /v1/budgets/{tenant}` when the tenant has
     /// no accepted job yet.
     Read,
+    /// `POST /v1/dlq/{id}/replay` of a job of the tenant seen dead and not
+    /// replayed since, or `GET /v1/dlq` when there is none.
+    Dlq,
+    /// A request to `route` with the operation's [`Credential`], which is not
+    /// the tenant's own key: a missing, unknown or expired key, or the key of
+    /// a role that lacks the route's permission.
+    Access {
+        /// The route.
+        route: OpKind,
+    },
+}
+
+/// A route a role lacks the permission for, which `forbidden` operations
+/// are drawn from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denied {
+    /// The role (its keys are made for every tenant).
+    pub role: String,
+    /// The route.
+    pub route: OpKind,
 }
 
 /// One operation of the schedule.
@@ -37,6 +63,8 @@ pub struct PlannedOp {
     pub kind: PlannedKind,
     /// The tenant to act as (one of the spec's).
     pub tenant: String,
+    /// The key to carry.
+    pub credential: Credential,
     /// The `Idempotency-Key` for tasks and jobs: `k-` and 16 hex digits drawn
     /// from the seed, or an earlier operation's.
     pub idempotency_key: Option<String>,
@@ -44,7 +72,8 @@ pub struct PlannedOp {
     /// one reuses, as a client retrying would.
     pub reuse_of: Option<u64>,
     /// The JSON body of a task or job, exactly as sent:
-    /// `{"max_tokens": N, "prompt": "..."}`.
+    /// `{"max_tokens": N, "prompt": "..."}`; an oversized body is made when
+    /// it is sent.
     pub body: Option<String>,
     /// For a read: which of the tenant's accepted jobs to read (this modulo
     /// their number, in the order they were accepted).
@@ -135,22 +164,37 @@ fn time_into_stage(n: f64, start_rps: f64, end_rps: f64, length_s: f64) -> f64 {
 ///
 /// The count is the integral of the rate rounded up: a stage of `r` requests
 /// per second for `d` seconds alone schedules `ceil(r * d)`.
+///
+/// `denied` lists the routes roles lack, which `forbidden` operations are
+/// drawn from; with `forbidden` in the mix it must not be empty.
 pub fn schedule(
     spec: &LoadSpec,
+    denied: &[Denied],
     seed: u64,
     limits: &LoadLimits,
 ) -> Result<Vec<PlannedOp>, LoadError> {
     if spec.tenants.is_empty() {
         return Err(LoadError::NoTenants);
     }
+    let mix = &spec.mix;
     let weights = [
-        (PlannedKind::Task, spec.mix.tasks),
-        (PlannedKind::Job, spec.mix.jobs),
-        (PlannedKind::Read, spec.mix.reads),
+        (Draw::Task, mix.tasks),
+        (Draw::Oversized, mix.oversized),
+        (Draw::Slow, mix.slow),
+        (Draw::Job, mix.jobs),
+        (Draw::Read, mix.reads),
+        (Draw::Dlq, mix.dlq),
+        (Draw::Bad(Credential::Missing), mix.no_key),
+        (Draw::Bad(Credential::Unknown), mix.unknown_key),
+        (Draw::Bad(Credential::Expired), mix.expired_key),
+        (Draw::Forbidden, mix.forbidden),
     ];
     let total_weight: u64 = weights.iter().map(|(_, w)| u64::from(*w)).sum();
     if total_weight == 0 {
         return Err(LoadError::EmptyMix);
+    }
+    if mix.forbidden > 0 && denied.is_empty() {
+        return Err(LoadError::NothingForbidden);
     }
     if !(0.0..=1.0).contains(&spec.idempotency_reuse) {
         return Err(LoadError::InvalidReuse {
@@ -196,14 +240,38 @@ pub fn schedule(
         let index_bytes = index.to_be_bytes();
         let mut rng = seed::rng(seed, &[b"load", b"op", &index_bytes]);
         let mut pick = rng.random_range(0..total_weight);
-        let mut kind = PlannedKind::Read;
-        for (candidate, weight) in weights {
-            if pick < u64::from(weight) {
-                kind = candidate;
+        let mut draw = Draw::Read;
+        for (candidate, weight) in &weights {
+            if pick < u64::from(*weight) {
+                draw = candidate.clone();
                 break;
             }
-            pick -= u64::from(weight);
+            pick -= u64::from(*weight);
         }
+        // Drawn for every operation, used by some, so that one kind's
+        // weight does not shift the draws of the others.
+        let route_draw = rng.random::<u64>();
+        let (kind, credential) = match draw {
+            Draw::Task => (PlannedKind::Task, Credential::Tenant),
+            Draw::Oversized => (PlannedKind::Oversized, Credential::Tenant),
+            Draw::Slow => (PlannedKind::Slow, Credential::Tenant),
+            Draw::Job => (PlannedKind::Job, Credential::Tenant),
+            Draw::Read => (PlannedKind::Read, Credential::Tenant),
+            Draw::Dlq => (PlannedKind::Dlq, Credential::Tenant),
+            Draw::Bad(credential) => {
+                let route = OpKind::ROUTES[pick_index(route_draw, OpKind::ROUTES.len())];
+                (PlannedKind::Access { route }, credential)
+            }
+            Draw::Forbidden => {
+                let denied = &denied[pick_index(route_draw, denied.len())];
+                (
+                    PlannedKind::Access {
+                        route: denied.route,
+                    },
+                    Credential::Role(denied.role.clone()),
+                )
+            }
+        };
         let tenant_index = rng.random_range(0..spec.tenants.len());
         let tenant = spec.tenants[tenant_index].name.clone();
         let read_pick = rng.random::<u64>();
@@ -212,11 +280,24 @@ pub fn schedule(
         let object = OBJECTS[rng.random_range(0..OBJECTS.len())];
         let number = rng.random_range(0..10_000u32);
 
-        let (idempotency_key, body, reuse_of) = if kind == PlannedKind::Read {
+        let posts = match kind {
+            PlannedKind::Task | PlannedKind::Slow | PlannedKind::Job => true,
+            PlannedKind::Access { route } => matches!(route, OpKind::Task | OpKind::Job),
+            PlannedKind::Read | PlannedKind::Dlq | PlannedKind::Oversized => false,
+        };
+        // Only a client's ordinary retries reuse a key; the marker keeps a
+        // slow prompt from sharing a key (and so an answer) with a fast one.
+        let reusable = matches!(kind, PlannedKind::Task | PlannedKind::Job);
+        let marker = if kind == PlannedKind::Slow {
+            format!(" {SLOW_MARKER}")
+        } else {
+            String::new()
+        };
+        let (idempotency_key, body, reuse_of) = if !posts {
             (None, None, None)
         } else {
             let earlier = originals.entry((kind, tenant_index)).or_default();
-            if reuse_draw < spec.idempotency_reuse && !earlier.is_empty() {
+            if reusable && reuse_draw < spec.idempotency_reuse && !earlier.is_empty() {
                 // Given reuse, reuse_draw / idempotency_reuse is uniform in
                 // [0, 1): one draw decides both whether and which.
                 let scaled = reuse_draw / spec.idempotency_reuse;
@@ -233,15 +314,17 @@ pub fn schedule(
                     seed::derive(seed, &[b"load", b"key", &index_bytes])
                 );
                 let body = json!({
-                    "prompt": format!("{verb} {object} #{number}"),
+                    "prompt": format!("{verb} {object} #{number}{marker}"),
                     "max_tokens": spec.max_tokens,
                 })
                 .to_string();
-                earlier.push(Original {
-                    index,
-                    key: key.clone(),
-                    body: body.clone(),
-                });
+                if reusable {
+                    earlier.push(Original {
+                        index,
+                        key: key.clone(),
+                        body: body.clone(),
+                    });
+                }
                 (Some(key), Some(body), None)
             }
         };
@@ -250,6 +333,7 @@ pub fn schedule(
             offset,
             kind,
             tenant,
+            credential,
             idempotency_key,
             reuse_of,
             body,
@@ -257,4 +341,24 @@ pub fn schedule(
         });
     }
     Ok(ops)
+}
+
+/// What the mix drew for one operation.
+#[derive(Clone)]
+enum Draw {
+    Task,
+    Oversized,
+    Slow,
+    Job,
+    Read,
+    Dlq,
+    /// A request to a random route with a credential that is not valid.
+    Bad(Credential),
+    /// A request to a route its role lacks, with that role's key.
+    Forbidden,
+}
+
+/// `draw` mapped onto `0..len` (`len` > 0).
+fn pick_index(draw: u64, len: usize) -> usize {
+    usize::try_from(draw % len as u64).unwrap_or(0)
 }

@@ -2,7 +2,8 @@
 //! time, waiting for one of `max_in_flight` slots, then sending its request
 //! under the request timeout.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 
-use super::history::{Op, OpKind, Outcome};
+use super::history::{Credential, Op, OpKind, Outcome};
 use super::plan::{PlannedKind, PlannedOp};
 use super::stats::{per_second, summary_over};
 use super::{CancellationSignal, LoadError, LoadLimits, LoadOutcome, LoadTarget, Progress};
@@ -50,17 +51,52 @@ pub(super) fn base_url(text: &str) -> Result<Url, LoadError> {
     Ok(url)
 }
 
+/// The id sent where a route needs a job and the run knows none: requests
+/// that authorisation must refuse never get as far as looking it up.
+const NO_JOB: &str = "job-gauntlet-none";
+
 /// What every operation task shares.
 struct Shared {
     client: Result<reqwest::Client, String>,
     base: Result<Url, String>,
-    keys: HashMap<String, String>,
+    keys: HashMap<(String, Credential), String>,
     /// Ids of the jobs accepted so far (202), by tenant, in acceptance order.
     accepted: Mutex<HashMap<String, Vec<String>>>,
+    /// Jobs seen dead (by a read or a DLQ listing) and not replayed since,
+    /// by tenant, oldest sighting first.
+    dead: Mutex<HashMap<String, DeadJobs>>,
+    /// The body of every oversized task, made once.
+    oversized: bytes::Bytes,
+    /// What is left of the kept-body budget, and how many bodies it refused.
+    body_budget: AtomicU64,
+    bodies_dropped: AtomicU64,
+    /// Another tenant's name for each tenant, for reads of another's budget.
+    other_tenant: HashMap<String, String>,
     slots: Arc<Semaphore>,
     progress: Progress,
     epoch: Instant,
     request_timeout: Duration,
+}
+
+/// A queue of job ids without duplicates.
+#[derive(Default)]
+struct DeadJobs {
+    queue: VecDeque<String>,
+    queued: HashSet<String>,
+}
+
+impl DeadJobs {
+    fn push(&mut self, id: &str) {
+        if self.queued.insert(id.to_owned()) {
+            self.queue.push_back(id.to_owned());
+        }
+    }
+
+    fn pop(&mut self) -> Option<String> {
+        let id = self.queue.pop_front()?;
+        self.queued.remove(&id);
+        Some(id)
+    }
 }
 
 impl Shared {
@@ -93,11 +129,33 @@ pub async fn run(
     cancel: CancellationSignal,
 ) -> LoadOutcome {
     progress.set_planned(plan.len() as u64);
+    let tenants: Vec<&str> = spec.tenants.iter().map(|t| t.name.as_str()).collect();
+    let other_tenant = tenants
+        .iter()
+        .enumerate()
+        .map(|(i, tenant)| {
+            // The next tenant of the spec, or a name no tenant has.
+            let other = match tenants.get((i + 1) % tenants.len()) {
+                Some(next) if next != tenant => (*next).to_owned(),
+                _ => format!("{tenant}-other"),
+            };
+            ((*tenant).to_owned(), other)
+        })
+        .collect();
     let shared = Arc::new(Shared {
         client: client(spec.max_in_flight),
         base: base_url(&target.base_url).map_err(|e| e.to_string()),
-        keys: target.keys.iter().cloned().collect(),
+        keys: target
+            .keys
+            .iter()
+            .map(|k| ((k.tenant.clone(), k.credential.clone()), k.key.clone()))
+            .collect(),
         accepted: Mutex::new(HashMap::new()),
+        dead: Mutex::new(HashMap::new()),
+        oversized: oversized_body(target.oversized_bytes),
+        body_budget: AtomicU64::new(limits.kept_body_bytes),
+        bodies_dropped: AtomicU64::new(0),
+        other_tenant,
         // At least one slot: zero would wait forever, and validation
         // guarantees a positive bound anyway.
         slots: Arc::new(Semaphore::new(
@@ -181,7 +239,22 @@ pub async fn run(
         windows,
         overall,
         elapsed_ms,
+        bodies_dropped: shared.bodies_dropped.load(Ordering::Relaxed),
     }
+}
+
+/// A JSON task body of `size` bytes (at least the smallest task body): a
+/// valid request in every respect but its size, so that only the body
+/// limit can refuse it.
+fn oversized_body(size: usize) -> bytes::Bytes {
+    const HEAD: &str = r#"{"prompt": "summarise this "#;
+    const TAIL: &str = r#"", "max_tokens": 16}"#;
+    let padding = size.saturating_sub(HEAD.len() + TAIL.len());
+    let mut body = String::with_capacity(size.max(HEAD.len() + TAIL.len()));
+    body.push_str(HEAD);
+    body.extend(std::iter::repeat_n('x', padding));
+    body.push_str(TAIL);
+    bytes::Bytes::from(body)
 }
 
 fn client(max_in_flight: u32) -> Result<reqwest::Client, String> {
@@ -212,30 +285,23 @@ fn unsent(planned: &PlannedOp, now_ms: f64) -> Op {
 fn kind_of(kind: PlannedKind) -> OpKind {
     match kind {
         PlannedKind::Task => OpKind::Task,
+        PlannedKind::Oversized => OpKind::OversizedTask,
+        PlannedKind::Slow => OpKind::SlowTask,
         PlannedKind::Job => OpKind::Job,
         // An unsent read read nothing; budget reads need no earlier job.
         PlannedKind::Read => OpKind::ReadBudget,
+        // Likewise, listing needs no dead job.
+        PlannedKind::Dlq => OpKind::ListDlq,
+        PlannedKind::Access { route } => route,
     }
 }
 
 fn skeleton(planned: &PlannedOp, kind: OpKind) -> Op {
-    let intended_ms = planned.offset_ms();
     Op {
-        index: planned.index,
-        kind,
-        tenant: planned.tenant.clone(),
+        credential: planned.credential.clone(),
         idempotency_key: planned.idempotency_key.clone(),
         reused_key: planned.reuse_of.is_some(),
-        intended_ms,
-        start_ms: intended_ms,
-        end_ms: intended_ms,
-        outcome: Outcome::NotSent,
-        request_id: None,
-        retry_after: None,
-        replayed: false,
-        resource_id: None,
-        body_sha256: None,
-        job_id_read: None,
+        ..Op::planned(planned.index, kind, &planned.tenant, planned.offset_ms())
     }
 }
 
@@ -275,28 +341,12 @@ async fn stopped(stop: &mut watch::Receiver<Stop>) -> Stop {
 
 /// One operation, from its intended time to its entry in the history.
 async fn execute(shared: Arc<Shared>, planned: PlannedOp, mut stop: watch::Receiver<Stop>) -> Op {
-    // Which job a read reads is decided at the intended time, from the jobs
-    // accepted by then, so that slot waits do not change it.
-    let (kind, job_id) = match planned.kind {
-        PlannedKind::Task => (OpKind::Task, None),
-        PlannedKind::Job => (OpKind::Job, None),
-        PlannedKind::Read => {
-            let accepted = shared.accepted.lock().unwrap_or_else(|e| e.into_inner());
-            match accepted.get(&planned.tenant).filter(|ids| !ids.is_empty()) {
-                Some(ids) => {
-                    let pick = planned.read_pick % ids.len() as u64;
-                    let id = usize::try_from(pick)
-                        .ok()
-                        .and_then(|pick| ids.get(pick))
-                        .cloned();
-                    (OpKind::ReadJob, id)
-                }
-                None => (OpKind::ReadBudget, None),
-            }
-        }
-    };
+    // Which job a read reads, and whether a DLQ operation replays, are
+    // decided at the intended time, from what was seen by then, so that slot
+    // waits do not change them.
+    let (kind, job_id) = decide(&shared, &planned);
     let mut op = skeleton(&planned, kind);
-    op.job_id_read = job_id.clone();
+    op.job_id = job_id.clone();
 
     let slot = tokio::select! {
         biased;
@@ -328,36 +378,139 @@ async fn execute(shared: Arc<Shared>, planned: PlannedOp, mut stop: watch::Recei
     drop(slot);
 
     match result {
-        Ok(answer) => {
-            op.outcome = Outcome::Status(answer.status);
-            op.request_id = header(&answer.headers, "x-request-id");
-            op.retry_after = header(&answer.headers, "retry-after");
-            op.replayed = header(&answer.headers, "idempotent-replayed")
-                .is_some_and(|value| value.eq_ignore_ascii_case("true"));
-            op.body_sha256 = Some(hex::encode(Sha256::digest(&answer.body)));
-            if answer.status == 200 || answer.status == 202 {
-                op.resource_id = serde_json::from_slice::<serde_json::Value>(&answer.body)
-                    .ok()
-                    .and_then(|body| body.get("id")?.as_str().map(str::to_owned));
-            }
-            // A replay names a job accepted already; listing it twice would
-            // only skew which jobs reads pick.
-            if kind == OpKind::Job
-                && answer.status == 202
-                && !op.replayed
-                && let Some(id) = &op.resource_id
+        Ok(answer) => record(&shared, &mut op, &answer),
+        Err(outcome) => {
+            op.outcome = outcome;
+            // A replay that got no answer may not have happened: the job
+            // stays a candidate.
+            if kind == OpKind::ReplayDlq
+                && let Some(id) = &job_id
             {
+                dead_jobs(&shared, &op.tenant, |dead| dead.push(id));
+            }
+        }
+    }
+    shared.progress.add_completed(op.outcome.is_error());
+    op
+}
+
+/// What a planned operation sends, from what the run has seen by now: the
+/// history's kind, and the job it reads or replays.
+fn decide(shared: &Shared, planned: &PlannedOp) -> (OpKind, Option<String>) {
+    let accepted_job = || {
+        let accepted = shared.accepted.lock().unwrap_or_else(|e| e.into_inner());
+        let ids = accepted
+            .get(&planned.tenant)
+            .filter(|ids| !ids.is_empty())?;
+        let pick = usize::try_from(planned.read_pick % ids.len() as u64).ok()?;
+        ids.get(pick).cloned()
+    };
+    match planned.kind {
+        PlannedKind::Read => match accepted_job() {
+            Some(id) => (OpKind::ReadJob, Some(id)),
+            None => (OpKind::ReadBudget, None),
+        },
+        PlannedKind::Dlq => match dead_jobs(shared, &planned.tenant, DeadJobs::pop) {
+            Some(id) => (OpKind::ReplayDlq, Some(id)),
+            None => (OpKind::ListDlq, None),
+        },
+        PlannedKind::Access {
+            route: OpKind::ReadJob,
+        } => (
+            OpKind::ReadJob,
+            Some(accepted_job().unwrap_or_else(|| NO_JOB.to_owned())),
+        ),
+        PlannedKind::Access {
+            route: OpKind::ReplayDlq,
+        } => (OpKind::ReplayDlq, Some(NO_JOB.to_owned())),
+        other => (kind_of(other), None),
+    }
+}
+
+/// Runs `f` on the tenant's dead jobs.
+fn dead_jobs<T>(shared: &Shared, tenant: &str, f: impl FnOnce(&mut DeadJobs) -> T) -> T {
+    let mut dead = shared.dead.lock().unwrap_or_else(|e| e.into_inner());
+    f(dead.entry(tenant.to_owned()).or_default())
+}
+
+/// Records an answer in the operation, and what it teaches the rest of the
+/// run: jobs accepted, jobs dead.
+fn record(shared: &Shared, op: &mut Op, answer: &Answer) {
+    op.outcome = Outcome::Status(answer.status);
+    op.request_id = header(&answer.headers, "x-request-id");
+    op.retry_after = header(&answer.headers, "retry-after");
+    op.replayed = header(&answer.headers, "idempotent-replayed")
+        .is_some_and(|value| value.eq_ignore_ascii_case("true"));
+    op.body_sha256 = Some(hex::encode(Sha256::digest(&answer.body)));
+    let json = || serde_json::from_slice::<serde_json::Value>(&answer.body).ok();
+    if answer.status == 200 || answer.status == 202 {
+        op.resource_id = json().and_then(|body| body.get("id")?.as_str().map(str::to_owned));
+    }
+    let keep = answer.status == 200 && (op.kind.is_task() || op.kind == OpKind::ReadJob);
+    if keep {
+        op.body = keep_body(shared, &answer.body);
+    }
+    // Only the tenant's own key teaches the run: an answer to another key
+    // (which should have been refused) is no job of the load's.
+    if op.credential != Credential::Tenant {
+        return;
+    }
+    match (op.kind, answer.status) {
+        // A replay names a job accepted already; listing it twice would only
+        // skew which jobs reads pick.
+        (OpKind::Job, 202) if !op.replayed => {
+            if let Some(id) = &op.resource_id {
                 let mut accepted = shared.accepted.lock().unwrap_or_else(|e| e.into_inner());
                 accepted
-                    .entry(planned.tenant.clone())
+                    .entry(op.tenant.clone())
                     .or_default()
                     .push(id.clone());
             }
         }
-        Err(outcome) => op.outcome = outcome,
+        (OpKind::ReadJob, 200) => {
+            op.job_state = json().and_then(|body| body.get("state")?.as_str().map(str::to_owned));
+            if op.job_state.as_deref() == Some("dead")
+                && let Some(id) = &op.job_id
+            {
+                dead_jobs(shared, &op.tenant, |dead| dead.push(id));
+            }
+        }
+        (OpKind::ListDlq, 200) => {
+            op.dlq_listed = json()
+                .and_then(|body| {
+                    let jobs = body.get("jobs")?.as_array()?.iter();
+                    Some(
+                        jobs.filter_map(|job| job.get("id")?.as_str().map(str::to_owned))
+                            .collect(),
+                    )
+                })
+                .unwrap_or_default();
+            dead_jobs(shared, &op.tenant, |dead| {
+                for id in &op.dlq_listed {
+                    dead.push(id);
+                }
+            });
+        }
+        _ => {}
     }
-    shared.progress.add_completed(op.outcome.is_error());
-    op
+}
+
+/// The body as text if the kept-body budget has room for it; otherwise it
+/// is counted as dropped.
+fn keep_body(shared: &Shared, body: &[u8]) -> Option<String> {
+    let size = body.len() as u64;
+    let reserved = shared
+        .body_budget
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+            left.checked_sub(size)
+        })
+        .is_ok();
+    if reserved {
+        Some(String::from_utf8_lossy(body).into_owned())
+    } else {
+        shared.bodies_dropped.fetch_add(1, Ordering::Relaxed);
+        None
+    }
 }
 
 fn header(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -395,26 +548,51 @@ async fn perform(
             .path_segments_mut()
             .map_err(|()| Outcome::IoError("the base url cannot take a path".to_owned()))?;
         segments.pop_if_empty();
-        match (kind, job_id) {
-            (OpKind::Task, _) => segments.extend(["v1", "tasks"]),
-            (OpKind::Job, _) => segments.extend(["v1", "jobs"]),
-            (OpKind::ReadJob, Some(id)) => segments.extend(["v1", "jobs", id]),
-            (OpKind::ReadJob, None) | (OpKind::ReadBudget, _) => {
-                segments.extend(["v1", "budgets", planned.tenant.as_str()])
+        let tenant = planned.tenant.as_str();
+        let job = job_id.unwrap_or(NO_JOB);
+        match kind {
+            OpKind::Task | OpKind::OversizedTask | OpKind::SlowTask => {
+                segments.extend(["v1", "tasks"])
             }
+            OpKind::Job | OpKind::ListJobs => segments.extend(["v1", "jobs"]),
+            OpKind::ReadJob => segments.extend(["v1", "jobs", job]),
+            OpKind::ReadBudget => segments.extend(["v1", "budgets", tenant]),
+            OpKind::ReadOtherBudget => {
+                let other = shared
+                    .other_tenant
+                    .get(tenant)
+                    .map_or(tenant, String::as_str);
+                segments.extend(["v1", "budgets", other])
+            }
+            OpKind::ListDlq => segments.extend(["v1", "dlq"]),
+            OpKind::ReplayDlq => segments.extend(["v1", "dlq", job, "replay"]),
+            OpKind::ReadAudit => segments.extend(["v1", "audit"]),
+            OpKind::VerifyAudit => segments.extend(["v1", "audit", "verify"]),
         };
     }
-    let mut request = match kind {
-        OpKind::Task | OpKind::Job => client.post(url),
-        OpKind::ReadJob | OpKind::ReadBudget => client.get(url),
+    let post = matches!(
+        kind,
+        OpKind::Task | OpKind::OversizedTask | OpKind::SlowTask | OpKind::Job | OpKind::ReplayDlq
+    );
+    let mut request = if post {
+        client.post(url)
+    } else {
+        client.get(url)
     };
-    if let Some(key) = shared.keys.get(&planned.tenant) {
+    if let Some(key) = shared
+        .keys
+        .get(&(planned.tenant.clone(), planned.credential.clone()))
+    {
         request = request.bearer_auth(key);
     }
     if let Some(key) = &planned.idempotency_key {
         request = request.header("idempotency-key", key);
     }
-    if let Some(body) = &planned.body {
+    if kind == OpKind::OversizedTask {
+        request = request
+            .header(CONTENT_TYPE, "application/json")
+            .body(shared.oversized.clone());
+    } else if let Some(body) = &planned.body {
         request = request
             .header(CONTENT_TYPE, "application/json")
             .body(body.clone());

@@ -325,21 +325,9 @@ mod tests {
 
     fn op(index: u64, intended_ms: f64, end_ms: f64, outcome: Outcome) -> Op {
         Op {
-            index,
-            kind: OpKind::Task,
-            tenant: "a".into(),
-            idempotency_key: None,
-            reused_key: false,
-            intended_ms,
-            start_ms: intended_ms,
             end_ms,
             outcome,
-            request_id: None,
-            retry_after: None,
-            replayed: false,
-            resource_id: None,
-            body_sha256: None,
-            job_id_read: None,
+            ..Op::planned(index, OpKind::Task, "a", intended_ms)
         }
     }
 

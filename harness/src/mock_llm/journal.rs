@@ -27,6 +27,10 @@ pub struct CallRecord {
     pub received_unix_ms: u64,
     /// The `X-Request-Id` header, cut to [`MAX_HEADER_BYTES`].
     pub request_id: Option<String>,
+    /// The `X-Attempt` header: which attempt of the request this call is,
+    /// from 1; `None` when absent or not a number.
+    #[serde(default)]
+    pub attempt: Option<u32>,
     /// The `Idempotency-Key` header, cut to [`MAX_HEADER_BYTES`].
     pub idempotency_key: Option<String>,
     /// Whether an `Authorization` header was sent (its value is never kept).
@@ -47,6 +51,9 @@ pub struct CallRecord {
     pub effect: Option<EffectKind>,
     /// The status sent (or to be sent, for a call still delayed or hanging).
     pub status: u16,
+    /// The `Retry-After` header sent with it, as sent.
+    #[serde(default)]
+    pub retry_after: Option<String>,
     /// The usage written into the answer, even if a fault then mangled the
     /// body; `None` when the answer carries none (errors, hangs, streams
     /// without `stream_options.include_usage`).
@@ -131,6 +138,7 @@ mod tests {
             seq,
             received_unix_ms: 0,
             request_id: None,
+            attempt: None,
             idempotency_key: None,
             authorization: false,
             model: None,
@@ -140,6 +148,7 @@ mod tests {
             rule_name: None,
             effect: None,
             status: 200,
+            retry_after: None,
             usage: None,
             error: None,
         }

@@ -114,6 +114,7 @@ impl Shared {
             seq,
             received_unix_ms: call.received_unix_ms,
             request_id: call.request_id,
+            attempt: call.attempt,
             idempotency_key: call.idempotency_key,
             authorization: call.authorization,
             model: None,
@@ -123,6 +124,7 @@ impl Shared {
             rule_name: None,
             effect: None,
             status: 0,
+            retry_after: None,
             usage: None,
             error: None,
         };
@@ -167,6 +169,11 @@ impl Shared {
         record.rule_name = rule.and_then(|r| r.name.clone());
         record.effect = rule.map(|r| r.effect.kind());
         record.status = reply.rendered.status.as_u16();
+        record.retry_after = reply
+            .rendered
+            .retry_after
+            .as_ref()
+            .map(|v| header_text(v.as_bytes()));
         record.usage = reply.usage;
         journal.push(record);
         Ok(reply)
@@ -177,6 +184,7 @@ impl Shared {
 struct Incoming {
     received_unix_ms: u64,
     request_id: Option<String>,
+    attempt: Option<u32>,
     idempotency_key: Option<String>,
     authorization: bool,
     /// The request, its prompt's SHA-256 and its default plan, or why it was
@@ -223,6 +231,10 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body)
     let incoming = Incoming {
         received_unix_ms,
         request_id: header("x-request-id"),
+        attempt: headers
+            .get("x-attempt")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok()),
         idempotency_key: header("idempotency-key"),
         authorization: headers.contains_key(header::AUTHORIZATION),
         parsed,

@@ -9,6 +9,7 @@
 //! orchestrator's own rules (config.rs).
 
 mod config;
+mod contract;
 pub mod model;
 mod raw;
 mod validate;
@@ -21,6 +22,7 @@ use orchestrator::yaml::{
     self, Code, DecodeOptions, Diagnostic, Limits, Location, Severity, has_errors,
 };
 
+pub use contract::Contract;
 pub use model::*;
 pub use validate::{
     MAX_DESCRIPTION_BYTES, MAX_FAULTS, MAX_IN_FLIGHT, MAX_INVARIANTS, MAX_LIST_ITEMS,

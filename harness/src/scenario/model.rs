@@ -42,6 +42,9 @@ pub struct SystemSpec {
     pub config_yaml: String,
     /// Where `config_yaml` came from (for the report).
     pub config_base: PathBuf,
+    /// What `config_yaml` promises, which the load plans from and the checks
+    /// judge by.
+    pub contract: super::Contract,
 }
 
 /// Where the orchestrator keeps its state.
@@ -91,8 +94,8 @@ pub struct Stage {
     pub end_rps: f64,
 }
 
-/// Relative weights of the request kinds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Relative weights of the request kinds (FORMAT.md, "load.mix").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Mix {
     /// `POST /v1/tasks`.
     pub tasks: u32,
@@ -100,6 +103,22 @@ pub struct Mix {
     pub jobs: u32,
     /// Reads: `GET /v1/jobs/{id}` of an accepted job, else the tenant's budget.
     pub reads: u32,
+    /// Replays of jobs seen dead (`POST /v1/dlq/{id}/replay`), else a listing
+    /// of the dead-letter queue (`GET /v1/dlq`), which finds them.
+    pub dlq: u32,
+    /// Tasks whose body is over `server.body_limit` (413 due).
+    pub oversized: u32,
+    /// Tasks the mock provider delays past `server.request_timeout` (504 due).
+    pub slow: u32,
+    /// Requests to a random route without a key (401 due).
+    pub no_key: u32,
+    /// Requests to a random route with a key no one configured (401 due).
+    pub unknown_key: u32,
+    /// Requests to a random route with an expired key (401 due).
+    pub expired_key: u32,
+    /// Requests to a route with the key of a role that lacks its permission
+    /// (403 due).
+    pub forbidden: u32,
 }
 
 /// A tenant of the run.
@@ -367,9 +386,64 @@ pub enum Invariant {
     },
     /// The orchestrator's logs hold no panic.
     NoPanics,
+    /// After the provider answered `Retry-After: N`, the next attempt of the
+    /// same request came no sooner than N seconds later.
+    RetryAfterHonoured,
+    /// Provider calls per request stay within the providers' retry attempts,
+    /// job attempts within `jobs.max_attempts`.
+    AttemptsBounded,
+    /// Every 200 carries a plan that passes the harness's own check, and no
+    /// injected payload reaches a client.
+    DeliveredOutputValid,
+    /// Dead jobs carry their last error and their audit entry, exhausted jobs
+    /// are dead, replayed jobs end succeeded or dead, and the DLQ listing
+    /// matches the jobs table.
+    DlqComplete,
+    /// Oversized bodies got 413, slow requests 504, and nothing else did.
+    LimitsEnforced,
+    /// Every answer agrees with the configuration's roles and permissions.
+    AccessEnforced,
 }
 
 impl Invariant {
+    /// Every invariant's name, as scenario files write them: the bare ones
+    /// ([`Invariant::BARE`]) and those with parameters.
+    pub const NAMES: [&'static str; 16] = [
+        "no_lost_jobs",
+        "exactly_once_charge",
+        "budget_never_overdrawn",
+        "budget_conserved",
+        "audit_chain_intact",
+        "idempotent_replay_consistent",
+        "allowed_statuses",
+        "rate_limit_respected",
+        "ready_reflects_faults",
+        "no_panics",
+        "retry_after_honoured",
+        "attempts_bounded",
+        "delivered_output_valid",
+        "dlq_complete",
+        "limits_enforced",
+        "access_enforced",
+    ];
+
+    /// The invariants that take no parameters, written as a bare name.
+    pub const BARE: [Invariant; 13] = [
+        Invariant::ExactlyOnceCharge,
+        Invariant::BudgetNeverOverdrawn,
+        Invariant::BudgetConserved,
+        Invariant::AuditChainIntact,
+        Invariant::IdempotentReplayConsistent,
+        Invariant::RateLimitRespected,
+        Invariant::NoPanics,
+        Invariant::RetryAfterHonoured,
+        Invariant::AttemptsBounded,
+        Invariant::DeliveredOutputValid,
+        Invariant::DlqComplete,
+        Invariant::LimitsEnforced,
+        Invariant::AccessEnforced,
+    ];
+
     /// The name as written in scenario files.
     pub fn name(&self) -> &'static str {
         match self {
@@ -383,6 +457,12 @@ impl Invariant {
             Invariant::RateLimitRespected => "rate_limit_respected",
             Invariant::ReadyReflectsFaults { .. } => "ready_reflects_faults",
             Invariant::NoPanics => "no_panics",
+            Invariant::RetryAfterHonoured => "retry_after_honoured",
+            Invariant::AttemptsBounded => "attempts_bounded",
+            Invariant::DeliveredOutputValid => "delivered_output_valid",
+            Invariant::DlqComplete => "dlq_complete",
+            Invariant::LimitsEnforced => "limits_enforced",
+            Invariant::AccessEnforced => "access_enforced",
         }
     }
 }

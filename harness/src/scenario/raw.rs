@@ -100,6 +100,20 @@ pub(crate) struct RawMix {
     pub jobs: Option<u32>,
     #[serde(default)]
     pub reads: Option<u32>,
+    #[serde(default)]
+    pub dlq: Option<u32>,
+    #[serde(default)]
+    pub oversized: Option<u32>,
+    #[serde(default)]
+    pub slow: Option<u32>,
+    #[serde(default)]
+    pub no_key: Option<u32>,
+    #[serde(default)]
+    pub unknown_key: Option<u32>,
+    #[serde(default)]
+    pub expired_key: Option<u32>,
+    #[serde(default)]
+    pub forbidden: Option<u32>,
 }
 
 /// `load.tenants`: a count or a list.

@@ -86,19 +86,12 @@ const METRICS: [&str; 9] = [
     "recovery_time",
 ];
 
-/// Every invariant name.
-const INVARIANTS: [&str; 10] = [
-    "no_lost_jobs",
-    "exactly_once_charge",
-    "budget_never_overdrawn",
-    "budget_conserved",
-    "audit_chain_intact",
-    "idempotent_replay_consistent",
-    "allowed_statuses",
-    "rate_limit_respected",
-    "ready_reflects_faults",
-    "no_panics",
-];
+/// The least a slow request's client timeout must exceed the service's
+/// request timeout by, so that the 504 arrives before the client gives up.
+const SLOW_MARGIN: Duration = Duration::from_secs(2);
+/// The largest body an oversized request sends: past it, lower
+/// `server.body_limit` for the scenario.
+pub const MAX_OVERSIZED_BODY_BYTES: u64 = 16 << 20;
 
 /// Defaults.
 const DEFAULT_MAX_IN_FLIGHT: u32 = 256;
@@ -413,7 +406,9 @@ impl<'a> Validator<'a> {
         }
         let (config_yaml, config_base, config) = config?;
         let load = load?;
-        self.exercisable(raw, &load, &invariants, &config);
+        let contract = super::Contract::of(&config);
+        self.exercisable(raw, &load, &faults, &invariants, &config);
+        self.feasible(&load, &contract);
         if self.has_errors() {
             return None;
         }
@@ -427,6 +422,7 @@ impl<'a> Validator<'a> {
                 store: system.store,
                 config_yaml,
                 config_base,
+                contract,
             },
             load,
             faults,
@@ -442,11 +438,13 @@ impl<'a> Validator<'a> {
         &mut self,
         raw: &RawScenario,
         load: &LoadSpec,
+        faults: &[Fault],
         invariants: &[Invariant],
         config: &orchestrator::config::Config,
     ) {
         let raw_invariants = raw.invariants.as_deref().unwrap_or_default();
         let mix = load.mix;
+        let posts = mix.tasks > 0 || mix.jobs > 0;
         for invariant in invariants {
             let name = invariant.name();
             let Some(index) = raw_invariants.iter().position(|r| r.name == name) else {
@@ -471,6 +469,32 @@ impl<'a> Validator<'a> {
                     Some("the mix sends no tasks or jobs, which are what carry keys".to_owned())
                 }
                 Invariant::RateLimitRespected => rate_limit_unreachable(load, config),
+                Invariant::RetryAfterHonoured if !asks_retry_after(faults) => Some(
+                    "no provider program answers with a `Retry-After` above 0 (`retry_after_s`)"
+                        .to_owned(),
+                ),
+                Invariant::AttemptsBounded if !posts => {
+                    Some("the mix sends no tasks or jobs, so nothing calls the provider".to_owned())
+                }
+                Invariant::DeliveredOutputValid if mix.tasks == 0 && mix.reads == 0 => Some(
+                    "the mix sends no tasks and reads no jobs, so no plan is delivered".to_owned(),
+                ),
+                Invariant::DlqComplete if mix.jobs == 0 || mix.dlq == 0 => Some(
+                    "it needs jobs and DLQ requests in the mix (`load.mix.jobs` and `load.mix.dlq`)"
+                        .to_owned(),
+                ),
+                Invariant::LimitsEnforced if mix.oversized == 0 || mix.slow == 0 => Some(
+                    "it needs oversized and slow requests in the mix (`load.mix.oversized` and `load.mix.slow`)"
+                        .to_owned(),
+                ),
+                Invariant::AccessEnforced
+                    if mix.no_key + mix.unknown_key + mix.expired_key + mix.forbidden == 0 =>
+                {
+                    Some(
+                        "no request of the mix is due a refusal (`no_key`, `unknown_key`, `expired_key` and `forbidden` are 0)"
+                            .to_owned(),
+                    )
+                }
                 _ => None,
             };
             if let Some(why) = why {
@@ -480,6 +504,43 @@ impl<'a> Validator<'a> {
                     format!("`{name}` can never be exercised: {why}"),
                 );
             }
+        }
+    }
+
+    /// Refuses a mix the configuration makes impossible to send as meant:
+    /// forbidden requests when every role has every permission, slow
+    /// requests the load gives up on before the service's timeout, oversized
+    /// bodies past what the load sends.
+    fn feasible(&mut self, load: &LoadSpec, contract: &super::Contract) {
+        let mix = load.mix;
+        if mix.forbidden > 0 && contract.denied().is_empty() {
+            self.error(
+                Code::Vacuous,
+                "load.mix.forbidden",
+                "no request can be forbidden: every role of the configuration has every permission",
+            );
+        }
+        if mix.slow > 0 && load.request_timeout <= contract.request_timeout + SLOW_MARGIN {
+            self.error(
+                Code::Range,
+                "load.mix.slow",
+                format!(
+                    "slow requests need `load.request_timeout` over the service's `server.request_timeout` ({}) by more than {}, so that the client sees the service's 504; it is {}",
+                    format_duration(contract.request_timeout),
+                    format_duration(SLOW_MARGIN),
+                    format_duration(load.request_timeout)
+                ),
+            );
+        }
+        if mix.oversized > 0 && contract.body_limit_bytes > MAX_OVERSIZED_BODY_BYTES {
+            self.error(
+                Code::Range,
+                "load.mix.oversized",
+                format!(
+                    "oversized bodies must exceed `server.body_limit` ({} bytes), over the {MAX_OVERSIZED_BODY_BYTES} bytes the load sends at most",
+                    contract.body_limit_bytes
+                ),
+            );
         }
     }
 
@@ -728,8 +789,7 @@ impl<'a> Validator<'a> {
         let Some(raw) = raw else {
             return Some(Mix {
                 tasks: 1,
-                jobs: 0,
-                reads: 0,
+                ..Mix::default()
             });
         };
         let mut weight = |field: &str, value: Option<u32>| {
@@ -741,8 +801,27 @@ impl<'a> Validator<'a> {
             tasks: weight("tasks", raw.tasks)?,
             jobs: weight("jobs", raw.jobs)?,
             reads: weight("reads", raw.reads)?,
+            dlq: weight("dlq", raw.dlq)?,
+            oversized: weight("oversized", raw.oversized)?,
+            slow: weight("slow", raw.slow)?,
+            no_key: weight("no_key", raw.no_key)?,
+            unknown_key: weight("unknown_key", raw.unknown_key)?,
+            expired_key: weight("expired_key", raw.expired_key)?,
+            forbidden: weight("forbidden", raw.forbidden)?,
         };
-        if mix.tasks == 0 && mix.jobs == 0 && mix.reads == 0 {
+        let weights = [
+            mix.tasks,
+            mix.jobs,
+            mix.reads,
+            mix.dlq,
+            mix.oversized,
+            mix.slow,
+            mix.no_key,
+            mix.unknown_key,
+            mix.expired_key,
+            mix.forbidden,
+        ];
+        if weights.iter().all(|w| *w == 0) {
             self.error(
                 Code::Range,
                 "load.mix",
@@ -1521,14 +1600,14 @@ impl<'a> Validator<'a> {
         for (i, invariant) in raw.iter().enumerate() {
             let path = format!("invariants[{i}]");
             let name = invariant.name.as_str();
-            if !INVARIANTS.contains(&name) {
+            if !Invariant::NAMES.contains(&name) {
                 self.error(
                     Code::Reference,
                     &path,
                     format!(
                         "unknown invariant `{}`{}",
                         shown(name),
-                        suggest(name, &INVARIANTS)
+                        suggest(name, &Invariant::NAMES)
                     ),
                 );
                 continue;
@@ -1649,19 +1728,32 @@ impl<'a> Validator<'a> {
                     );
                     return None;
                 }
-                Some(match name {
-                    "exactly_once_charge" => Invariant::ExactlyOnceCharge,
-                    "budget_never_overdrawn" => Invariant::BudgetNeverOverdrawn,
-                    "budget_conserved" => Invariant::BudgetConserved,
-                    "audit_chain_intact" => Invariant::AuditChainIntact,
-                    "idempotent_replay_consistent" => Invariant::IdempotentReplayConsistent,
-                    "rate_limit_respected" => Invariant::RateLimitRespected,
-                    "no_panics" => Invariant::NoPanics,
-                    _ => return None,
-                })
+                Invariant::BARE.into_iter().find(|i| i.name() == name)
             }
         }
     }
+}
+
+/// Whether some provider program answers with a `Retry-After` of a second
+/// or more, which `retry_after_honoured` needs to judge anything.
+fn asks_retry_after(faults: &[Fault]) -> bool {
+    faults.iter().any(|fault| {
+        let FaultAction::LlmProgram { program } = &fault.action else {
+            return false;
+        };
+        let rules = program.get("rules").and_then(|r| r.as_array());
+        rules.into_iter().flatten().any(|rule| {
+            let effect = rule.get("effect");
+            let seconds = effect
+                .and_then(|e| e.get("retry_after_s"))
+                .and_then(|s| s.as_u64());
+            let text = effect
+                .and_then(|e| e.get("retry_after"))
+                .and_then(|t| t.as_str())
+                .and_then(|t| t.trim().parse::<u64>().ok());
+            seconds.or(text).is_some_and(|s| s > 0)
+        })
+    })
 }
 
 /// Why no key of the load can go over its rate limit, if none can: in no
