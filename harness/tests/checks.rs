@@ -187,6 +187,7 @@ fn contract() -> Contract {
         job_max_attempts: 2,
         body_limit_bytes: 1024,
         request_timeout: Duration::from_secs(2),
+        attempt_timeout: Duration::from_secs(5),
         allowed_tools: set(&["search", "summarize"]),
         max_output_bytes: 64 * 1024,
     }

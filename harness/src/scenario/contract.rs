@@ -29,6 +29,9 @@ pub struct Contract {
     pub body_limit_bytes: u64,
     /// `server.request_timeout`.
     pub request_timeout: Duration,
+    /// The shortest `attempt_timeout` of the providers: a provider call
+    /// slower than this is abandoned and retried.
+    pub attempt_timeout: Duration,
     /// `tasks.allowed_tools`.
     pub allowed_tools: BTreeSet<String>,
     /// `tasks.max_output_size`: the largest plan a provider may return.
@@ -64,6 +67,13 @@ impl Contract {
             job_max_attempts: config.jobs.max_attempts,
             body_limit_bytes: config.server.body_limit_bytes,
             request_timeout: config.server.request_timeout,
+            attempt_timeout: config
+                .llm
+                .providers
+                .iter()
+                .map(|p| p.attempt_timeout)
+                .min()
+                .unwrap_or_default(),
             allowed_tools: config.tasks.allowed_tools.iter().cloned().collect(),
             max_output_bytes: config.tasks.max_output_bytes,
         }

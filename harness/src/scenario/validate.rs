@@ -532,6 +532,17 @@ impl<'a> Validator<'a> {
                 ),
             );
         }
+        if mix.slow > 0 && contract.request_timeout >= contract.attempt_timeout {
+            self.error(
+                Code::Range,
+                "load.mix.slow",
+                format!(
+                    "slow requests need `server.request_timeout` ({}) under the providers' `attempt_timeout` ({}): otherwise the service abandons the slow call and retries instead of timing the request out",
+                    format_duration(contract.request_timeout),
+                    format_duration(contract.attempt_timeout)
+                ),
+            );
+        }
         if mix.oversized > 0 && contract.body_limit_bytes > MAX_OVERSIZED_BODY_BYTES {
             self.error(
                 Code::Range,

@@ -36,9 +36,14 @@ struct Component {
 
 async fn components(state: &AppState) -> Vec<Component> {
     let store = state.store.clone();
-    let probe = tokio::time::timeout(STORE_PROBE_TIMEOUT, store.run(|s| s.probe())).await;
+    // A read, then writes: a full or read-only disk still answers reads.
+    let probe = tokio::time::timeout(
+        STORE_PROBE_TIMEOUT,
+        store.run(|s| s.probe().and_then(|()| s.probe_writes())),
+    )
+    .await;
     let (ok, message) = match probe {
-        Ok(Ok(())) => (true, "sqlite responds".to_owned()),
+        Ok(Ok(())) => (true, "sqlite reads and writes".to_owned()),
         Ok(Err(e)) => (false, e.to_string()),
         Err(_) => (
             false,

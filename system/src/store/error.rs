@@ -92,6 +92,16 @@ pub enum StoreError {
         supported: u32,
     },
 
+    /// The latest write to the database failed (readiness reports it until
+    /// a write goes through again).
+    #[error("writes to database {} are failing: {message}", .path.display())]
+    WritesFailing {
+        /// The database file.
+        path: PathBuf,
+        /// The latest write's error.
+        message: String,
+    },
+
     /// SQLite stayed busy or locked through every retry.
     #[error("sqlite busy after {attempts} attempts ({operation} on database {})", .path.display())]
     Busy {

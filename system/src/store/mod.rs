@@ -273,6 +273,8 @@ struct Inner {
     /// Reservations whose release failed (a disk error), retried by
     /// [`Store::retry_releases`] until they go through.
     pending_releases: Mutex<BTreeSet<ReservationId>>,
+    /// How the latest writes went, for readiness ([`Store::probe_writes`]).
+    writes: Mutex<WriteHealth>,
     /// Held for the store's lifetime: the advisory lock is released when the
     /// file is closed. Declared after `conn` so that the connection closes
     /// first.
@@ -286,6 +288,19 @@ impl fmt::Debug for Store {
             .field("recovery", &self.recovery())
             .finish_non_exhaustive()
     }
+}
+
+/// How long readiness trusts the latest write before [`Store::probe_writes`]
+/// makes one of its own.
+pub const WRITE_PROBE_AFTER: Duration = Duration::from_secs(2);
+
+/// The latest write's outcome.
+#[derive(Debug, Default)]
+struct WriteHealth {
+    /// When the latest write (that touched the disk) ended.
+    at: Option<std::time::Instant>,
+    /// Its failure, if it failed.
+    failing: Option<String>,
 }
 
 /// An error inside a transaction: SQLite's (busy ones are retried) or the
@@ -364,6 +379,7 @@ impl Store {
                 recovery: OnceLock::new(),
                 busy_retries: AtomicU64::new(0),
                 pending_releases: Mutex::new(BTreeSet::new()),
+                writes: Mutex::new(WriteHealth::default()),
                 _lock: lock,
             }),
         };
@@ -504,12 +520,67 @@ impl Store {
         mut work: impl FnMut(&Transaction<'_>) -> Result<T, TxError>,
     ) -> Result<T, StoreError> {
         let mut conn = self.conn();
-        self.retry(operation, || {
+        let result = self.retry(operation, || {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let value = work(&tx)?;
             tx.commit()?;
             Ok(value)
-        })
+        });
+        // Only SQLite's own failures say the disk is bad: a store error from
+        // `work` is a refusal (not found, over budget), and busy is
+        // contention.
+        let outcome = match &result {
+            Ok(_) => Some(None),
+            Err(error @ StoreError::Sqlite { .. }) => Some(Some(error.to_string())),
+            Err(_) => None,
+        };
+        if let Some(failure) = outcome {
+            let mut writes = self
+                .inner
+                .writes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            writes.at = Some(std::time::Instant::now());
+            writes.failing = failure;
+        }
+        result
+    }
+
+    /// Whether writes go through, for readiness: an error naming the failure
+    /// when the latest write failed. When writes are failing, or none was
+    /// made for [`WRITE_PROBE_AFTER`], it first makes one of its own (the
+    /// schema version, rewritten unchanged: one small WAL frame), so that a
+    /// disk turning bad shows without traffic, and one that is good again
+    /// shows at the next probe rather than at the next request (which a
+    /// load balancer would not send to a service that is not ready).
+    pub fn probe_writes(&self) -> Result<(), StoreError> {
+        let stale = {
+            let writes = self
+                .inner
+                .writes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            writes.failing.is_some() || writes.at.is_none_or(|at| at.elapsed() >= WRITE_PROBE_AFTER)
+        };
+        if stale {
+            let version = schema::latest_version();
+            self.write("probe writes", |tx| {
+                tx.execute_batch(&format!("PRAGMA user_version = {version}"))?;
+                Ok(())
+            })?;
+        }
+        let writes = self
+            .inner
+            .writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match &writes.failing {
+            None => Ok(()),
+            Some(message) => Err(StoreError::WritesFailing {
+                path: self.inner.path.clone(),
+                message: message.clone(),
+            }),
+        }
     }
 
     /// Runs read-only `work`, retried when busy.
