@@ -244,16 +244,14 @@ pub async fn run(
 }
 
 /// A JSON task body of `size` bytes (at least the smallest task body): a
-/// valid request in every respect but its size, so that only the body
-/// limit can refuse it.
+/// small, valid task followed by whitespace, which JSON allows, so that
+/// only the body limit can refuse it (a long prompt would meet the prompt
+/// limit first).
 fn oversized_body(size: usize) -> bytes::Bytes {
-    const HEAD: &str = r#"{"prompt": "summarise this "#;
-    const TAIL: &str = r#"", "max_tokens": 16}"#;
-    let padding = size.saturating_sub(HEAD.len() + TAIL.len());
-    let mut body = String::with_capacity(size.max(HEAD.len() + TAIL.len()));
-    body.push_str(HEAD);
-    body.extend(std::iter::repeat_n('x', padding));
-    body.push_str(TAIL);
+    const TASK: &str = r#"{"prompt": "summarise this oversized request", "max_tokens": 16}"#;
+    let mut body = String::with_capacity(size.max(TASK.len()));
+    body.push_str(TASK);
+    body.extend(std::iter::repeat_n(' ', size.saturating_sub(TASK.len())));
     bytes::Bytes::from(body)
 }
 
