@@ -1896,6 +1896,20 @@ fn retry_after_honoured() {
         true,
         &[],
     );
+    // A job attempt run again under its id after a restart starts over at
+    // attempt 1: it is no retry of the answer before.
+    let rerun = with_journal(vec![
+        attempt_call(1, "job-1/1", 1, 0, 503, Some("5")),
+        attempt_call(2, "job-1/1", 1, 100, 200, None),
+        attempt_call(3, "r-2", 1, 200, 429, Some("1")),
+        attempt_call(4, "r-2", 2, 1200, 200, None),
+    ]);
+    check(
+        "a rerun is no retry",
+        &invariant(inv.clone(), &rerun),
+        true,
+        &[],
+    );
     // Retry-After 0 asks for nothing: there is nothing to judge.
     check_vacuous(
         "retry-after 0",

@@ -196,6 +196,30 @@ fn overrides_merge_over_the_base_config() {
 }
 
 /// The valid fixtures together exercise every part of the format.
+/// Every SLO metric and every invariant is listed by some scenario of the
+/// suite: a check no scenario runs is a guarantee nothing tests.
+#[test]
+fn the_suite_lists_every_check() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+    let mut listed = BTreeSet::new();
+    for path in scenario::discover(&[dir]).expect("scenarios/ lists") {
+        let scenario = scenario::load_file(&path)
+            .unwrap_or_else(|e| panic!("{} does not load: {e}", path.display()));
+        listed.extend(scenario.slos.iter().map(|slo| slo.objective.metric()));
+        listed.extend(scenario.invariants.iter().map(|i| i.name().to_owned()));
+    }
+    let unlisted: Vec<&str> = scenario::METRICS
+        .iter()
+        .chain(Invariant::NAMES.iter())
+        .copied()
+        .filter(|name| !listed.contains(*name))
+        .collect();
+    assert!(
+        unlisted.is_empty(),
+        "no scenario in scenarios/ lists {unlisted:?}"
+    );
+}
+
 #[test]
 fn valid_fixtures_cover_every_part() {
     let scenarios: Vec<Scenario> = files("valid")

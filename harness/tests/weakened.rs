@@ -145,7 +145,9 @@ fn every_mutant_applies_and_is_listed() {
         .filter(|p| p.extension().is_some_and(|e| e == "patch"))
         .collect();
     patches.sort();
-    assert!(patches.len() >= 3, "{patches:?}");
+    // At least one per row of design.md's seed-guarantee table that the
+    // system implements so far.
+    assert!(patches.len() >= 12, "{patches:?}");
     // `git apply --check` needs a work tree; outside one (an unpacked
     // tarball) the check cannot be made, which CI never is.
     let in_git = Command::new("git")
@@ -171,6 +173,29 @@ fn every_mutant_applies_and_is_listed() {
             readme.contains(&format!("`{name}`")),
             "{name} is not listed in fixtures/mutants/README.md"
         );
+        // The header scripts/mutants.sh reads: what it breaks, the guarantee,
+        // and the scenarios to try first, which must exist.
+        let text = std::fs::read_to_string(patch).expect("the patch reads");
+        let field = |key: &str| {
+            text.lines()
+                .take_while(|l| !l.starts_with("diff --git"))
+                .find_map(|l| l.strip_prefix(key))
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+        };
+        assert!(field("Mutant:").is_some(), "{name}: no `Mutant:` line");
+        assert!(
+            field("Guarantee:").is_some(),
+            "{name}: no `Guarantee:` line"
+        );
+        let scenarios =
+            field("Scenarios:").unwrap_or_else(|| panic!("{name}: no `Scenarios:` line"));
+        for scenario in scenarios.split_whitespace() {
+            assert!(
+                root().join(format!("scenarios/{scenario}.yaml")).is_file(),
+                "{name} names scenario {scenario}, which scenarios/ lacks"
+            );
+        }
         if in_git {
             let output = Command::new("git")
                 .arg("apply")

@@ -175,7 +175,9 @@ impl Auth {
                 RateStatus {
                     limit: key.rate.burst,
                     remaining,
-                    reset: per_request * (key.rate.burst - remaining),
+                    // Saturating: the limiter's capacity is the configured
+                    // burst, but a header must never be what panics.
+                    reset: per_request * key.rate.burst.saturating_sub(remaining),
                     retry_after: None,
                 }
             }

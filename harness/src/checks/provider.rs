@@ -45,8 +45,9 @@ fn dropped_note(evidence: &Evidence) -> String {
 }
 
 /// After the provider answered an attempt with `Retry-After: N` (N > 0), the
-/// next attempt of the same request to the same model came no sooner than N
-/// seconds later, less [`RETRY_AFTER_TOLERANCE_MS`].
+/// request's next attempt (the same request id, the next attempt number, the
+/// same model) came no sooner than N seconds later, less
+/// [`RETRY_AFTER_TOLERANCE_MS`].
 pub(super) fn retry_after_honoured(evidence: &Evidence) -> CheckResult {
     let mut r = CheckResult::invariant(
         "retry_after_honoured",
@@ -63,6 +64,13 @@ pub(super) fn retry_after_honoured(evidence: &Evidence) -> CheckResult {
             };
             if asked.model != next.model {
                 // Another provider: its own Retry-After is what binds it.
+                continue;
+            }
+            if next.attempt != asked.attempt.map(|a| a + 1) {
+                // Not this run's next attempt: a job attempt run again
+                // under the same request id (after a restart or a lost
+                // lease) starts its own count, and owes the old answer
+                // nothing.
                 continue;
             }
             judged += 1;

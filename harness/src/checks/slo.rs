@@ -301,22 +301,16 @@ fn recovery(evidence: &Evidence, span: Span, max: Duration, threshold: f64) -> M
 
 /// The metric's name as written in scenario files, and its threshold in words.
 fn describe(objective: &Objective) -> (String, String) {
-    match objective {
-        Objective::Latency { quantile, max } => {
-            let name = match quantile {
-                q if *q >= 1.0 => "latency_max".to_owned(),
-                q => format!("latency_p{}", (q * 100.0).round() as u32),
-            };
-            (name, format!("<= {}", humantime_like(*max)))
+    let threshold = match objective {
+        Objective::Latency { max, .. } => format!("<= {}", humantime_like(*max)),
+        Objective::ErrorRate { max } => format!("<= {max}"),
+        Objective::Availability { min } => format!(">= {min}"),
+        Objective::Throughput { min_rps } => format!(">= {min_rps} rps"),
+        Objective::RecoveryTime { max, error_rate } => {
+            format!("<= {} (error rate <= {error_rate})", humantime_like(*max))
         }
-        Objective::ErrorRate { max } => ("error_rate".to_owned(), format!("<= {max}")),
-        Objective::Availability { min } => ("availability".to_owned(), format!(">= {min}")),
-        Objective::Throughput { min_rps } => ("throughput".to_owned(), format!(">= {min_rps} rps")),
-        Objective::RecoveryTime { max, error_rate } => (
-            "recovery_time".to_owned(),
-            format!("<= {} (error rate <= {error_rate})", humantime_like(*max)),
-        ),
-    }
+    };
+    (objective.metric(), threshold)
 }
 
 /// Judges one SLO. A sliding window must hold in every position; its

@@ -89,6 +89,8 @@ pub struct LoadSection {
     pub windows: Vec<WindowStats>,
     /// The history file, beside report.json.
     pub history_file: String,
+    /// 200 bodies the history did not keep (its budget ran out).
+    pub bodies_dropped: u64,
 }
 
 /// The ledger part of the report, as the database left it.
@@ -227,6 +229,7 @@ impl Report {
                 overall: input.load.overall.latency.clone(),
                 windows: input.load.windows.clone(),
                 history_file: "history.jsonl".to_owned(),
+                bodies_dropped: input.load.bodies_dropped,
             },
             process_events: input.process_events,
             health: input.evidence.health.clone(),

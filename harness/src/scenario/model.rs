@@ -326,6 +326,22 @@ pub enum Objective {
     },
 }
 
+impl Objective {
+    /// The metric's name as written in scenario files (one of [`METRICS`](super::METRICS)).
+    pub fn metric(&self) -> String {
+        match self {
+            Objective::Latency { quantile, .. } if *quantile >= 1.0 => "latency_max".to_owned(),
+            Objective::Latency { quantile, .. } => {
+                format!("latency_p{}", (quantile * 100.0).round() as u32)
+            }
+            Objective::ErrorRate { .. } => "error_rate".to_owned(),
+            Objective::Availability { .. } => "availability".to_owned(),
+            Objective::Throughput { .. } => "throughput".to_owned(),
+            Objective::RecoveryTime { .. } => "recovery_time".to_owned(),
+        }
+    }
+}
+
 /// A part of the run, relative to the load's start and the fault timeline.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Window {

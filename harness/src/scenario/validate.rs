@@ -74,7 +74,7 @@ const TARGETS: [&str; 4] = ["client", "llm", "provider", "orchestrator"];
 const LINK_TARGETS: [&str; 2] = ["client", "llm"];
 
 /// Every SLO metric.
-const METRICS: [&str; 9] = [
+pub const METRICS: [&str; 9] = [
     "latency_p50",
     "latency_p90",
     "latency_p95",
