@@ -2155,6 +2155,19 @@ fn dlq_complete() {
         &["job j1 was replayed but is queued after settling"],
     );
 
+    // A listing the client was given, showing a dead job without its error,
+    // which a replay has since made succeed.
+    let mut e = dlq_evidence();
+    let mut listing = op(8, OpKind::ListDlq, "a", 800.0, 5.0, Outcome::Status(200));
+    listing.body = Some(r#"{"jobs":[{"id":"j3","state":"dead","last_error":null}]}"#.to_owned());
+    e.history.push(listing);
+    check(
+        "listed without its error",
+        &invariant(inv.clone(), &e),
+        false,
+        &["op 8 was shown dead job j3 without its last error"],
+    );
+
     let mut calm = dlq_evidence();
     db(&mut calm).jobs.remove(0);
     calm.dlq_listing = Ok(BTreeMap::from([("a".to_owned(), vec![])]));

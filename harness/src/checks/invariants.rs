@@ -725,9 +725,10 @@ pub(super) fn ready_reflects_faults(
     r.finish(violations).evidenced(inside, missing)
 }
 
-/// The dead-letter queue keeps every job that ran out of attempts, as the
-/// database left it: each dead job has its last error and a `job.dead`
-/// audit entry; a job that used all its attempts without succeeding is
+/// The dead-letter queue keeps every job that ran out of attempts: every
+/// dead job a client was shown (in a listing, or read) carried its last
+/// error; as the database left it, each dead job has its last error and a
+/// `job.dead` audit entry; a job that used all its attempts without succeeding is
 /// dead; every job a replay was accepted for (202) ends succeeded or dead
 /// again; each tenant's `GET /v1/dlq` after settling lists exactly its dead
 /// jobs (up to the service's page of 1000).
@@ -774,6 +775,42 @@ pub(super) fn dlq_complete(evidence: &Evidence) -> CheckResult {
                 job.max_attempts,
                 job.state.as_str()
             ));
+        }
+    }
+    // What clients were shown of the DLQ while the run went on: a job in a
+    // listing, or read while dead, carries its last error (a replay may
+    // have changed the job since, so only the answer shows it).
+    let mut seen_dead = 0u64;
+    for op in &evidence.history {
+        if op.credential != Credential::Tenant || op.outcome != Outcome::Status(200) {
+            continue;
+        }
+        let Some(body) = op.body.as_deref() else {
+            continue;
+        };
+        let shown: Vec<serde_json::Value> = match op.kind {
+            OpKind::ListDlq => serde_json::from_str::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v.get("jobs")?.as_array().cloned())
+                .unwrap_or_default(),
+            OpKind::ReadJob if op.job_state.as_deref() == Some("dead") => {
+                serde_json::from_str(body).ok().into_iter().collect()
+            }
+            _ => continue,
+        };
+        for job in shown {
+            seen_dead += 1;
+            let error = job.get("last_error").and_then(serde_json::Value::as_str);
+            if error.is_none_or(|e| e.trim().is_empty()) {
+                violations += 1;
+                r.violation(format!(
+                    "op {} was shown dead job {} without its last error",
+                    op.index,
+                    job.get("id")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or("?")
+                ));
+            }
         }
     }
     let jobs: BTreeMap<&str, &JobRow> = db.jobs.iter().map(|j| (j.id.as_str(), j)).collect();
@@ -836,7 +873,7 @@ pub(super) fn dlq_complete(evidence: &Evidence) -> CheckResult {
     }
     let dead: usize = dead_by_tenant.values().map(BTreeSet::len).sum();
     r.observed = format!(
-        "{dead} dead jobs, {} replays accepted, {} jobs in all",
+        "{dead} dead jobs, {} replays accepted, {} jobs in all; {seen_dead} dead jobs shown to clients",
         replayed.len(),
         db.jobs.len()
     );
@@ -844,7 +881,7 @@ pub(super) fn dlq_complete(evidence: &Evidence) -> CheckResult {
         matches!(op.kind, OpKind::ListDlq | OpKind::ReplayDlq)
             && op.credential == Credential::Tenant
     });
-    let missing = if dead == 0 && replayed.is_empty() {
+    let missing = if dead == 0 && replayed.is_empty() && seen_dead == 0 {
         Some("no job went dead".to_owned())
     } else if dlq_requests && replayed.is_empty() {
         Some("the mix asked for replays but no replay of a dead job was accepted".to_owned())
@@ -852,7 +889,7 @@ pub(super) fn dlq_complete(evidence: &Evidence) -> CheckResult {
         None
     };
     r.finish(violations)
-        .evidenced((dead + replayed.len()) as u64, missing)
+        .evidenced((dead + replayed.len()) as u64 + seen_dead, missing)
 }
 
 /// The orchestrator's log holds no panic.

@@ -215,9 +215,9 @@ pub struct Op {
     pub resource_id: Option<String>,
     /// Hex SHA-256 of the complete answer body, byte for byte as received.
     pub body_sha256: Option<String>,
-    /// The body of a 200 answer to a task or a job read, as received (lossy
-    /// UTF-8), so that checks judge what clients were given; `None` for
-    /// other answers and once the run's body budget is spent.
+    /// The body of a 200 answer to a task, a job read or a DLQ listing, as
+    /// received (lossy UTF-8), so that checks judge what clients were given;
+    /// `None` for other answers and once the run's body budget is spent.
     pub body: Option<String>,
     /// For [`OpKind::ReadJob`] and [`OpKind::ReplayDlq`], the job it read or
     /// replayed.

@@ -444,7 +444,8 @@ fn record(shared: &Shared, op: &mut Op, answer: &Answer) {
     if answer.status == 200 || answer.status == 202 {
         op.resource_id = json().and_then(|body| body.get("id")?.as_str().map(str::to_owned));
     }
-    let keep = answer.status == 200 && (op.kind.is_task() || op.kind == OpKind::ReadJob);
+    let keep = answer.status == 200
+        && (op.kind.is_task() || matches!(op.kind, OpKind::ReadJob | OpKind::ListDlq));
     if keep {
         op.body = keep_body(shared, &answer.body);
     }
