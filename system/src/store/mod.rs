@@ -554,20 +554,27 @@ impl Store {
     /// shows at the next probe rather than at the next request (which a
     /// load balancer would not send to a service that is not ready).
     pub fn probe_writes(&self) -> Result<(), StoreError> {
+        self.probe_writes_older_than(WRITE_PROBE_AFTER)
+    }
+
+    /// [`Store::probe_writes`], trusting the latest write for `max_age`.
+    fn probe_writes_older_than(&self, max_age: Duration) -> Result<(), StoreError> {
         let stale = {
             let writes = self
                 .inner
                 .writes
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            writes.failing.is_some() || writes.at.is_none_or(|at| at.elapsed() >= WRITE_PROBE_AFTER)
+            writes.failing.is_some() || writes.at.is_none_or(|at| at.elapsed() >= max_age)
         };
         if stale {
             let version = schema::latest_version();
-            self.write("probe writes", |tx| {
+            // Its outcome is recorded by `write` and reported below; busy
+            // (contention) is not a disk fault, so it is not an error here.
+            let _ = self.write("probe writes", |tx| {
                 tx.execute_batch(&format!("PRAGMA user_version = {version}"))?;
                 Ok(())
-            })?;
+            });
         }
         let writes = self
             .inner
@@ -723,6 +730,33 @@ mod tests {
 
     fn busy_error() -> rusqlite::Error {
         rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY), None)
+    }
+
+    #[test]
+    fn readiness_sees_writes_fail_and_come_back() {
+        let store = Store::open(&temp_db("probe-writes"), &options()).unwrap();
+        assert!(store.probe_writes().is_ok());
+        // SQLite refuses every write on a query-only connection, as it does
+        // on a read-only or full disk; reads still work.
+        store
+            .conn()
+            .execute_batch("PRAGMA query_only = ON")
+            .unwrap();
+        // A write made just now is trusted for a while...
+        assert!(store.probe_writes().is_ok());
+        // ...and once it is old, the probe writes and sees the failure.
+        let error = store.probe_writes_older_than(Duration::ZERO).unwrap_err();
+        assert!(
+            matches!(&error, StoreError::WritesFailing { message, .. } if message.contains("probe writes")),
+            "{error}"
+        );
+        assert!(store.probe().is_ok());
+        // The probe's own write finds the disk good again, with no traffic.
+        store
+            .conn()
+            .execute_batch("PRAGMA query_only = OFF")
+            .unwrap();
+        assert!(store.probe_writes().is_ok());
     }
 
     #[test]
