@@ -108,58 +108,51 @@ pub fn render(
             burst: 100_000,
         },
     );
+    // A key for `label` (derived from the run's seed), configured as
+    // `gauntlet-LABEL` with this tenant, role and expiry; returns it in clear.
+    let add_key = |keys: &mut Vec<ApiKeyConfig>,
+                   label: &str,
+                   tenant: &str,
+                   role: &str,
+                   expires_at: Option<std::time::SystemTime>| {
+        let key = make_key(label);
+        keys.push(ApiKeyConfig {
+            id: format!("gauntlet-{label}"),
+            sha256: hash(&key),
+            tenant: tenant.to_owned(),
+            role: role.to_owned(),
+            expires_at,
+        });
+        key
+    };
     let mut tenants = Vec::new();
     for t in &scenario.load.tenants {
-        let key = make_key(&t.name);
-        config.security.api_keys.push(ApiKeyConfig {
-            id: format!("gauntlet-{}", t.name),
-            sha256: hash(&key),
-            tenant: t.name.clone(),
-            role: t.role.clone(),
-            expires_at: None,
-        });
-        if let Some(limit) = t.budget_tokens {
-            config.budget.tenants.insert(t.name.clone(), limit);
-        }
-        let ops_key = make_key(&format!("{}-ops", t.name));
-        config.security.api_keys.push(ApiKeyConfig {
-            id: format!("gauntlet-{}-ops", t.name),
-            sha256: hash(&ops_key),
-            tenant: t.name.clone(),
-            role: OPS_ROLE.to_owned(),
-            expires_at: None,
-        });
+        let keys = &mut config.security.api_keys;
+        let key = add_key(keys, &t.name, &t.name, &t.role, None);
+        let ops_key = add_key(keys, &format!("{}-ops", t.name), &t.name, OPS_ROLE, None);
         let mix = &scenario.load.mix;
         let mut access_keys = Vec::new();
         if mix.forbidden > 0 {
             for role in scenario.system.contract.roles.keys() {
-                let key = make_key(&format!("{}-as-{role}", t.name));
-                config.security.api_keys.push(ApiKeyConfig {
-                    id: format!("gauntlet-{}-as-{role}", t.name),
-                    sha256: hash(&key),
-                    tenant: t.name.clone(),
-                    role: role.clone(),
-                    expires_at: None,
-                });
+                let label = format!("{}-as-{role}", t.name);
+                let key = add_key(keys, &label, &t.name, role, None);
                 access_keys.push((Credential::Role(role.clone()), key));
             }
         }
         if mix.expired_key > 0 {
-            let key = make_key(&format!("{}-expired", t.name));
-            config.security.api_keys.push(ApiKeyConfig {
-                id: format!("gauntlet-{}-expired", t.name),
-                sha256: hash(&key),
-                tenant: t.name.clone(),
-                role: t.role.clone(),
-                // Long past, so no clock skew can make it valid.
-                expires_at: Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(86_400)),
-            });
+            // Long past, so no clock skew can make it valid.
+            let expired = std::time::UNIX_EPOCH + std::time::Duration::from_secs(86_400);
+            let label = format!("{}-expired", t.name);
+            let key = add_key(keys, &label, &t.name, &t.role, Some(expired));
             access_keys.push((Credential::Expired, key));
         }
         if mix.unknown_key > 0 {
             // Shaped like the others, but never configured.
             let key = make_key(&format!("{}-unknown", t.name));
             access_keys.push((Credential::Unknown, key));
+        }
+        if let Some(limit) = t.budget_tokens {
+            config.budget.tenants.insert(t.name.clone(), limit);
         }
         tenants.push(TenantKey {
             tenant: t.name.clone(),
