@@ -201,16 +201,6 @@ pub async fn audit_online(
     base: &str,
     ops_key: &str,
 ) -> Result<AuditAnswer, String> {
-    let answer = client
-        .get(format!("{base}/v1/audit/verify"))
-        .bearer_auth(ops_key)
-        .send()
-        .await
-        .map_err(|e| format!("GET /v1/audit/verify: {e}"))?;
-    let status = answer.status();
-    if !status.is_success() {
-        return Err(format!("GET /v1/audit/verify answered {status}"));
-    }
     #[derive(Deserialize)]
     struct Answer {
         ok: bool,
@@ -219,10 +209,8 @@ pub async fn audit_online(
         reason: Option<String>,
         head_hash: Option<String>,
     }
-    let a: Answer = answer
-        .json()
-        .await
-        .map_err(|e| format!("GET /v1/audit/verify: bad body: {e}"))?;
+    let url = format!("{base}/v1/audit/verify");
+    let a: Answer = get_json(client, &url, ops_key, "GET /v1/audit/verify").await?;
     Ok(AuditAnswer {
         ok: a.ok,
         entries: a.entries,
@@ -249,21 +237,34 @@ pub async fn dlq_listing(
     }
     let mut listing = BTreeMap::new();
     for (tenant, key) in tenants {
-        let answer = client
-            .get(format!("{base}/v1/dlq?limit={DLQ_PAGE}"))
-            .bearer_auth(key)
-            .send()
-            .await
-            .map_err(|e| format!("GET /v1/dlq for {tenant}: {e}"))?;
-        let status = answer.status();
-        if !status.is_success() {
-            return Err(format!("GET /v1/dlq for {tenant} answered {status}"));
-        }
-        let a: Answer = answer
-            .json()
-            .await
-            .map_err(|e| format!("GET /v1/dlq for {tenant}: bad body: {e}"))?;
+        let url = format!("{base}/v1/dlq?limit={DLQ_PAGE}");
+        let what = format!("GET /v1/dlq for {tenant}");
+        let a: Answer = get_json(client, &url, key, &what).await?;
         listing.insert(tenant.clone(), a.jobs.into_iter().map(|j| j.id).collect());
     }
     Ok(listing)
+}
+
+/// `GET url` with `key`, a 2xx answer's JSON body decoded; errors name the
+/// request as `what`.
+async fn get_json<T: serde::de::DeserializeOwned>(
+    client: &Client,
+    url: &str,
+    key: &str,
+    what: &str,
+) -> Result<T, String> {
+    let answer = client
+        .get(url)
+        .bearer_auth(key)
+        .send()
+        .await
+        .map_err(|e| format!("{what}: {e}"))?;
+    let status = answer.status();
+    if !status.is_success() {
+        return Err(format!("{what} answered {status}"));
+    }
+    answer
+        .json()
+        .await
+        .map_err(|e| format!("{what}: bad body: {e}"))
 }
