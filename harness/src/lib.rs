@@ -11,6 +11,7 @@ pub mod cli;
 pub mod docker;
 pub mod engine;
 pub mod evidence;
+pub mod explore;
 pub mod images;
 pub mod load;
 pub mod local;

@@ -65,6 +65,14 @@ enum Command {
     /// check passed, 1 when one failed, 2 on bad input or an environment that
     /// cannot run a scenario (each scenario is validated before any runs).
     Run(RunArgs),
+    /// Search a scenario's `explore:` fault space: run N draws a schedule
+    /// from the seed, runs it and judges it by the scenario's checks; the
+    /// first failure is rerun 3 times and, when it reproduces each time,
+    /// shrunk to the smallest schedule that still fails the same check.
+    /// Writes minimal.yaml (replay it with `gauntlet run`), original.yaml
+    /// and explore.json under `--report-dir/<scenario>/`. Exits 0 when no
+    /// failure was found within the budget, 1 when one was, 2 on bad input.
+    Explore(ExploreArgs),
     /// Check scenario files: prints every finding as
     /// `FILE:LINE:COL: error[CODE]: path: message` and `ok: FILE (NAME)` for
     /// each valid file. Exits 0 when all are valid, 2 otherwise.
@@ -183,6 +191,7 @@ fn main() -> ExitCode {
             command: ImagesCommand::Build(args),
         } => return images_build(args),
         Command::Run(args) => return run_scenarios(args),
+        Command::Explore(args) => return explore(args),
         command => command,
     };
     tracing_subscriber::fmt()
@@ -213,6 +222,7 @@ fn main() -> ExitCode {
             | Command::Hog { .. }
             | Command::ServeOrchestrator { .. }
             | Command::Run(_)
+            | Command::Explore(_)
             | Command::Images { .. } => {
                 unreachable!("handled before the runtime starts")
             }
@@ -294,6 +304,101 @@ struct RunArgs {
     scale: f64,
 }
 
+/// The arguments of `gauntlet explore`.
+#[derive(clap::Args)]
+struct ExploreArgs {
+    /// The scenario file; it must have an `explore:` section.
+    scenario: PathBuf,
+    /// Schedules drawn at most.
+    #[arg(long, default_value_t = 20)]
+    runs: u32,
+    /// Candidates tried at most while shrinking.
+    #[arg(long, default_value_t = 60)]
+    shrink_runs: u32,
+    /// Wall time for drawing, rerunning and shrinking (`30m`, `90s`); no
+    /// run starts that would, by the longest so far, end past it.
+    #[arg(long, default_value = "30m", value_parser = parse_budget)]
+    budget: std::time::Duration,
+    /// Replaces the scenario's seed; the same seed replays the exploration.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Multiplies every duration of each run.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    scale: f64,
+    /// Where the output goes: `<DIR>/<scenario>/`.
+    #[arg(long, default_value = "target/gauntlet-explore")]
+    report_dir: PathBuf,
+}
+
+fn parse_budget(text: &str) -> Result<std::time::Duration, String> {
+    orchestrator::config::parse_duration(text)
+}
+
+/// `gauntlet explore`: like `gauntlet run`, a runtime of its own, quiet
+/// logs and Ctrl-C as a cancellation; the runs happen one at a time on
+/// this thread.
+fn explore(args: ExploreArgs) -> ExitCode {
+    use gauntlet::engine::{self, Cancel};
+    use gauntlet::explore::ExploreOptions;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,gauntlet::proxy=error")
+            }),
+        )
+        .init();
+    let launcher = match gauntlet::local::Launcher::current_exe() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "error: cannot find the gauntlet executable to start the orchestrator with: {e}"
+            );
+            return ExitCode::from(Exit::BadInput);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(Exit::BadInput);
+        }
+    };
+    let cancel = Cancel::new();
+    let on_signal = cancel.clone();
+    runtime.spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+            return;
+        };
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => if result.is_err() { return },
+            _ = terminate.recv() => {}
+        }
+        eprintln!("interrupted: stopping the run, reverting faults, tearing down");
+        on_signal.cancel();
+    });
+    let options = ExploreOptions {
+        runs: args.runs,
+        shrink_runs: args.shrink_runs,
+        budget: args.budget,
+        seed: args.seed,
+        scale: args.scale,
+        report_dir: args.report_dir,
+        backend: engine::Backend::Local(launcher),
+        progress: true,
+    };
+    let code = gauntlet::explore::explore(
+        &args.scenario,
+        &options,
+        &runtime,
+        &cancel,
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
+    );
+    ExitCode::from(code)
+}
+
 /// `gauntlet run`: a runtime of its own, quiet logs (warnings only, so the
 /// progress bar and summary stay readable), and Ctrl-C turned into a
 /// cancellation that tears everything down before exiting.
@@ -353,6 +458,7 @@ fn run_scenarios(args: RunArgs) -> ExitCode {
         report_dir: args.report_dir,
         backend,
         progress: true,
+        label: None,
     };
     let code = runtime.block_on(async {
         let cancel = Cancel::new();

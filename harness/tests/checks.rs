@@ -259,6 +259,7 @@ fn scenario(slos: Vec<Slo>, invariants: Vec<Invariant>) -> Scenario {
         faults: Vec::new(),
         slos,
         invariants,
+        explore: None,
     }
 }
 

@@ -510,3 +510,35 @@ proptest! {
         assert_consistent(&scenario::parse(&mutated, &file));
     }
 }
+
+/// Every scenario of the suite and every valid fixture, written back as a
+/// file (what `gauntlet explore` leaves as `minimal.yaml`), reads back as
+/// the same scenario: only the configuration's location and the explore
+/// section differ.
+#[test]
+fn rendered_scenarios_read_back_the_same() {
+    let suite = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+    let mut paths = scenario::discover(&[suite, fixtures().join("valid")]).expect("listed");
+    paths.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/explore/retries.yaml"));
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    for path in paths {
+        let original = scenario::load_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("config.yaml"), &original.system.config_yaml)
+            .expect("written");
+        let text = scenario::render(&original, "config.yaml");
+        let file = dir.path().join("rendered.yaml");
+        std::fs::write(&file, &text).expect("written");
+        let back = scenario::load_file(&file)
+            .unwrap_or_else(|e| panic!("{}: the rendered file is invalid:\n{e}\n{text}", path.display()));
+        let expected = Scenario {
+            source: file.clone(),
+            explore: None,
+            system: scenario::SystemSpec {
+                config_base: dir.path().join("config.yaml"),
+                ..original.system.clone()
+            },
+            ..original
+        };
+        assert_eq!(back, expected, "{}:\n{text}", path.display());
+    }
+}

@@ -56,6 +56,7 @@ fn run_one(path: &Path, backend: &Backend) -> Result<(), Failed> {
         report_dir: report_dir.clone(),
         backend: backend.clone(),
         progress: false,
+        label: None,
     };
     // A need this machine lacks was found when the tests were listed (the
     // test is ignored then); met or not, here it is a failure.

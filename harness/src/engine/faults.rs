@@ -59,11 +59,7 @@ fn with_standing(standing: &Program, program: Program) -> Program {
 
 /// The target as written in scenario files.
 pub fn target_of(action: &FaultAction) -> &'static str {
-    match action {
-        FaultAction::Toxic { link, .. } | FaultAction::Partition { link } => link.as_str(),
-        FaultAction::LlmProgram { .. } => "provider",
-        _ => "orchestrator",
-    }
+    action.target()
 }
 
 fn class_name(action: &FaultAction) -> String {

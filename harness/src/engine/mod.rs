@@ -52,6 +52,8 @@ pub struct RunOptions {
     pub backend: Backend,
     /// Whether to draw a progress bar (on stderr).
     pub progress: bool,
+    /// The progress bar's prefix, instead of the scenario's name.
+    pub label: Option<String>,
 }
 
 /// Where the system runs.
@@ -254,7 +256,8 @@ pub async fn run_with_timeline(
     )
     .await
     .map_err(env_err)?;
-    let bar = report::progress_bar(options.progress, &scenario, plan.len() as u64);
+    let label = options.label.as_deref().unwrap_or(&scenario.name);
+    let bar = report::progress_bar(options.progress, label, plan.len() as u64);
     let driven = match drive::drive(&rig, &scenario, plan, &scenario.faults, cancel, &bar).await {
         Ok(driven) => driven,
         Err(e) => {

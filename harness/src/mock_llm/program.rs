@@ -88,6 +88,10 @@ pub struct Match {
     pub probability: Option<f64>,
     /// Calls whose prompt (the last user message) contains this text.
     pub prompt_contains: Option<String>,
+    /// Calls whose attempt number (the `X-Attempt` header the orchestrator
+    /// sends, 1 for a call without one) lies in this range: `{to: 1}`
+    /// spoils first attempts only, which retries must absorb.
+    pub attempts: Option<CallRange>,
 }
 
 impl Match {
@@ -123,13 +127,26 @@ impl Match {
         }
     }
 
-    /// Whether call `seq` with `prompt` meets every condition, for the rule at
-    /// `rule_index` of a mock seeded with `seed`. The probability draw depends
-    /// only on those three numbers, so it does not matter which calls arrived
-    /// first or which other rules matched.
-    pub fn matches(&self, seq: u64, prompt: &str, seed: u64, rule_index: usize) -> bool {
+    /// Whether call `seq` with `prompt`, attempt `attempt` of its request,
+    /// meets every condition, for the rule at `rule_index` of a mock seeded
+    /// with `seed`. The probability draw depends only on the seed, the rule
+    /// and the call number, so it does not matter which calls arrived first
+    /// or which other rules matched.
+    pub fn matches(
+        &self,
+        seq: u64,
+        prompt: &str,
+        attempt: u32,
+        seed: u64,
+        rule_index: usize,
+    ) -> bool {
         if let Some(range) = &self.calls
             && !range.contains(seq)
+        {
+            return false;
+        }
+        if let Some(range) = &self.attempts
+            && !range.contains(u64::from(attempt))
         {
             return false;
         }
@@ -557,6 +574,22 @@ fn validate_match(
             ));
         }
     }
+    if let Some(range) = &when.attempts {
+        if range.from == 0 {
+            return Err(ProgramError::at(
+                at("match.attempts.from"),
+                "must be at least 1 (attempts are numbered from 1)",
+            ));
+        }
+        if let Some(to) = range.to
+            && to < range.from
+        {
+            return Err(ProgramError::at(
+                at("match.attempts.to"),
+                format!("{to} is before attempts.from {}", range.from),
+            ));
+        }
+    }
     if let Some(every) = &when.every
         && every.period == 0
     {
@@ -720,6 +753,9 @@ fn objects_where_expected(tree: &Value) -> Result<(), ProgramError> {
             if let Some(calls) = when.get("calls").filter(|v| !v.is_null()) {
                 object(calls, &at(".match.calls"), "a call range object")?;
             }
+            if let Some(attempts) = when.get("attempts").filter(|v| !v.is_null()) {
+                object(attempts, &at(".match.attempts"), "an attempt range object")?;
+            }
         }
         if let Some(effect) = rule.get("effect").filter(|v| !v.is_null()) {
             object(effect, &at(".effect"), "an effect object")?;
@@ -789,6 +825,10 @@ fn rule_from_raw(index: usize, raw: RawRule) -> Result<Rule, ProgramError> {
                 }),
                 probability: m.probability,
                 prompt_contains: m.prompt_contains,
+                attempts: m.attempts.map(|c| CallRange {
+                    from: c.from.unwrap_or(1),
+                    to: c.to,
+                }),
             }
         }
     };
@@ -902,6 +942,10 @@ impl From<Rule> for RawRule {
                 offset: m.every.map(|e| e.offset).filter(|o| *o != 0),
                 probability: m.probability,
                 prompt_contains: m.prompt_contains,
+                attempts: m.attempts.map(|c| RawCalls {
+                    from: Some(c.from),
+                    to: c.to,
+                }),
             }),
             times: rule.times,
             effect: RawEffect::from(rule.effect),
@@ -1000,11 +1044,19 @@ mod tests {
             }),
             probability: None,
             prompt_contains: Some("alpha".into()),
+            attempts: Some(CallRange {
+                from: 1,
+                to: Some(1),
+            }),
         };
-        assert!(when.matches(2, "the alpha prompt", 0, 0));
-        assert!(!when.matches(3, "the alpha prompt", 0, 0));
-        assert!(!when.matches(2, "the beta prompt", 0, 0));
-        assert!(Match::default().matches(1, "", 0, 0));
+        assert!(when.matches(2, "the alpha prompt", 1, 0, 0));
+        assert!(!when.matches(3, "the alpha prompt", 1, 0, 0));
+        assert!(!when.matches(2, "the beta prompt", 1, 0, 0));
+        assert!(
+            !when.matches(2, "the alpha prompt", 2, 0, 0),
+            "a retry is not a first attempt"
+        );
+        assert!(Match::default().matches(1, "", 1, 0, 0));
     }
 
     #[test]
@@ -1012,8 +1064,8 @@ mod tests {
         let never = Match::probability(0.0);
         let always = Match::probability(1.0);
         for seq in 1..200 {
-            assert!(!never.matches(seq, "", 9, 0));
-            assert!(always.matches(seq, "", 9, 0));
+            assert!(!never.matches(seq, "", 1, 9, 0));
+            assert!(always.matches(seq, "", 1, 9, 0));
         }
     }
 

@@ -32,7 +32,7 @@ pub(crate) struct RawRule {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a match object with any of `calls`, `every`, `offset`, `probability`, `prompt_contains`"
+    expecting = "a match object with any of `calls`, `every`, `offset`, `probability`, `prompt_contains`, `attempts`"
 )]
 pub(crate) struct RawMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -45,6 +45,8 @@ pub(crate) struct RawMatch {
     pub probability: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_contains: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<RawCalls>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -110,6 +110,8 @@ impl Shared {
         } = &mut *guard;
         *seq += 1;
         let seq = *seq;
+        // A call without the header is a first attempt.
+        let attempt = call.attempt.unwrap_or(1);
         let mut record = CallRecord {
             seq,
             received_unix_ms: call.received_unix_ms,
@@ -148,7 +150,9 @@ impl Shared {
             let left = rule
                 .times
                 .is_none_or(|times| applied.get(i).is_some_and(|n| *n < times));
-            left && rule.when.matches(seq, &request.prompt, self.seed, i)
+            left && rule
+                .when
+                .matches(seq, &request.prompt, attempt, self.seed, i)
         });
         let rule = rule_index.and_then(|i| program.rules.get(i));
         if let Some(count) = rule_index.and_then(|i| applied.get_mut(i)) {

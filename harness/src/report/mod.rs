@@ -363,7 +363,7 @@ pub fn write(report: &Report, history: &[Op], log: &Path, dir: &Path) -> std::io
 
 /// The progress bar of a run, drawn on stderr when `enabled` and stderr is
 /// a terminal; otherwise hidden.
-pub fn progress_bar(enabled: bool, scenario: &Scenario, planned: u64) -> ProgressBar {
+pub fn progress_bar(enabled: bool, label: &str, planned: u64) -> ProgressBar {
     let bar = if enabled {
         ProgressBar::with_draw_target(Some(planned), ProgressDrawTarget::stderr())
     } else {
@@ -374,7 +374,7 @@ pub fn progress_bar(enabled: bool, scenario: &Scenario, planned: u64) -> Progres
     )
     .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
-    bar.set_prefix(scenario.name.clone());
+    bar.set_prefix(label.to_owned());
     bar
 }
 

@@ -10,7 +10,9 @@
 
 mod config;
 mod contract;
+mod explore;
 pub mod model;
+mod render;
 mod raw;
 mod validate;
 
@@ -23,6 +25,8 @@ use orchestrator::yaml::{
 };
 
 pub use contract::Contract;
+pub use explore::{MAX_EXPLORE_FAULTS, MAX_SPACE, instantiate, schedule_checks};
+pub use render::render;
 pub use model::*;
 pub use validate::{
     MAX_DESCRIPTION_BYTES, MAX_FAULTS, MAX_IN_FLIGHT, MAX_INVARIANTS, MAX_LIST_ITEMS,

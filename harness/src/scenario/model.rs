@@ -26,6 +26,104 @@ pub struct Scenario {
     pub slos: Vec<Slo>,
     /// Invariants, in file order.
     pub invariants: Vec<Invariant>,
+    /// The fault space `gauntlet explore` draws schedules from, if any.
+    pub explore: Option<Explore>,
+}
+
+/// The `explore:` section: the space of fault schedules `gauntlet explore`
+/// draws from. Every template has been validated at both ends of its ranges.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Explore {
+    /// A schedule holds 1 to this many faults.
+    pub max_faults: u32,
+    /// At most this many faults are active at any moment (and never two on
+    /// the same target).
+    pub max_at_once: u32,
+    /// The faults a schedule is drawn from.
+    pub space: Vec<FaultTemplate>,
+}
+
+/// One kind of fault in an explore space, with ranges for its duration and
+/// parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FaultTemplate {
+    /// The fault's target, as written.
+    pub target: String,
+    /// The fault's kind, as written.
+    pub kind: String,
+    /// How long it lasts; `None` for an instant fault.
+    pub duration: Option<Span>,
+    /// The parameters, each range replaced at run time by a value drawn
+    /// from it.
+    pub params: Option<serde_json::Value>,
+    /// The ranges in `params`, in a fixed order.
+    pub ranges: Vec<ParamRange>,
+}
+
+impl FaultTemplate {
+    /// The parameters with each range at its `intensity` (0 the mildest end,
+    /// 1 the harshest; missing entries count as 0).
+    pub fn params_at(&self, intensity: &[f64]) -> Option<serde_json::Value> {
+        let mut params = self.params.clone()?;
+        for (i, range) in self.ranges.iter().enumerate() {
+            let t = intensity.get(i).copied().unwrap_or(0.0).clamp(0.0, 1.0);
+            if let Some(slot) = params.pointer_mut(&range.pointer) {
+                *slot = range.value_at(t);
+            }
+        }
+        Some(params)
+    }
+}
+
+/// A range of durations, both ends included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    /// The shortest.
+    pub min: Duration,
+    /// The longest.
+    pub max: Duration,
+}
+
+/// A range written `[mild, harsh]` in a template's params.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamRange {
+    /// Where it is in the params (a JSON pointer).
+    pub pointer: String,
+    /// The first end written, the mildest: shrinking moves toward it.
+    pub mild: f64,
+    /// The second end written, the harshest.
+    pub harsh: f64,
+    /// What the values are.
+    pub unit: RangeUnit,
+}
+
+/// What a range's values are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RangeUnit {
+    /// Both ends were integers: values are rounded.
+    Integer,
+    /// Any number between the ends.
+    Real,
+    /// Both ends were sizes like `32MiB`: values are whole bytes, written
+    /// as a size.
+    Size,
+}
+
+impl ParamRange {
+    /// The value at `t` in [0, 1] from the mild end, as the params write it.
+    pub fn value_at(&self, t: f64) -> serde_json::Value {
+        let v = self.mild + (self.harsh - self.mild) * t;
+        match self.unit {
+            RangeUnit::Integer => serde_json::Value::from(v.round() as i64),
+            // Two decimals: a schedule reads better, and replays the same.
+            RangeUnit::Real => serde_json::Value::from((v * 100.0).round() / 100.0),
+            RangeUnit::Size => {
+                // Whole KiB: a schedule reads `48MiB`, not `50331651B`.
+                let bytes = (v / 1024.0).round().max(1.0) as u64 * 1024;
+                serde_json::Value::from(orchestrator::config::format_size(bytes))
+            }
+        }
+    }
 }
 
 /// The system under test.
@@ -266,6 +364,15 @@ impl FaultAction {
         }
     }
 
+    /// The target as written in scenario files.
+    pub fn target(&self) -> &'static str {
+        match self {
+            FaultAction::Toxic { link, .. } | FaultAction::Partition { link } => link.as_str(),
+            FaultAction::LlmProgram { .. } => "provider",
+            _ => "orchestrator",
+        }
+    }
+
     /// The fault's class.
     pub fn class(&self) -> FaultClass {
         match self {
@@ -360,6 +467,16 @@ pub enum Window {
     },
     /// Every sliding window of this length (stepping by one second) must hold.
     Every(Duration),
+}
+
+impl Window {
+    /// The fault the window is relative to, if any.
+    pub fn fault(&self) -> Option<&str> {
+        match self {
+            Window::Before(f) | Window::During(f) | Window::After { fault: f, .. } => Some(f),
+            Window::All | Window::Every(_) => None,
+        }
+    }
 }
 
 /// A named invariant with its parameters.
@@ -459,6 +576,15 @@ impl Invariant {
         Invariant::LimitsEnforced,
         Invariant::AccessEnforced,
     ];
+
+    /// The faults of the timeline it names (only `ready_reflects_faults`
+    /// names any): it judges that timeline, not any schedule.
+    pub fn faults(&self) -> &[String] {
+        match self {
+            Invariant::ReadyReflectsFaults { faults, .. } => faults,
+            _ => &[],
+        }
+    }
 
     /// The name as written in scenario files.
     pub fn name(&self) -> &'static str {

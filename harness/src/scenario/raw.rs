@@ -33,6 +33,38 @@ pub(crate) struct RawScenario {
     pub slo: Option<Vec<RawSlo>>,
     #[serde(default)]
     pub invariants: Option<Vec<RawInvariant>>,
+    #[serde(default)]
+    pub explore: Option<RawExplore>,
+}
+
+/// `explore:`, the fault space of `gauntlet explore`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawExplore {
+    #[serde(default)]
+    pub max_faults: Option<u32>,
+    #[serde(default)]
+    pub max_at_once: Option<u32>,
+    /// `[shortest, longest]`.
+    #[serde(default, rename = "for")]
+    pub duration: Option<Vec<String>>,
+    #[serde(default)]
+    pub space: Option<Vec<RawTemplate>>,
+}
+
+/// One fault kind of an explore space.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTemplate {
+    #[serde(default)]
+    pub target: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// `[shortest, longest]`, over the section's own.
+    #[serde(default, rename = "for")]
+    pub duration: Option<Vec<String>>,
+    #[serde(default)]
+    pub params: Option<Value>,
 }
 
 /// `system:`.

@@ -67,7 +67,7 @@ const ORCHESTRATOR_KINDS: [&str; 7] = [
     "oom",
 ];
 /// Faults that may be instant (no `for`).
-const INSTANT_KINDS: [&str; 2] = ["kill", "restart"];
+pub(crate) const INSTANT_KINDS: [&str; 2] = ["kill", "restart"];
 /// Every `target`.
 const TARGETS: [&str; 4] = ["client", "llm", "provider", "orchestrator"];
 /// The targets of network kinds.
@@ -248,7 +248,7 @@ impl<'a> Validator<'a> {
             .any(|d| d.severity == Severity::Error)
     }
 
-    fn required<T>(&mut self, parent: &str, field: &str, value: Option<T>) -> Option<T> {
+    pub(crate) fn required<T>(&mut self, parent: &str, field: &str, value: Option<T>) -> Option<T> {
         if value.is_none() {
             let what = if parent.is_empty() {
                 "the scenario".to_owned()
@@ -400,6 +400,10 @@ impl<'a> Validator<'a> {
         let faults = self.faults(raw_faults, duration);
         let slos = self.slos(raw.slo.as_deref().unwrap_or_default(), &infos, duration);
         let invariants = self.invariants(raw.invariants.as_deref().unwrap_or_default(), &infos);
+        let explore = raw
+            .explore
+            .as_ref()
+            .map(|e| self.explore(e, duration, &slos, &invariants));
         let config = self.system_config(&system);
         if self.has_errors() {
             return None;
@@ -428,6 +432,7 @@ impl<'a> Validator<'a> {
             faults,
             slos,
             invariants,
+            explore: explore.flatten(),
         })
     }
 
@@ -937,7 +942,12 @@ impl<'a> Validator<'a> {
         faults
     }
 
-    fn fault(&mut self, path: &str, raw: &RawFault, load: Option<Duration>) -> Option<Fault> {
+    pub(crate) fn fault(
+        &mut self,
+        path: &str,
+        raw: &RawFault,
+        load: Option<Duration>,
+    ) -> Option<Fault> {
         let name = self.required(path, "name", raw.name.as_deref());
         let name = name.filter(|n| self.name(&child_path(path, "name"), n, "fault name"));
         let at_path = child_path(path, "at");
