@@ -60,11 +60,18 @@ fn read_json(path: &Path, context: &str) -> Value {
 fn weakened(dir: &Path) -> PathBuf {
     let text = std::fs::read_to_string(fixture()).expect("the fixture");
     let marked = "attempts: 3, initial_delay";
-    assert_eq!(text.matches(marked).count(), 1, "the fixture marks its retries");
+    assert_eq!(
+        text.matches(marked).count(),
+        1,
+        "the fixture marks its retries"
+    );
     let configs = dir.join("fixtures/configs");
     std::fs::create_dir_all(&configs).expect("a config directory");
-    std::fs::copy(root().join("fixtures/configs/base.yaml"), configs.join("base.yaml"))
-        .expect("the base config");
+    std::fs::copy(
+        root().join("fixtures/configs/base.yaml"),
+        configs.join("base.yaml"),
+    )
+    .expect("the base config");
     let path = dir.join("no-retries.yaml");
     std::fs::write(&path, text.replace(marked, "attempts: 1, initial_delay")).expect("written");
     path
@@ -126,7 +133,9 @@ fn retries_off_is_found_and_shrunk_to_a_minimal_file_that_replays() {
     );
     let replay_out = String::from_utf8_lossy(&output.stdout);
     assert!(
-        replay_out.lines().any(|l| l.starts_with("failed allowed_statuses")),
+        replay_out
+            .lines()
+            .any(|l| l.starts_with("failed allowed_statuses")),
         "the replay must fail the same check\n{replay_context}"
     );
 }
@@ -136,8 +145,11 @@ fn the_healthy_fixture_finds_nothing_and_its_seed_replays_the_schedules() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let schedules = |name: &str| {
         let reports = dir.path().join(name);
-        let (output, context) =
-            explore(&fixture(), &reports, &["--runs", "2", "--seed", "7", "--budget", "5m"]);
+        let (output, context) = explore(
+            &fixture(),
+            &reports,
+            &["--runs", "2", "--seed", "7", "--budget", "5m"],
+        );
         assert_eq!(output.status.code(), Some(0), "expected exit 0\n{context}");
         let report = read_json(&reports.join("explore-retries/explore.json"), &context);
         assert_eq!(report["outcome"], "no_failure", "{context}");
@@ -149,5 +161,9 @@ fn the_healthy_fixture_finds_nothing_and_its_seed_replays_the_schedules() {
     };
     let first = schedules("first");
     assert_ne!(first[0], first[1], "two draws of one seed differ");
-    assert_eq!(first, schedules("second"), "the same seed draws the same schedules");
+    assert_eq!(
+        first,
+        schedules("second"),
+        "the same seed draws the same schedules"
+    );
 }

@@ -528,8 +528,12 @@ fn rendered_scenarios_read_back_the_same() {
         let text = scenario::render(&original, "config.yaml");
         let file = dir.path().join("rendered.yaml");
         std::fs::write(&file, &text).expect("written");
-        let back = scenario::load_file(&file)
-            .unwrap_or_else(|e| panic!("{}: the rendered file is invalid:\n{e}\n{text}", path.display()));
+        let back = scenario::load_file(&file).unwrap_or_else(|e| {
+            panic!(
+                "{}: the rendered file is invalid:\n{e}\n{text}",
+                path.display()
+            )
+        });
         let expected = Scenario {
             source: file.clone(),
             explore: None,

@@ -228,10 +228,17 @@ pub fn explore(
         return Exit::BadInput;
     };
     if !(options.scale > 0.0 && options.scale.is_finite()) {
-        let _ = writeln!(err, "error: --scale must be a positive number, got {}", options.scale);
+        let _ = writeln!(
+            err,
+            "error: --scale must be a positive number, got {}",
+            options.scale
+        );
         return Exit::BadInput;
     }
-    for (flag, value) in [("--runs", options.runs), ("--shrink-runs", options.shrink_runs)] {
+    for (flag, value) in [
+        ("--runs", options.runs),
+        ("--shrink-runs", options.shrink_runs),
+    ] {
         if !(1..=MAX_RUNS).contains(&value) {
             let _ = writeln!(err, "error: {flag} must be 1 to {MAX_RUNS}, got {value}");
             return Exit::BadInput;
@@ -366,7 +373,10 @@ impl Explorer<'_> {
         let mut first = None;
         for draw in 0..u64::from(self.options.runs) {
             if !self.budget_left() {
-                stopped = Some(format!("the budget of {} ran out", fmt(self.options.budget)));
+                stopped = Some(format!(
+                    "the budget of {} ran out",
+                    fmt(self.options.budget)
+                ));
                 break;
             }
             let schedule = schedule::draw(&self.space, load_ms, self.seed, draw);
@@ -437,7 +447,10 @@ impl Explorer<'_> {
                 .space
                 .space
                 .iter()
-                .map(|t| t.duration.map(|s| u64::try_from(s.min.as_millis()).unwrap_or(0)))
+                .map(|t| {
+                    t.duration
+                        .map(|s| u64::try_from(s.min.as_millis()).unwrap_or(0))
+                })
                 .collect(),
             min_load_ms: min_load_ms(&self.base),
             tail_ms: TAIL_MS,
@@ -446,11 +459,17 @@ impl Explorer<'_> {
         let mut why_stopped = None;
         let shrunk = shrink::shrink(&original, &bounds, &mut |candidate| {
             if shrink_runs >= self.options.shrink_runs {
-                why_stopped = Some(format!("--shrink-runs {} reached", self.options.shrink_runs));
+                why_stopped = Some(format!(
+                    "--shrink-runs {} reached",
+                    self.options.shrink_runs
+                ));
                 return Trial::Stop;
             }
             if !self.budget_left() {
-                why_stopped = Some(format!("the budget of {} ran out", fmt(self.options.budget)));
+                why_stopped = Some(format!(
+                    "the budget of {} ran out",
+                    fmt(self.options.budget)
+                ));
                 return Trial::Stop;
             }
             shrink_runs += 1;
@@ -574,7 +593,12 @@ impl Explorer<'_> {
 
     /// Writes `schedule` as a scenario file judged by `check` alone, beside
     /// the configuration it names, and checks that it validates.
-    fn write_scenario(&self, file: &str, schedule: &Schedule, check: &CheckId) -> Result<(), String> {
+    fn write_scenario(
+        &self,
+        file: &str,
+        schedule: &Schedule,
+        check: &CheckId,
+    ) -> Result<(), String> {
         let mut scenario = schedule::to_scenario(&self.base, &self.space, schedule)?;
         scenario.seed = self.seed;
         scenario.description = format!(
@@ -582,10 +606,11 @@ impl Explorer<'_> {
             self.seed,
             check.label()
         );
-        scenario
-            .slos
-            .retain(|s| check.kind == CheckKind::Slo && s.objective.metric() == check.name
-                && Some(crate::checks::window_label(&s.window)) == check.window);
+        scenario.slos.retain(|s| {
+            check.kind == CheckKind::Slo
+                && s.objective.metric() == check.name
+                && Some(crate::checks::window_label(&s.window)) == check.window
+        });
         scenario
             .invariants
             .retain(|i| check.kind == CheckKind::Invariant && i.name() == check.name);
@@ -616,9 +641,18 @@ fn fmt(d: Duration) -> String {
 }
 
 /// The terminal summary.
-fn summary(report: &ExploreReport, space: &Explore, dir: &Path, options: &ExploreOptions) -> String {
+fn summary(
+    report: &ExploreReport,
+    space: &Explore,
+    dir: &Path,
+    options: &ExploreOptions,
+) -> String {
     let mut out = String::new();
-    let drawn = report.runs.iter().filter(|r| r.phase == Phase::Explore).count();
+    let drawn = report
+        .runs
+        .iter()
+        .filter(|r| r.phase == Phase::Explore)
+        .count();
     let total_ms: u64 = report.runs.iter().map(|r| r.duration_ms).sum();
     out.push_str(&format!(
         "explore {}: seed {}, {drawn} schedule{} drawn, {} run{} in {}\n",
@@ -633,10 +667,13 @@ fn summary(report: &ExploreReport, space: &Explore, dir: &Path, options: &Explor
         out.push_str(&format!("stopped: {why}\n"));
     }
     match &report.found {
-        None => out.push_str(&format!("result: {}\n", match report.outcome.as_str() {
-            "no_failure" => "no failure found",
-            other => other,
-        })),
+        None => out.push_str(&format!(
+            "result: {}\n",
+            match report.outcome.as_str() {
+                "no_failure" => "no failure found",
+                other => other,
+            }
+        )),
         Some(found) => {
             out.push_str(&format!(
                 "found: {} failed on run {}, and again on {} of {} reruns\n",

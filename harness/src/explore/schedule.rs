@@ -63,9 +63,9 @@ impl Schedule {
     pub fn fits(&self, max_at_once: usize) -> bool {
         let within = self.faults.iter().all(|f| f.end_ms() <= self.load_ms);
         let apart = self.faults.iter().enumerate().all(|(i, a)| {
-            self.faults[i + 1..].iter().all(|b| {
-                a.target != b.target || a.end_ms() <= b.at_ms || b.end_ms() <= a.at_ms
-            })
+            self.faults[i + 1..]
+                .iter()
+                .all(|b| a.target != b.target || a.end_ms() <= b.at_ms || b.end_ms() <= a.at_ms)
         });
         // The most active at once is reached at some fault's start.
         let crowded = self.faults.iter().any(|a| {
@@ -122,6 +122,9 @@ impl Schedule {
 
 /// A duration in milliseconds as scenario files write it.
 pub fn fmt_ms(ms: u64) -> String {
+    if ms == 0 {
+        return "0s".to_owned();
+    }
     orchestrator::config::format_duration(Duration::from_millis(ms))
 }
 
@@ -181,7 +184,11 @@ pub fn draw(space: &Explore, load_ms: u64, seed: u64, index: u64) -> Schedule {
 /// `base` (the scenario with the checks that judge any schedule) with the
 /// schedule's faults, built by the scenario validator's own code, and its
 /// load cut to the schedule's length.
-pub fn to_scenario(base: &Scenario, space: &Explore, schedule: &Schedule) -> Result<Scenario, String> {
+pub fn to_scenario(
+    base: &Scenario,
+    space: &Explore,
+    schedule: &Schedule,
+) -> Result<Scenario, String> {
     let faults = schedule
         .faults
         .iter()
@@ -296,6 +303,9 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(out[1].duration, Duration::from_secs(2));
         assert!((out[1].end_rps - 20.0).abs() < 1e-9);
-        assert_eq!(cut(&stages, Duration::from_secs(1))[0].duration, Duration::from_secs(1));
+        assert_eq!(
+            cut(&stages, Duration::from_secs(1))[0].duration,
+            Duration::from_secs(1)
+        );
     }
 }

@@ -143,11 +143,8 @@ impl Shrinker<'_> {
             for start in (0..len).step_by(chunk) {
                 let end = (start + chunk).min(len);
                 let mut candidate = self.current.clone();
-                let removed: Vec<String> = candidate
-                    .faults
-                    .drain(start..end)
-                    .map(|f| f.name)
-                    .collect();
+                let removed: Vec<String> =
+                    candidate.faults.drain(start..end).map(|f| f.name).collect();
                 if self.attempt(candidate, format!("remove {}", removed.join(", "))) {
                     n = (n - 1).max(2);
                     reduced = true;
@@ -273,26 +270,24 @@ mod tests {
     /// Schedules of 1 to 6 faults, each on a target of its own, so any
     /// subset fits.
     fn schedules() -> impl Strategy<Value = Schedule> {
-        proptest::collection::vec(
-            (0..TEMPLATES, 0u64..100, 5u64..40, 0u32..=100),
-            1..=6,
+        proptest::collection::vec((0..TEMPLATES, 0u64..100, 5u64..40, 0u32..=100), 1..=6).prop_map(
+            |drawn| {
+                let faults: Vec<Drawn> = drawn
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, (template, at, lasts, t))| Drawn {
+                        name: format!("f-{k}"),
+                        template,
+                        target: format!("target-{k}"),
+                        at_ms: at * GRAIN_MS,
+                        for_ms: (template != 2).then_some(lasts * GRAIN_MS),
+                        intensity: vec![f64::from(t) / 100.0],
+                    })
+                    .collect();
+                let load_ms = faults.iter().map(Drawn::end_ms).max().unwrap_or(0) + 5000;
+                Schedule { faults, load_ms }
+            },
         )
-        .prop_map(|drawn| {
-            let faults: Vec<Drawn> = drawn
-                .into_iter()
-                .enumerate()
-                .map(|(k, (template, at, lasts, t))| Drawn {
-                    name: format!("f-{k}"),
-                    template,
-                    target: format!("target-{k}"),
-                    at_ms: at * GRAIN_MS,
-                    for_ms: (template != 2).then_some(lasts * GRAIN_MS),
-                    intensity: vec![f64::from(t) / 100.0],
-                })
-                .collect();
-            let load_ms = faults.iter().map(Drawn::end_ms).max().unwrap_or(0) + 5000;
-            Schedule { faults, load_ms }
-        })
     }
 
     /// Synthetic failures: each says which schedules fail.
@@ -429,7 +424,10 @@ mod tests {
         };
         assert_eq!(only.name, "culprit");
         assert_eq!(only.at_ms, 0, "moved to the start");
-        assert!(only.for_ms.is_some_and(|ms| (1500..2500).contains(&ms)), "{only:?}");
+        assert!(
+            only.for_ms.is_some_and(|ms| (1500..2500).contains(&ms)),
+            "{only:?}"
+        );
         assert!((0.3..0.5).contains(&only.intensity[0]), "{only:?}");
         assert!(shrunk.schedule.load_ms < 5000, "{:?}", shrunk.schedule);
     }

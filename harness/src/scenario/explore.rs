@@ -96,9 +96,12 @@ impl Validator<'_> {
         };
         let max_at_once = match raw.max_at_once {
             None => Some(DEFAULT_MAX_AT_ONCE.min(max_faults.unwrap_or(DEFAULT_MAX_AT_ONCE))),
-            Some(v) => {
-                self.integer_in("explore.max_at_once", v, 1, max_faults.unwrap_or(MAX_EXPLORE_FAULTS))
-            }
+            Some(v) => self.integer_in(
+                "explore.max_at_once",
+                v,
+                1,
+                max_faults.unwrap_or(MAX_EXPLORE_FAULTS),
+            ),
         };
         let span = match &raw.duration {
             None => Some(DEFAULT_SPAN),
@@ -265,10 +268,7 @@ impl Validator<'_> {
                 self.error(
                     Code::Limit,
                     &child_path(path, "params"),
-                    format!(
-                        "{} ranges, over the limit of {MAX_PARAMS}",
-                        ranges.len()
-                    ),
+                    format!("{} ranges, over the limit of {MAX_PARAMS}", ranges.len()),
                 );
                 return None;
             }
@@ -326,13 +326,23 @@ impl Validator<'_> {
                     return;
                 }
                 for (i, item) in items.iter().enumerate() {
-                    self.ranges(&format!("{path}[{i}]"), item, &format!("{pointer}/{i}"), out);
+                    self.ranges(
+                        &format!("{path}[{i}]"),
+                        item,
+                        &format!("{pointer}/{i}"),
+                        out,
+                    );
                 }
             }
             Value::Object(map) => {
                 for (key, item) in map {
                     let escaped = key.replace('~', "~0").replace('/', "~1");
-                    self.ranges(&child_path(path, key), item, &format!("{pointer}/{escaped}"), out);
+                    self.ranges(
+                        &child_path(path, key),
+                        item,
+                        &format!("{pointer}/{escaped}"),
+                        out,
+                    );
                 }
             }
             _ => {}

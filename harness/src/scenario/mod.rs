@@ -12,8 +12,8 @@ mod config;
 mod contract;
 mod explore;
 pub mod model;
-mod render;
 mod raw;
+mod render;
 mod validate;
 
 use std::fmt::Write as _;
@@ -26,8 +26,8 @@ use orchestrator::yaml::{
 
 pub use contract::Contract;
 pub use explore::{MAX_EXPLORE_FAULTS, MAX_SPACE, instantiate, schedule_checks};
-pub use render::render;
 pub use model::*;
+pub use render::render;
 pub use validate::{
     MAX_DESCRIPTION_BYTES, MAX_FAULTS, MAX_IN_FLIGHT, MAX_INVARIANTS, MAX_LIST_ITEMS,
     MAX_LOAD_DURATION, MAX_MIX_WEIGHT, MAX_NAME_BYTES, MAX_OOM_LIMIT_BYTES, MAX_PARAMS,

@@ -276,7 +276,10 @@ mod tests {
             delay: Duration::from_millis(1500),
         };
         assert_eq!(window_text(&after), "after(cut) + 1500ms");
-        assert_eq!(window_text(&Window::Every(Duration::from_secs(10))), "every 10s");
+        assert_eq!(
+            window_text(&Window::Every(Duration::from_secs(10))),
+            "every 10s"
+        );
     }
 
     #[test]
