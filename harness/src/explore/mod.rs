@@ -129,6 +129,9 @@ pub struct RunRecord {
     pub phase: Phase,
     /// For drawn schedules, which draw (run *i* of the exploration).
     pub draw: Option<u64>,
+    /// For drawn schedules, the seed the schedule was drawn from:
+    /// `seed::derive(seed, ["explore", i])`.
+    pub draw_seed: Option<u64>,
     /// What ran.
     pub schedule: Schedule,
     /// The schedule in words.
@@ -509,6 +512,7 @@ impl Explorer<'_> {
             run: number,
             phase,
             draw,
+            draw_seed: draw.map(|i| crate::seed::derive(self.seed, &[b"explore", &i.to_be_bytes()])),
             schedule: schedule.clone(),
             faults: schedule.describe(&self.space),
             verdict: "error".to_owned(),
@@ -733,4 +737,168 @@ fn summary(
     }
     out.push_str(&format!("report: {}\n", dir.join("explore.json").display()));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::schedule::Drawn;
+    use super::*;
+
+    fn space() -> Explore {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/explore/retries.yaml");
+        scenario::load_file(&path)
+            .expect("the fixture is valid")
+            .explore
+            .expect("an explore section")
+    }
+
+    fn options() -> ExploreOptions {
+        ExploreOptions {
+            runs: 5,
+            shrink_runs: 60,
+            budget: Duration::from_secs(600),
+            seed: None,
+            scale: 0.5,
+            report_dir: PathBuf::from("out"),
+            backend: Backend::Docker(crate::images::ImageNames::resolve(None, None).expect("names")),
+            progress: false,
+        }
+    }
+
+    fn run(run: u32, phase: Phase, schedule: &Schedule, failed: bool) -> RunRecord {
+        let check = CheckId {
+            kind: CheckKind::Invariant,
+            name: "allowed_statuses".into(),
+            window: None,
+        };
+        RunRecord {
+            run,
+            phase,
+            draw: (phase == Phase::Explore).then_some(u64::from(run)),
+            draw_seed: None,
+            schedule: schedule.clone(),
+            faults: schedule.describe(&space()),
+            verdict: if failed { "fail" } else { "pass" }.into(),
+            failed: if failed { vec![check] } else { vec![] },
+            vacuous: vec![],
+            duration_ms: 6_000,
+            report: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn the_summary_names_the_finding_the_minimal_schedule_and_the_replay() {
+        let program = Drawn {
+            name: "program-1".into(),
+            template: 4,
+            target: "provider".into(),
+            at_ms: 400,
+            for_ms: Some(2400),
+            intensity: vec![0.64],
+        };
+        let latency = Drawn {
+            name: "latency-2".into(),
+            template: 1,
+            target: "llm".into(),
+            at_ms: 900,
+            for_ms: Some(2100),
+            intensity: vec![0.4, 0.4],
+        };
+        let original = Schedule {
+            faults: vec![program.clone(), latency],
+            load_ms: 6000,
+        };
+        let minimal = Schedule {
+            faults: vec![Drawn {
+                at_ms: 0,
+                for_ms: Some(1000),
+                intensity: vec![0.0],
+                ..program
+            }],
+            load_ms: 2000,
+        };
+        let check = CheckId {
+            kind: CheckKind::Invariant,
+            name: "allowed_statuses".into(),
+            window: None,
+        };
+        let report = ExploreReport {
+            schema_version: SCHEMA_VERSION,
+            scenario: "explore-retries".into(),
+            source: "fixtures/explore/retries.yaml".into(),
+            seed: 16,
+            scale: 0.5,
+            outcome: "failure".into(),
+            runs: vec![
+                run(0, Phase::Explore, &original, true),
+                run(1, Phase::Reproduce, &original, true),
+                run(2, Phase::Reproduce, &original, true),
+                run(3, Phase::Reproduce, &original, true),
+                run(4, Phase::Shrink, &minimal, true),
+            ],
+            found: Some(Found {
+                check,
+                run: 0,
+                reproduced: 3,
+                reruns: 3,
+            }),
+            shrink: Some(ShrinkRecord {
+                steps: vec![shrink::Step {
+                    change: "remove latency-2".into(),
+                    kept: true,
+                    schedule: minimal.clone(),
+                }],
+                finished: false,
+                stopped: Some("the budget of 10m ran out".into()),
+                minimal,
+            }),
+            stopped: None,
+        };
+        insta::assert_snapshot!(summary(
+            &report,
+            &space(),
+            Path::new("out/explore-retries"),
+            &options()
+        ));
+    }
+
+    #[test]
+    fn a_flaky_failure_is_reported_and_not_shrunk() {
+        let original = Schedule {
+            faults: vec![],
+            load_ms: 6000,
+        };
+        let report = ExploreReport {
+            schema_version: SCHEMA_VERSION,
+            scenario: "explore-retries".into(),
+            source: "fixtures/explore/retries.yaml".into(),
+            seed: 16,
+            scale: 1.0,
+            outcome: "flaky".into(),
+            runs: vec![run(0, Phase::Explore, &original, true)],
+            found: Some(Found {
+                check: CheckId {
+                    kind: CheckKind::Slo,
+                    name: "error_rate".into(),
+                    window: Some("all".into()),
+                },
+                run: 0,
+                reproduced: 1,
+                reruns: 3,
+            }),
+            shrink: None,
+            stopped: None,
+        };
+        let text = summary(
+            &report,
+            &space(),
+            Path::new("out/explore-retries"),
+            &ExploreOptions {
+                scale: 1.0,
+                ..options()
+            },
+        );
+        insta::assert_snapshot!(text);
+    }
 }

@@ -140,6 +140,7 @@ fn ms_of(d: Duration) -> u64 {
 /// index])` alone, so the same seed replays the whole exploration whatever
 /// the runs found.
 pub fn draw(space: &Explore, load_ms: u64, seed: u64, index: u64) -> Schedule {
+    // The same labels as the draw seed explore.json records.
     let mut rng = seed::rng(seed, &[b"explore", &index.to_be_bytes()]);
     let count = rng.random_range(1..=space.max_faults.max(1));
     let mut schedule = Schedule {
