@@ -15,7 +15,7 @@ use gauntlet::evidence::{
     AuditAnswer, BudgetSample, Evidence, FaultRecord, HealthSample, LogEvidence, Settle,
     ShutdownEvidence, audit,
 };
-use gauntlet::load::{Credential, Op, OpKind, Outcome};
+use gauntlet::load::{Credential, HSTS_HEADER, Op, OpKind, Outcome, SECURITY_HEADERS};
 use gauntlet::mock_llm::{CallRecord, Usage};
 use gauntlet::scenario::{
     Contract, Invariant, LoadSpec, Mix, Objective, Scenario, Slo, Stage, StoreKind, SystemSpec,
@@ -190,6 +190,7 @@ fn contract() -> Contract {
         attempt_timeout: Duration::from_secs(5),
         allowed_tools: set(&["search", "summarize"]),
         max_output_bytes: 64 * 1024,
+        hsts: false,
     }
 }
 
@@ -2306,5 +2307,81 @@ fn access_enforced() {
             &evidence(vec![with(OpKind::Task, Credential::Tenant, 1, 200)]),
         ),
         &["no answered request was due a refusal"],
+    );
+}
+
+/// Every header of the harness's list but HSTS, as a service without
+/// `security.hsts` sends them.
+fn secured(mut op: Op) -> Op {
+    op.security_headers = (0..SECURITY_HEADERS.len())
+        .filter(|i| *i != HSTS_HEADER)
+        .fold(0, |mask, i| mask | (1 << i));
+    op
+}
+
+#[test]
+fn security_headers_on_every_answer() {
+    let name = |n: &str| {
+        SECURITY_HEADERS
+            .iter()
+            .position(|(h, _)| *h == n)
+            .expect("a listed header")
+    };
+    let all_secured = || -> Vec<Op> { ok_traffic(0.0, 2.0).into_iter().map(secured).collect() };
+    // Unanswered requests carry no headers and are not judged.
+    let mut history = all_secured();
+    history.push(task(100_000, 500.0, Outcome::Timeout));
+    let e = evidence(history);
+    check(
+        "every answer secured",
+        &invariant(Invariant::SecurityHeaders, &e),
+        true,
+        &[],
+    );
+
+    let mut history = all_secured();
+    let xss = name("x-xss-protection");
+    history[3].security_headers &= !(1 << xss);
+    history.push(task(100_001, 600.0, Outcome::Status(401)));
+    let e = evidence(history);
+    check(
+        "a legacy X-XSS-Protection and a bare 401",
+        &invariant(Invariant::SecurityHeaders, &e),
+        false,
+        &[
+            "req-3",
+            "x-xss-protection",
+            "req-100001",
+            "permissions-policy",
+        ],
+    );
+
+    let mut history = all_secured();
+    history[0].security_headers |= 1 << HSTS_HEADER;
+    let e = evidence(history.clone());
+    check(
+        "HSTS sent without being configured",
+        &invariant(Invariant::SecurityHeaders, &e),
+        false,
+        &["strict-transport-security"],
+    );
+    let mut e = evidence(history);
+    e.contract.hsts = true;
+    check(
+        "HSTS missing where configured",
+        &invariant(Invariant::SecurityHeaders, &e),
+        false,
+        &["req-1", "strict-transport-security"],
+    );
+
+    let e = evidence(vec![task(
+        100_000,
+        500.0,
+        Outcome::ConnectError("refused".into()),
+    )]);
+    check_vacuous(
+        "nothing answered",
+        &invariant(Invariant::SecurityHeaders, &e),
+        &["no request was answered"],
     );
 }

@@ -1,12 +1,13 @@
 //! Invariants of what each request was answered, judged against the
-//! configuration's contract: who may do what (`access_enforced`), and the
-//! body and time limits (`limits_enforced`).
+//! configuration's contract: who may do what (`access_enforced`), the
+//! body and time limits (`limits_enforced`), and the headers every answer
+//! carries (`security_headers`).
 
 use std::collections::BTreeMap;
 
 use super::slo::describe_op;
 use super::{CheckResult, Evidence};
-use crate::load::{Credential, Op, OpKind, Outcome};
+use crate::load::{Credential, HSTS_HEADER, Op, OpKind, Outcome, SECURITY_HEADERS};
 
 /// How much later than `server.request_timeout` a slow request's 504 may
 /// come: the service's timer, the proxy and the scheduler on a loaded
@@ -168,4 +169,77 @@ pub(super) fn limits_enforced(evidence: &Evidence) -> CheckResult {
     }
     let missing = (!missing.is_empty()).then(|| missing.join(", and "));
     r.finish(violations).evidenced(oversized + slow, missing)
+}
+
+/// Every answer, whatever its status (a 401, a 413 and a 504 included),
+/// carries each of [`SECURITY_HEADERS`] with its fixed value, and
+/// `Strict-Transport-Security` exactly when the configuration sets
+/// `security.hsts`. Unanswered requests are not judged.
+pub(super) fn security_headers(evidence: &Evidence) -> CheckResult {
+    let hsts = evidence.contract.hsts;
+    let due: Vec<String> = SECURITY_HEADERS
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != HSTS_HEADER || hsts)
+        .map(|(_, (name, value))| match value {
+            Some(v) => format!("{name}: {v}"),
+            None => (*name).to_owned(),
+        })
+        .collect();
+    let mut r = CheckResult::invariant(
+        "security_headers",
+        format!(
+            "every answer carries {}{}",
+            due.join(", "),
+            if hsts {
+                ""
+            } else {
+                "; no strict-transport-security"
+            }
+        ),
+    );
+    let mut violations = 0;
+    let mut answered = 0u64;
+    let mut missing: BTreeMap<&str, u64> = BTreeMap::new();
+    for op in &evidence.history {
+        if !matches!(op.outcome, Outcome::Status(_)) {
+            continue;
+        }
+        answered += 1;
+        let wrong: Vec<&str> = SECURITY_HEADERS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                let carried = op.security_headers & (1 << i) != 0;
+                if *i == HSTS_HEADER {
+                    carried != hsts
+                } else {
+                    !carried
+                }
+            })
+            .map(|(_, (name, _))| *name)
+            .collect();
+        if !wrong.is_empty() {
+            violations += 1;
+            for name in &wrong {
+                *missing.entry(name).or_default() += 1;
+            }
+            r.violation(format!(
+                "{}: wrong or missing {}",
+                describe_op(op),
+                wrong.join(", ")
+            ));
+        }
+    }
+    r.observed = if missing.is_empty() {
+        format!("{answered} answers, every one as due")
+    } else {
+        missing
+            .iter()
+            .map(|(name, n)| format!("{name} wrong in {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    r.finish(violations)
+        .exercised(answered, || "no request was answered".to_owned())
 }

@@ -512,7 +512,8 @@ impl Explorer<'_> {
             run: number,
             phase,
             draw,
-            draw_seed: draw.map(|i| crate::seed::derive(self.seed, &[b"explore", &i.to_be_bytes()])),
+            draw_seed: draw
+                .map(|i| crate::seed::derive(self.seed, &[b"explore", &i.to_be_bytes()])),
             schedule: schedule.clone(),
             faults: schedule.describe(&self.space),
             verdict: "error".to_owned(),
@@ -760,7 +761,9 @@ mod tests {
             seed: None,
             scale: 0.5,
             report_dir: PathBuf::from("out"),
-            backend: Backend::Docker(crate::images::ImageNames::resolve(None, None).expect("names")),
+            backend: Backend::Docker(
+                crate::images::ImageNames::resolve(None, None).expect("names"),
+            ),
             progress: false,
         }
     }

@@ -226,7 +226,29 @@ pub struct Op {
     pub job_state: Option<String>,
     /// The ids a 200 [`OpKind::ListDlq`] answer listed.
     pub dlq_listed: Vec<String>,
+    /// Which of [`SECURITY_HEADERS`] the answer carried as expected: bit
+    /// `i` for entry `i` (present, with the fixed value where there is one).
+    pub security_headers: u16,
 }
+
+/// The response headers every answer is due (seed 004's seven, and the
+/// response time), with the value each must have where one is fixed: the
+/// harness's own list, not the service's. `Strict-Transport-Security` is
+/// due only when `security.hsts` is set.
+pub const SECURITY_HEADERS: [(&str, Option<&str>); 8] = [
+    ("x-content-type-options", Some("nosniff")),
+    ("x-frame-options", Some("DENY")),
+    // 0, as OWASP advises: the legacy filter could itself be abused.
+    ("x-xss-protection", Some("0")),
+    ("strict-transport-security", None),
+    ("content-security-policy", None),
+    ("referrer-policy", None),
+    ("permissions-policy", None),
+    ("x-response-time", None),
+];
+
+/// The index of `Strict-Transport-Security` in [`SECURITY_HEADERS`].
+pub const HSTS_HEADER: usize = 3;
 
 impl Op {
     /// An operation as planned and not (yet) sent: the tenant's own key, no
@@ -252,6 +274,7 @@ impl Op {
             job_id: None,
             job_state: None,
             dlq_listed: Vec::new(),
+            security_headers: 0,
         }
     }
 

@@ -25,7 +25,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::watch;
 
-pub use history::{Credential, Op, OpKind, Outcome, SLOW_MARKER};
+pub use history::{Credential, HSTS_HEADER, Op, OpKind, Outcome, SECURITY_HEADERS, SLOW_MARKER};
 pub use plan::{Denied, PlannedKind, PlannedOp, schedule};
 pub use run::run;
 pub use stats::{LatencySummary, Summary, WindowStats};

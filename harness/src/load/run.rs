@@ -437,6 +437,7 @@ fn record(shared: &Shared, op: &mut Op, answer: &Answer) {
     op.outcome = Outcome::Status(answer.status);
     op.request_id = header(&answer.headers, "x-request-id");
     op.retry_after = header(&answer.headers, "retry-after");
+    op.security_headers = security_headers(&answer.headers);
     op.replayed = header(&answer.headers, "idempotent-replayed")
         .is_some_and(|value| value.eq_ignore_ascii_case("true"));
     op.body_sha256 = Some(hex::encode(Sha256::digest(&answer.body)));
@@ -510,6 +511,19 @@ fn keep_body(shared: &Shared, body: &[u8]) -> Option<String> {
         shared.bodies_dropped.fetch_add(1, Ordering::Relaxed);
         None
     }
+}
+
+/// Which of [`SECURITY_HEADERS`](super::SECURITY_HEADERS) `headers` carry as due.
+fn security_headers(headers: &HeaderMap) -> u16 {
+    super::SECURITY_HEADERS
+        .iter()
+        .enumerate()
+        .filter(|(_, (name, value))| {
+            headers.get(*name).is_some_and(|v| {
+                value.is_none_or(|expected| v.to_str().is_ok_and(|v| v.trim() == expected))
+            })
+        })
+        .fold(0u16, |mask, (i, _)| mask | (1 << i))
 }
 
 fn header(headers: &HeaderMap, name: &str) -> Option<String> {

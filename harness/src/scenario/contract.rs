@@ -36,6 +36,8 @@ pub struct Contract {
     pub allowed_tools: BTreeSet<String>,
     /// `tasks.max_output_size`: the largest plan a provider may return.
     pub max_output_bytes: u64,
+    /// `security.hsts`: whether answers carry `Strict-Transport-Security`.
+    pub hsts: bool,
 }
 
 impl Contract {
@@ -76,6 +78,7 @@ impl Contract {
                 .unwrap_or_default(),
             allowed_tools: config.tasks.allowed_tools.iter().cloned().collect(),
             max_output_bytes: config.tasks.max_output_bytes,
+            hsts: config.security.hsts,
         }
     }
 

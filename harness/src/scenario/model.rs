@@ -536,12 +536,15 @@ pub enum Invariant {
     LimitsEnforced,
     /// Every answer agrees with the configuration's roles and permissions.
     AccessEnforced,
+    /// Every answer carries the security headers, with their fixed values
+    /// (`Strict-Transport-Security` exactly when `security.hsts` is set).
+    SecurityHeaders,
 }
 
 impl Invariant {
     /// Every invariant's name, as scenario files write them: the bare ones
     /// ([`Invariant::BARE`]) and those with parameters.
-    pub const NAMES: [&'static str; 16] = [
+    pub const NAMES: [&'static str; 17] = [
         "no_lost_jobs",
         "exactly_once_charge",
         "budget_never_overdrawn",
@@ -558,10 +561,11 @@ impl Invariant {
         "dlq_complete",
         "limits_enforced",
         "access_enforced",
+        "security_headers",
     ];
 
     /// The invariants that take no parameters, written as a bare name.
-    pub const BARE: [Invariant; 13] = [
+    pub const BARE: [Invariant; 14] = [
         Invariant::ExactlyOnceCharge,
         Invariant::BudgetNeverOverdrawn,
         Invariant::BudgetConserved,
@@ -575,6 +579,7 @@ impl Invariant {
         Invariant::DlqComplete,
         Invariant::LimitsEnforced,
         Invariant::AccessEnforced,
+        Invariant::SecurityHeaders,
     ];
 
     /// The faults of the timeline it names (only `ready_reflects_faults`
@@ -605,6 +610,7 @@ impl Invariant {
             Invariant::DlqComplete => "dlq_complete",
             Invariant::LimitsEnforced => "limits_enforced",
             Invariant::AccessEnforced => "access_enforced",
+            Invariant::SecurityHeaders => "security_headers",
         }
     }
 }

@@ -24,6 +24,8 @@ use crate::problem::Problem;
 pub struct RequestId(pub Arc<str>);
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// How long the service took over the request, on every answer.
+static X_RESPONSE_TIME: HeaderName = HeaderName::from_static("x-response-time");
 
 /// The longest client-supplied request id we echo; longer ones are replaced,
 /// so that logs and headers stay bounded.
@@ -75,6 +77,7 @@ fn cors(origins: &[String]) -> CorsLayer {
         ])
         .expose_headers([
             X_REQUEST_ID.clone(),
+            X_RESPONSE_TIME.clone(),
             header::RETRY_AFTER,
             HeaderName::from_static("ratelimit-limit"),
             HeaderName::from_static("ratelimit-remaining"),
@@ -99,9 +102,22 @@ fn security_headers(response: &mut Response, hsts: bool) {
         HeaderValue::from_static("nosniff"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // 0, as OWASP advises now: the filter it turned on in old browsers
+    // could itself be abused to leak data, and CSP replaces it.
+    h.insert(
+        HeaderName::from_static("x-xss-protection"),
+        HeaderValue::from_static("0"),
+    );
     h.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
+    );
+    // An API uses no browser feature; deny the powerful ones outright.
+    h.insert(
+        HeaderName::from_static("permissions-policy"),
+        HeaderValue::from_static(
+            "camera=(), microphone=(), geolocation=(), payment=(), usb=(), interest-cohort=()",
+        ),
     );
     // The API serves JSON only: nothing may load, run or frame it.
     h.insert(
@@ -144,6 +160,11 @@ async fn observe(State(state): State<Arc<AppState>>, mut req: Request, next: Nex
     let status = response.status();
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(X_REQUEST_ID.clone(), v);
+    }
+    // The time the service spent, in milliseconds with microseconds: what
+    // a client can set against the latency it saw.
+    if let Ok(v) = HeaderValue::from_str(&format!("{:.3}ms", elapsed.as_secs_f64() * 1000.0)) {
+        response.headers_mut().insert(X_RESPONSE_TIME.clone(), v);
     }
     state
         .metrics
