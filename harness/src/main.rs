@@ -330,6 +330,19 @@ struct ExploreArgs {
     report_dir: PathBuf,
 }
 
+/// Logs of warnings and worse on stderr (`RUST_LOG` overrides), so that the
+/// progress bars and summaries of `run` and `explore` stay readable.
+fn quiet_logs() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,gauntlet::proxy=error")
+            }),
+        )
+        .init();
+}
+
 fn parse_budget(text: &str) -> Result<std::time::Duration, String> {
     orchestrator::config::parse_duration(text)
 }
@@ -340,14 +353,7 @@ fn parse_budget(text: &str) -> Result<std::time::Duration, String> {
 fn explore(args: ExploreArgs) -> ExitCode {
     use gauntlet::engine::{self, Cancel};
     use gauntlet::explore::ExploreOptions;
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("warn,gauntlet::proxy=error")
-            }),
-        )
-        .init();
+    quiet_logs();
     let launcher = match gauntlet::local::Launcher::current_exe() {
         Ok(l) => l,
         Err(e) => {
@@ -410,14 +416,7 @@ fn explore(args: ExploreArgs) -> ExitCode {
 /// once this process is gone.
 fn run_scenarios(args: RunArgs) -> ExitCode {
     use gauntlet::engine::{self, Cancel, RunOptions};
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("warn,gauntlet::proxy=error")
-            }),
-        )
-        .init();
+    quiet_logs();
     let backend = match args.backend {
         Backend::Local => match gauntlet::local::Launcher::current_exe() {
             Ok(l) => engine::Backend::Local(l),

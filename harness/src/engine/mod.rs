@@ -164,6 +164,15 @@ pub fn check_host(backend: &Backend, scenario: &Scenario) -> Result<(), String> 
 /// The size of the data directory's tmpfs when a disk fault needs one.
 pub const DATA_TMPFS_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Refuses a `--scale` that is not a positive, finite number.
+pub fn check_scale(scale: f64) -> Result<(), String> {
+    if scale > 0.0 && scale.is_finite() {
+        Ok(())
+    } else {
+        Err(format!("--scale must be a positive number, got {scale}"))
+    }
+}
+
 /// Returns a copy with every duration of the load and the timeline
 /// multiplied by `factor` (SLO thresholds are not scaled).
 pub fn scaled(scenario: &Scenario, factor: f64) -> Scenario {
@@ -365,12 +374,8 @@ pub async fn run_paths(
         let _ = writeln!(err, "error: invalid scenarios; nothing was run");
         return Exit::BadInput;
     }
-    if !(options.scale > 0.0 && options.scale.is_finite()) {
-        let _ = writeln!(
-            err,
-            "error: --scale must be a positive number, got {}",
-            options.scale
-        );
+    if let Err(e) = check_scale(options.scale) {
+        let _ = writeln!(err, "error: {e}");
         return Exit::BadInput;
     }
     let colour = report::use_colour();

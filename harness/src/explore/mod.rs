@@ -230,12 +230,8 @@ pub fn explore(
         );
         return Exit::BadInput;
     };
-    if !(options.scale > 0.0 && options.scale.is_finite()) {
-        let _ = writeln!(
-            err,
-            "error: --scale must be a positive number, got {}",
-            options.scale
-        );
+    if let Err(e) = engine::check_scale(options.scale) {
+        let _ = writeln!(err, "error: {e}");
         return Exit::BadInput;
     }
     for (flag, value) in [

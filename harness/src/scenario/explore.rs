@@ -92,11 +92,11 @@ impl Validator<'_> {
     ) -> Option<Explore> {
         let max_faults = match raw.max_faults {
             None => Some(DEFAULT_MAX_FAULTS),
-            Some(v) => self.integer_in("explore.max_faults", v, 1, MAX_EXPLORE_FAULTS),
+            Some(v) => self.integer("explore.max_faults", v, 1, MAX_EXPLORE_FAULTS),
         };
         let max_at_once = match raw.max_at_once {
             None => Some(DEFAULT_MAX_AT_ONCE.min(max_faults.unwrap_or(DEFAULT_MAX_AT_ONCE))),
-            Some(v) => self.integer_in(
+            Some(v) => self.integer(
                 "explore.max_at_once",
                 v,
                 1,
@@ -171,19 +171,6 @@ impl Validator<'_> {
             max_at_once: max_at_once?,
             space: space?,
         })
-    }
-
-    fn integer_in(&mut self, path: &str, value: u32, min: u32, max: u32) -> Option<u32> {
-        if (min..=max).contains(&value) {
-            Some(value)
-        } else {
-            self.error(
-                Code::Range,
-                path,
-                format!("{value} is out of range, expected {min} to {max}"),
-            );
-            None
-        }
     }
 
     /// `[shortest, longest]`, each a duration, the longest under the load.

@@ -345,7 +345,7 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn integer<T: PartialOrd + std::fmt::Display + Copy>(
+    pub(crate) fn integer<T: PartialOrd + std::fmt::Display + Copy>(
         &mut self,
         path: &str,
         value: T,
