@@ -57,11 +57,6 @@ fn with_standing(standing: &Program, program: Program) -> Program {
     Program { rules }
 }
 
-/// The target as written in scenario files.
-pub fn target_of(action: &FaultAction) -> &'static str {
-    action.target()
-}
-
 fn class_name(action: &FaultAction) -> String {
     format!("{:?}", action.class()).to_lowercase()
 }
@@ -85,7 +80,7 @@ pub async fn execute(
                 name: fault.name.clone(),
                 kind: fault.action.kind().to_owned(),
                 class: class_name(&fault.action),
-                target: target_of(&fault.action).to_owned(),
+                target: fault.action.target().to_owned(),
                 scheduled_ms: fault.at.as_secs_f64() * 1000.0,
                 applied_ms: None,
                 reverted_ms: None,
@@ -124,7 +119,7 @@ pub async fn execute(
                 name: fault.name.clone(),
                 kind: fault.action.kind().to_owned(),
                 class: class_name(&fault.action),
-                target: target_of(&fault.action).to_owned(),
+                target: fault.action.target().to_owned(),
                 scheduled_ms: fault.at.as_secs_f64() * 1000.0,
                 applied_ms: None,
                 reverted_ms: None,

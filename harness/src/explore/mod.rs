@@ -508,8 +508,7 @@ impl Explorer<'_> {
             run: number,
             phase,
             draw,
-            draw_seed: draw
-                .map(|i| crate::seed::derive(self.seed, &[b"explore", &i.to_be_bytes()])),
+            draw_seed: draw.map(|i| schedule::draw_seed(self.seed, i)),
             schedule: schedule.clone(),
             faults: schedule.describe(&self.space),
             verdict: "error".to_owned(),
@@ -636,9 +635,7 @@ fn min_load_ms(base: &Scenario) -> u64 {
 }
 
 fn fmt(d: Duration) -> String {
-    orchestrator::config::format_duration(Duration::from_millis(
-        u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
-    ))
+    schedule::fmt_ms(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The terminal summary.

@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use rand::Rng;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::scenario::{self, Explore, Fault, Scenario, Stage};
@@ -136,12 +137,16 @@ fn ms_of(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The seed run `index`'s schedule is drawn from (explore.json records it).
+pub fn draw_seed(seed: u64, index: u64) -> u64 {
+    seed::derive(seed, &[b"explore", &index.to_be_bytes()])
+}
+
 /// Run `index`'s schedule: drawn from `seed::derive(seed, ["explore",
 /// index])` alone, so the same seed replays the whole exploration whatever
 /// the runs found.
 pub fn draw(space: &Explore, load_ms: u64, seed: u64, index: u64) -> Schedule {
-    // The same labels as the draw seed explore.json records.
-    let mut rng = seed::rng(seed, &[b"explore", &index.to_be_bytes()]);
+    let mut rng = ChaCha8Rng::seed_from_u64(draw_seed(seed, index));
     let count = rng.random_range(1..=space.max_faults.max(1));
     let mut schedule = Schedule {
         faults: Vec::new(),

@@ -553,41 +553,41 @@ impl Program {
     }
 }
 
+/// A range of call or attempt numbers: from 1, and not reversed.
+fn validate_range(
+    range: &CallRange,
+    field: &str,
+    noun: &str,
+    at: &dyn Fn(&str) -> String,
+) -> Result<(), ProgramError> {
+    if range.from == 0 {
+        return Err(ProgramError::at(
+            at(&format!("match.{field}.from")),
+            format!("must be at least 1 ({noun} are numbered from 1)"),
+        ));
+    }
+    if let Some(to) = range.to
+        && to < range.from
+    {
+        return Err(ProgramError::at(
+            at(&format!("match.{field}.to")),
+            format!("{to} is before {field}.from {}", range.from),
+        ));
+    }
+    Ok(())
+}
+
 fn validate_match(
     when: &Match,
     at: &dyn Fn(&str) -> String,
     limits: &Limits,
 ) -> Result<(), ProgramError> {
-    if let Some(range) = &when.calls {
-        if range.from == 0 {
-            return Err(ProgramError::at(
-                at("match.calls.from"),
-                "must be at least 1 (calls are numbered from 1)",
-            ));
-        }
-        if let Some(to) = range.to
-            && to < range.from
-        {
-            return Err(ProgramError::at(
-                at("match.calls.to"),
-                format!("{to} is before calls.from {}", range.from),
-            ));
-        }
-    }
-    if let Some(range) = &when.attempts {
-        if range.from == 0 {
-            return Err(ProgramError::at(
-                at("match.attempts.from"),
-                "must be at least 1 (attempts are numbered from 1)",
-            ));
-        }
-        if let Some(to) = range.to
-            && to < range.from
-        {
-            return Err(ProgramError::at(
-                at("match.attempts.to"),
-                format!("{to} is before attempts.from {}", range.from),
-            ));
+    for (field, noun, range) in [
+        ("calls", "calls", &when.calls),
+        ("attempts", "attempts", &when.attempts),
+    ] {
+        if let Some(range) = range {
+            validate_range(range, field, noun, at)?;
         }
     }
     if let Some(every) = &when.every
