@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod exit;
 pub mod llm;
+pub mod lockout;
 pub mod metrics;
 pub mod plan;
 pub mod problem;

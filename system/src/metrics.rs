@@ -42,6 +42,12 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     /// `auth_failures_total{reason}`: 401 and 403 responses.
     pub auth_failures: IntCounterVec,
+    /// `auth_lockouts_total{scope}`: addresses and key ids locked.
+    pub auth_lockouts: IntCounterVec,
+    /// `auth_locked_refusals_total{scope}`: requests refused 429 `auth-locked`.
+    pub auth_locked_refusals: IntCounterVec,
+    /// `auth_lockout_tracked`: addresses and key ids the lockout table holds.
+    pub auth_lockout_tracked: IntGauge,
     /// `llm_call_duration_seconds`: one whole LLM call, retries included.
     pub llm_duration: Histogram,
     /// `jobs{state}`: jobs by state, refreshed from the store on each scrape.
@@ -219,6 +225,20 @@ impl Metrics {
                 "auth_failures_total",
                 "Requests refused by authentication or authorisation, by reason.",
                 &["reason"],
+            ),
+            auth_lockouts: counter(
+                "auth_lockouts_total",
+                "Client addresses and key ids locked after repeated failed authentications.",
+                &["scope"],
+            ),
+            auth_locked_refusals: counter(
+                "auth_locked_refusals_total",
+                "Requests refused because their address or key id was locked.",
+                &["scope"],
+            ),
+            auth_lockout_tracked: plain_gauge(
+                "auth_lockout_tracked",
+                "Addresses and key ids held by the lockout table (bounded by max_tracked).",
             ),
             llm_duration,
             registry,

@@ -622,3 +622,137 @@ async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
         "latency histogram present"
     );
 }
+
+/// A request from `peer` with `key`, as the server's connect info would
+/// have it.
+fn from_peer(peer: [u8; 4], path: &str, key: &str) -> Request<Body> {
+    let mut request = Request::get(path)
+        .header("authorization", format!("Bearer {key}"))
+        .body(Body::empty())
+        .unwrap();
+    let addr = std::net::SocketAddr::from((peer, 40_000));
+    request
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(addr));
+    request
+}
+
+#[tokio::test]
+async fn failed_authentications_lock_the_address_and_the_key_id_even_for_a_valid_key() {
+    let provider = Provider::start().await;
+    let mut config = base_config(&provider, "lockout");
+    config.security.lockout.max_failures = 3;
+    config.security.lockout.duration = Duration::from_millis(600);
+    config
+        .security
+        .api_keys
+        .push(key("victim", "gk.victim.right", "dev", "admin"));
+    let service = Service::start(config);
+    let attacker = [192, 0, 2, 1];
+    for i in 0..3 {
+        let r = service
+            .send(from_peer(attacker, "/v1/jobs", &format!("wrong-{i}")))
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "guess {i}: {}", r.text);
+    }
+    // Locked: the valid key from that address is refused without a look.
+    let locked = service.send(from_peer(attacker, "/v1/jobs", DEV_KEY)).await;
+    assert_eq!(
+        locked.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        locked.text
+    );
+    assert_eq!(locked.json["type"], problem_type("auth-locked"));
+    let retry_after: u64 = locked.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=1).contains(&retry_after), "retry-after {retry_after}");
+    // Another address is served.
+    let other = service
+        .send(from_peer([192, 0, 2, 2], "/v1/jobs", DEV_KEY))
+        .await;
+    assert_eq!(other.status, StatusCode::OK, "{}", other.text);
+
+    // Guesses at one issued key id from three addresses lock the key id.
+    for i in 0..3u8 {
+        let r = service
+            .send(from_peer(
+                [198, 51, 100, i],
+                "/v1/jobs",
+                &format!("gk.victim.wrong{i}"),
+            ))
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "guess {i}: {}", r.text);
+    }
+    let victim = service
+        .send(from_peer([203, 0, 113, 9], "/v1/jobs", "gk.victim.right"))
+        .await;
+    assert_eq!(
+        victim.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        victim.text
+    );
+    assert_eq!(victim.json["type"], problem_type("auth-locked"));
+
+    // Both locks end after their duration.
+    eventually(
+        "the address is unlocked",
+        Duration::from_secs(5),
+        async || {
+            service
+                .send(from_peer(attacker, "/v1/jobs", DEV_KEY))
+                .await
+                .status
+                == StatusCode::OK
+        },
+    )
+    .await;
+    eventually(
+        "the key id is unlocked",
+        Duration::from_secs(5),
+        async || {
+            let r = service
+                .send(from_peer([203, 0, 113, 9], "/v1/jobs", "gk.victim.right"))
+                .await;
+            r.status == StatusCode::OK
+        },
+    )
+    .await;
+    eventually(
+        "both unlocks are audited",
+        Duration::from_secs(5),
+        async || {
+            let audit = service
+                .send(from_peer([192, 0, 2, 2], "/v1/audit?limit=1000", DEV_KEY))
+                .await;
+            let actions: Vec<(String, String)> = audit.json["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["action"] == "auth.locked" || e["action"] == "auth.unlocked")
+                .map(|e| {
+                    let field = |name: &str| e[name].as_str().unwrap().to_owned();
+                    (field("action"), field("subject"))
+                })
+                .collect();
+            let mut want = vec![
+                ("auth.locked".to_owned(), "address 192.0.2.1".to_owned()),
+                ("auth.locked".to_owned(), "key id victim".to_owned()),
+                ("auth.unlocked".to_owned(), "address 192.0.2.1".to_owned()),
+                ("auth.unlocked".to_owned(), "key id victim".to_owned()),
+            ];
+            let mut got = actions;
+            got.sort();
+            want.sort();
+            got == want
+        },
+    )
+    .await;
+    let metrics = service.get("/metrics", None).await.text;
+    for line in [
+        "auth_lockouts_total{scope=\"address\"} 1",
+        "auth_lockouts_total{scope=\"key_id\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+}

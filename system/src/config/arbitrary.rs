@@ -244,6 +244,21 @@ impl<'a> Arbitrary<'a> for Config {
                     types: subset(u, &PiiType::ALL)?,
                 },
                 outbound_url_allowlist,
+                lockout: LockoutConfig {
+                    max_failures: u.int_in_range(1..=100_000)?,
+                    window: Duration::from_secs(u.int_in_range(1..=86_400)?),
+                    duration: Duration::from_secs(u.int_in_range(1..=86_400)?),
+                    max_tracked: u.int_in_range(16..=1_000_000)?,
+                    trusted_proxies: (0..u.int_in_range(0..=3)?)
+                        .map(|_| {
+                            let addr = Ipv4Addr::from(u.arbitrary::<u32>()?);
+                            let prefix = u.int_in_range(0..=32)?;
+                            ipnet::Ipv4Net::new(addr, prefix)
+                                .map(|n| ipnet::IpNet::V4(n.trunc()))
+                                .map_err(|_| arbitrary::Error::IncorrectFormat)
+                        })
+                        .collect::<Result<Vec<_>>>()?,
+                },
             },
             tasks: TasksConfig {
                 allowed_tools,

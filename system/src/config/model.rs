@@ -167,6 +167,35 @@ pub struct SecurityConfig {
     pub pii_redaction: PiiRedactionConfig,
     /// Allowed outbound URL prefixes.
     pub outbound_url_allowlist: Vec<Url>,
+    /// Brute-force lockout.
+    pub lockout: LockoutConfig,
+}
+
+/// Brute-force lockout: see [`crate::lockout`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct LockoutConfig {
+    /// Failures within `window` that lock, 1 to 100000.
+    pub max_failures: u32,
+    /// The sliding window, up to 1d.
+    pub window: Duration,
+    /// How long a lockout lasts, up to 1d.
+    pub duration: Duration,
+    /// Entries tracked at once, 16 to 1000000.
+    pub max_tracked: u32,
+    /// Proxies whose `X-Forwarded-For` is believed, at most 64.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Default for LockoutConfig {
+    fn default() -> LockoutConfig {
+        LockoutConfig {
+            max_failures: 10,
+            window: Duration::from_secs(60),
+            duration: Duration::from_secs(300),
+            max_tracked: 10_000,
+            trusted_proxies: Vec::new(),
+        }
+    }
 }
 
 impl SecurityConfig {
@@ -375,6 +404,19 @@ pub(super) fn to_raw(c: &Config) -> super::raw::RawConfig {
                     .map(Url::to_string)
                     .collect(),
             ),
+            lockout: Some(RawLockout {
+                max_failures: Some(s.lockout.max_failures),
+                window: duration(s.lockout.window),
+                duration: duration(s.lockout.duration),
+                max_tracked: Some(s.lockout.max_tracked),
+                trusted_proxies: Some(
+                    s.lockout
+                        .trusted_proxies
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
+                ),
+            }),
         }),
         tasks: Some(RawTasks {
             allowed_tools: Some(c.tasks.allowed_tools.clone()),

@@ -295,6 +295,35 @@ pub struct RawSecurity {
     /// URL prefixes outbound webhooks may call, like `https://hooks.example.com/`. Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbound_url_allowlist: Option<Vec<String>>,
+    /// Brute-force lockout: failed authentications counted per client address and per
+    /// presented key id. Always on; the defaults lock after 10 failures in 1m for 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lockout: Option<RawLockout>,
+}
+
+/// Brute-force lockout.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLockout {
+    /// Failed authentications within `window` that lock the address or key id: 1 to
+    /// 100000. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failures: Option<u32>,
+    /// The sliding window failures are counted in, up to 1d. Default 1m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<DurationText>,
+    /// How long a lockout lasts, up to 1d. Default 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<DurationText>,
+    /// Addresses and key ids tracked at once, 16 to 1000000: the memory bound. When full,
+    /// the stalest entry is forgotten first. Default 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tracked: Option<u32>,
+    /// Networks of proxies whose `X-Forwarded-For` is believed, like `10.0.0.0/8`: behind
+    /// them the client address is the right-most forwarded address not itself trusted.
+    /// Default none (the peer address counts). At most 64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// One API key.

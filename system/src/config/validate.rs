@@ -846,7 +846,9 @@ impl<'a> Validator<'a> {
                 .collect(),
             None => PiiType::ALL.to_vec(),
         };
+        let lockout = self.lockout(raw.lockout.as_ref().unwrap_or(&RawLockout::default()));
         SecurityConfig {
+            lockout,
             api_keys,
             roles,
             rate_limits,
@@ -929,6 +931,76 @@ impl<'a> Validator<'a> {
             role: role?,
             expires_at,
         })
+    }
+
+    fn lockout(&mut self, raw: &RawLockout) -> LockoutConfig {
+        const DAY: Duration = Duration::from_secs(86_400);
+        const MAX_TRUSTED_PROXIES: usize = 64;
+        let defaults = LockoutConfig::default();
+        let path = "security.lockout";
+        let max_failures = self.range(
+            &child_path(path, "max_failures"),
+            raw.max_failures,
+            1,
+            100_000,
+            defaults.max_failures,
+        );
+        let window = self.duration(
+            &child_path(path, "window"),
+            raw.window.as_ref(),
+            defaults.window,
+            DAY,
+        );
+        let duration = self.duration(
+            &child_path(path, "duration"),
+            raw.duration.as_ref(),
+            defaults.duration,
+            DAY,
+        );
+        let max_tracked = self.range(
+            &child_path(path, "max_tracked"),
+            raw.max_tracked,
+            16,
+            1_000_000,
+            defaults.max_tracked,
+        );
+        let proxies = raw.trusted_proxies.as_deref().unwrap_or_default();
+        if proxies.len() > MAX_TRUSTED_PROXIES {
+            self.report(
+                Rule::Constraint,
+                Code::Range,
+                &child_path(path, "trusted_proxies"),
+                format!(
+                    "{} trusted proxies listed, at most {MAX_TRUSTED_PROXIES} are allowed",
+                    proxies.len()
+                ),
+            );
+        }
+        let mut trusted_proxies = Vec::new();
+        for (i, text) in proxies.iter().enumerate().take(MAX_TRUSTED_PROXIES) {
+            // A bare address is a network of one.
+            let parsed = text
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => trusted_proxies.push(net.trunc()),
+                Err(_) => self.report(
+                    Rule::Format,
+                    Code::Format,
+                    &index_path(&child_path(path, "trusted_proxies"), i),
+                    format!(
+                        "invalid network `{text}`: expected an address or a CIDR network, like `10.0.0.0/8`"
+                    ),
+                ),
+            }
+        }
+        LockoutConfig {
+            max_failures,
+            window,
+            duration,
+            max_tracked,
+            trusted_proxies,
+        }
     }
 
     fn rate_limit(&mut self, path: &str, raw: &RawRateLimit) -> RateLimitConfig {

@@ -2,11 +2,12 @@
 //! metrics; security headers; CORS; the request timeout; panic recovery.
 //! Authentication, rate limiting and authorisation wrap the API routes only.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +17,9 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use super::AppState;
 use crate::audit::NewEntry;
 use crate::auth::{self, Principal};
+use crate::lockout::{self, Locked, Subject};
 use crate::problem::Problem;
+use crate::store::SYSTEM_ACTOR;
 
 /// The request's correlation id: the client's `X-Request-Id` when it is
 /// usable, else a fresh UUID. Handlers read it from the request extensions.
@@ -186,8 +189,9 @@ async fn observe(State(state): State<Arc<AppState>>, mut req: Request, next: Nex
     response
 }
 
-/// Authenticates the key, takes one request from its rate limit, and checks
-/// the route's permission in [`auth::ROUTE_PERMISSIONS`].
+/// Refuses locked addresses and key ids, authenticates the key (counting a
+/// failure against the lockout), takes one request from its rate limit, and
+/// checks the route's permission in [`auth::ROUTE_PERMISSIONS`].
 pub async fn authorize(
     State(state): State<Arc<AppState>>,
     mut req: Request,
@@ -197,6 +201,32 @@ pub async fn authorize(
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or(""));
+    let now = Instant::now();
+    let subjects = lockout_subjects(&state, &req, header);
+    audit_unlocked(&state, now).await;
+    if let Some((subject, left)) = state.lockout.locked(&subjects, now) {
+        state
+            .metrics
+            .auth_locked_refusals
+            .with_label_values(&[subject.scope()])
+            .inc();
+        // The key is not looked at: a locked guesser learns nothing, and a
+        // valid key from a locked address waits like any other.
+        return Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "auth-locked",
+            "Locked after failed authentications",
+            format!(
+                "too many failed authentications from this {}; try again later",
+                match subject {
+                    Subject::Address(_) => "address",
+                    Subject::KeyId(_) => "key id",
+                }
+            ),
+        )
+        .retry_after(left)
+        .into_response();
+    }
     let principal = match state.auth.authenticate(header, SystemTime::now()) {
         Ok(p) => p,
         Err(e) => {
@@ -206,6 +236,12 @@ pub async fn authorize(
                 .with_label_values(&[e.reason()])
                 .inc();
             tracing::info!(reason = e.reason(), "authentication failed");
+            // A request without a key guesses nothing; every other failure
+            // counts toward a lockout.
+            if e != auth::AuthError::Missing {
+                let locked = state.lockout.fail(&subjects, now);
+                audit_locked(&state, locked).await;
+            }
             // One answer for every failure: the caller learns nothing about
             // which keys exist or have expired.
             return Problem::new(
@@ -276,6 +312,82 @@ pub async fn authorize(
             .insert(HeaderName::from_static(name), HeaderValue::from(value));
     }
     response
+}
+
+/// What a failed authentication counts against: the client address, and the
+/// key id an issued key names.
+fn lockout_subjects(state: &AppState, req: &Request, header: Option<&str>) -> Vec<Subject> {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    let address = lockout::client_address(peer, forwarded, &state.lockout.config().trusted_proxies);
+    let mut subjects = vec![Subject::Address(address)];
+    subjects.extend(lockout::presented_key_id(header).map(Subject::KeyId));
+    subjects
+}
+
+/// Audits and counts the subjects a failure just locked.
+async fn audit_locked(state: &AppState, locked: Vec<Locked>) {
+    let config = state.lockout.config();
+    for l in locked {
+        state
+            .metrics
+            .auth_lockouts
+            .with_label_values(&[l.subject.scope()])
+            .inc();
+        tracing::warn!(subject = %l.subject, failures = l.failures, "locked after failed authentications");
+        let entry = NewEntry::new(
+            SYSTEM_ACTOR,
+            "auth.locked",
+            l.subject.to_string(),
+            serde_json::json!({
+                "scope": l.subject.scope(),
+                "failures": l.failures,
+                "window_ms": config.window.as_millis() as u64,
+                "duration_ms": config.duration.as_millis() as u64,
+            }),
+        );
+        record(state, entry).await;
+    }
+    state
+        .metrics
+        .auth_lockout_tracked
+        .set(i64::try_from(state.lockout.tracked()).unwrap_or(i64::MAX));
+}
+
+/// Audits the lockouts that ended since the last sweep (at most a few times
+/// a second: see [`crate::lockout::Lockout::sweep`]).
+async fn audit_unlocked(state: &AppState, now: Instant) {
+    let ended = state.lockout.sweep(now);
+    if ended.is_empty() {
+        return;
+    }
+    for (subject, why) in ended {
+        tracing::info!(subject = %subject, reason = why.reason(), "lockout ended");
+        let entry = NewEntry::new(
+            SYSTEM_ACTOR,
+            "auth.unlocked",
+            subject.to_string(),
+            serde_json::json!({"scope": subject.scope(), "reason": why.reason()}),
+        );
+        record(state, entry).await;
+    }
+    state
+        .metrics
+        .auth_lockout_tracked
+        .set(i64::try_from(state.lockout.tracked()).unwrap_or(i64::MAX));
+}
+
+async fn record(state: &AppState, entry: NewEntry) {
+    let action = entry.action;
+    if let Err(e) = state.store.run(move |s| s.record_audit(entry)).await {
+        tracing::error!(error = %e, action, "cannot record a lockout in the audit log");
+    }
 }
 
 /// Records an authorisation denied in the audit log before the 403 goes out.

@@ -23,6 +23,7 @@ use crate::audit::NewEntry;
 use crate::auth::Auth;
 use crate::config::{Config, StorageConfig};
 use crate::llm::{self, LlmClient, LlmOptions};
+use crate::lockout::Lockout;
 use crate::metrics::Metrics;
 use crate::plan::PlanPolicy;
 use crate::store::{SYSTEM_ACTOR, Store, StoreError, StoreOptions};
@@ -35,6 +36,8 @@ pub struct AppState {
     pub config: Config,
     /// Keys, roles and rate limiters.
     pub auth: Auth,
+    /// Failed authentications by address and key id.
+    pub lockout: Lockout,
     /// SQLite state.
     pub store: Store,
     /// The LLM client with its breakers.
@@ -131,6 +134,7 @@ impl AppState {
         )?;
         Ok(Arc::new(AppState {
             auth: Auth::new(&config.security),
+            lockout: Lockout::new(&config.security.lockout),
             plan: PlanPolicy::from(&config.tasks),
             store,
             llm,
@@ -229,7 +233,9 @@ pub async fn serve(
     });
     let mut server_stop = stopped.clone();
     let last = state.clone();
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+    // The peer address is what the brute-force lockout counts by.
+    let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    let server = axum::serve(listener, service).with_graceful_shutdown(async move {
         let _ = server_stop.wait_for(|s| *s).await;
     });
     let mut grace_stop = stopped.clone();
