@@ -15,11 +15,14 @@ use gauntlet::evidence::{
     AuditAnswer, BudgetSample, Evidence, FaultRecord, HealthSample, LogEvidence, Settle,
     ShutdownEvidence, audit,
 };
-use gauntlet::load::{Credential, HSTS_HEADER, Op, OpKind, Outcome, SECURITY_HEADERS};
+use gauntlet::load::{
+    ATTACKER_ADDRESS, AUTH_LOCKED, Credential, HSTS_HEADER, Op, OpKind, Outcome, SECURITY_HEADERS,
+    probe_address,
+};
 use gauntlet::mock_llm::{CallRecord, Usage};
 use gauntlet::scenario::{
-    Contract, Invariant, LoadSpec, Mix, Objective, Scenario, Slo, Stage, StoreKind, SystemSpec,
-    Tenant, Window,
+    Contract, Invariant, LoadSpec, Lockout, Mix, Objective, Scenario, Slo, Stage, StoreKind,
+    SystemSpec, Tenant, Window,
 };
 
 // ---------------------------------------------------------------- builders
@@ -191,6 +194,11 @@ fn contract() -> Contract {
         allowed_tools: set(&["search", "summarize"]),
         max_output_bytes: 64 * 1024,
         hsts: false,
+        lockout: Lockout {
+            max_failures: 3,
+            window: Duration::from_secs(10),
+            duration: Duration::from_secs(1),
+        },
     }
 }
 
@@ -256,6 +264,7 @@ fn scenario(slos: Vec<Slo>, invariants: Vec<Invariant>) -> Scenario {
             max_in_flight: 10,
             request_timeout: Duration::from_secs(5),
             max_tokens: 64,
+            attack: None,
         },
         faults: Vec::new(),
         slos,
@@ -2307,6 +2316,103 @@ fn access_enforced() {
             &evidence(vec![with(OpKind::Task, Credential::Tenant, 1, 200)]),
         ),
         &["no answered request was due a refusal"],
+    );
+}
+
+#[test]
+fn lockout_effective() {
+    let inv = Invariant::LockoutEffective;
+    // Answered 5 ms after `t_ms`; `locked` for a 429 auth-locked.
+    let at = |index: u64, t_ms: f64, credential: Credential, client, status: u16| Op {
+        credential,
+        client,
+        problem: (status == 429).then(|| AUTH_LOCKED.to_owned()),
+        ..op(
+            index,
+            OpKind::ReadBudget,
+            "a",
+            t_ms,
+            5.0,
+            Outcome::Status(status),
+        )
+    };
+    let attacker = ATTACKER_ADDRESS;
+    // Three guesses lock the attacker's address and the key id they name at
+    // 25 ms, for a second; an ordinary client's unknown key locks no one.
+    let healthy = || {
+        vec![
+            at(1, 0.0, Credential::Unknown, probe_address(900), 401),
+            at(2, 5.0, Credential::Tenant, probe_address(901), 200),
+            at(100, 0.0, Credential::Guess, attacker, 401),
+            at(101, 10.0, Credential::Guess, attacker, 401),
+            at(102, 20.0, Credential::Guess, attacker, 401),
+            at(103, 100.0, Credential::Tenant, attacker, 429),
+            at(104, 200.0, Credential::Victim, probe_address(0), 429),
+            at(105, 1100.0, Credential::Tenant, attacker, 200),
+            at(106, 1200.0, Credential::Victim, probe_address(1), 200),
+        ]
+    };
+    let r = invariant(inv.clone(), &evidence(healthy()));
+    check("a lockout that holds and ends", &r, true, &[]);
+    assert_eq!(r.exercised, 9);
+    assert!(r.observed.contains("2 lockouts"), "{}", r.observed);
+    // A request answered at the moment the lock may or may not have ended
+    // is not judged either way.
+    let mut edge = healthy();
+    edge.push(at(107, 1020.0, Credential::Tenant, attacker, 200));
+    edge.push(at(108, 1021.0, Credential::Victim, probe_address(2), 429));
+    check(
+        "answers at the lock's end",
+        &invariant(inv.clone(), &evidence(edge)),
+        true,
+        &[],
+    );
+    let cases = [
+        (
+            "guessing went on past the threshold",
+            at(9, 30.0, Credential::Guess, attacker, 401),
+            "answered 401 while address 198.19.255.254 was locked out",
+        ),
+        (
+            "a valid key served from the locked address",
+            at(9, 300.0, Credential::Tenant, attacker, 200),
+            "answered 200 while address 198.19.255.254 was locked out",
+        ),
+        (
+            "the key id not locked",
+            at(9, 300.0, Credential::Victim, probe_address(5), 200),
+            "answered 200 while key id gauntlet-victim was locked out",
+        ),
+        (
+            "a lockout that outlived its duration",
+            at(9, 1300.0, Credential::Tenant, attacker, 429),
+            "locked out though no subject of it had failed 3 times",
+        ),
+        (
+            "a bystander locked out",
+            at(9, 300.0, Credential::Tenant, probe_address(902), 429),
+            "locked out though no subject of it had failed 3 times",
+        ),
+    ];
+    for (case, extra, line) in cases {
+        let mut history = healthy();
+        history.push(extra);
+        check(
+            case,
+            &invariant(inv.clone(), &evidence(history)),
+            false,
+            &[line, "req-9"],
+        );
+    }
+    check_vacuous(
+        "no attack",
+        &invariant(inv.clone(), &evidence(healthy()[..2].to_vec())),
+        &["no address or key id failed 3 times"],
+    );
+    check_vacuous(
+        "no probe after the lockout",
+        &invariant(inv, &evidence(healthy()[..7].to_vec())),
+        &["no valid key was sent after a lockout ended"],
     );
 }
 

@@ -65,6 +65,7 @@ fn spec(stages: Vec<Stage>) -> LoadSpec {
         max_in_flight: 256,
         request_timeout: Duration::from_secs(10),
         max_tokens: 64,
+        attack: None,
     }
 }
 
@@ -300,6 +301,7 @@ fn an_unusable_spec_or_target_is_refused() {
         base_url: "http://127.0.0.1:9".to_owned(),
         keys: vec![own_key("a")],
         oversized_bytes: 2048,
+        lockout_duration: Duration::from_secs(1),
     };
     assert!(matches!(
         target.validate(&plan),
@@ -563,6 +565,7 @@ fn target(addr: SocketAddr) -> LoadTarget {
         base_url: format!("http://{addr}"),
         keys: vec![own_key("a"), own_key("b")],
         oversized_bytes: 2048,
+        lockout_duration: Duration::from_secs(1),
     }
 }
 

@@ -582,6 +582,8 @@ pub(super) fn rate_limit_respected(evidence: &Evidence) -> CheckResult {
     let mut by_key: BTreeMap<(&str, &Credential), Vec<f64>> = BTreeMap::new();
     for op in &evidence.history {
         match op.outcome {
+            // The lockout's refusals come before any limiter.
+            Outcome::Status(429) if op.auth_locked() => {}
             Outcome::Status(429) => {
                 limited += 1;
                 if op.retry_after.is_none() {

@@ -190,6 +190,7 @@ pub fn check_invariant(invariant: &Invariant, evidence: &Evidence) -> CheckResul
         Invariant::DlqComplete => invariants::dlq_complete(evidence),
         Invariant::LimitsEnforced => requests::limits_enforced(evidence),
         Invariant::AccessEnforced => requests::access_enforced(evidence),
+        Invariant::LockoutEffective => requests::lockout_effective(evidence),
         Invariant::SecurityHeaders => requests::security_headers(evidence),
     }
 }

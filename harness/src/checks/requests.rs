@@ -1,13 +1,15 @@
 //! Invariants of what each request was answered, judged against the
 //! configuration's contract: who may do what (`access_enforced`), the
-//! body and time limits (`limits_enforced`), and the headers every answer
-//! carries (`security_headers`).
+//! body and time limits (`limits_enforced`), the headers every answer
+//! carries (`security_headers`), and the brute-force lockout
+//! (`lockout_effective`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::IpAddr;
 
 use super::slo::describe_op;
 use super::{CheckResult, Evidence};
-use crate::load::{Credential, HSTS_HEADER, Op, OpKind, Outcome, SECURITY_HEADERS};
+use crate::load::{Credential, HSTS_HEADER, Op, OpKind, Outcome, SECURITY_HEADERS, VICTIM_KEY_ID};
 
 /// How much later than `server.request_timeout` a slow request's 504 may
 /// come: the service's timer, the proxy and the scheduler on a loaded
@@ -29,9 +31,11 @@ enum Due {
 /// The role of an operation's key, if it carried a valid one.
 fn role_of<'e>(evidence: &'e Evidence, op: &'e Op) -> Option<&'e str> {
     match &op.credential {
-        Credential::Tenant => evidence.tenant_roles.get(&op.tenant).map(String::as_str),
+        Credential::Tenant | Credential::Victim => {
+            evidence.tenant_roles.get(&op.tenant).map(String::as_str)
+        }
         Credential::Role(role) => Some(role.as_str()),
-        Credential::Missing | Credential::Unknown | Credential::Expired => None,
+        Credential::Missing | Credential::Unknown | Credential::Expired | Credential::Guess => None,
     }
 }
 
@@ -46,7 +50,8 @@ fn due(evidence: &Evidence, op: &Op) -> Due {
 /// Every answer agrees with the role→permission table of the run's
 /// configuration: 401 for a missing, unknown or expired key; 403 for a role
 /// without the route's permission; never 401 or 403 for a role with it.
-/// Unanswered requests are not judged here.
+/// Unanswered requests are not judged here, nor are the lockout's refusals
+/// (429 `auth-locked`, which `lockout_effective` judges).
 pub(super) fn access_enforced(evidence: &Evidence) -> CheckResult {
     let mut r = CheckResult::invariant(
         "access_enforced",
@@ -58,6 +63,9 @@ pub(super) fn access_enforced(evidence: &Evidence) -> CheckResult {
         let Outcome::Status(status) = op.outcome else {
             continue;
         };
+        if op.auth_locked() {
+            continue;
+        }
         let due = due(evidence, op);
         let agrees = match due {
             Due::Unauthenticated => status == 401,
@@ -242,4 +250,244 @@ pub(super) fn security_headers(evidence: &Evidence) -> CheckResult {
     };
     r.finish(violations)
         .exercised(answered, || "no request was answered".to_owned())
+}
+
+/// What a failed authentication is counted against, as the contract says:
+/// the client address, and the key id an issued-format key names.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Subject {
+    Address(IpAddr),
+    KeyId,
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::Address(addr) => write!(f, "address {addr}"),
+            Subject::KeyId => write!(f, "key id {VICTIM_KEY_ID}"),
+        }
+    }
+}
+
+/// One subject's lockout as the harness models it from the answers alone.
+/// A time the service saw a request at lies within the request's
+/// `[start_ms, end_ms]` (one machine, one clock rate), so each question has
+/// a sure answer, or none.
+#[derive(Debug, Default)]
+struct Model {
+    /// Failed authentications counted, as `[start_ms, end_ms]`.
+    failures: VecDeque<(f64, f64)>,
+    /// The request that locked the subject, as `[start_ms, end_ms]`.
+    locked_by: Option<(f64, f64)>,
+    /// Whether a lockout of the subject has surely ended.
+    ended: bool,
+    /// Lost track (a request unanswered, or a boundary too close to call):
+    /// nothing more is judged for this subject.
+    unsure: bool,
+}
+
+/// Whether a subject was locked when the service saw a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lock {
+    Surely,
+    SurelyNot,
+    Unsure,
+}
+
+impl Model {
+    fn lock_at(&self, op: &Op, duration_ms: f64) -> Lock {
+        if self.unsure {
+            return Lock::Unsure;
+        }
+        match self.locked_by {
+            None => Lock::SurelyNot,
+            Some((lo, hi)) if op.start_ms >= hi && op.end_ms < lo + duration_ms => Lock::Surely,
+            Some((_, hi)) if op.start_ms >= hi + duration_ms => Lock::SurelyNot,
+            Some(_) => Lock::Unsure,
+        }
+    }
+}
+
+/// Past `security.lockout.max_failures` failed authentications within the
+/// window from one address (or naming one key id), every request from that
+/// address (or naming that key id) is answered 429 `auth-locked` until the
+/// lockout's duration has passed, a valid key included; no one else is ever
+/// answered `auth-locked`. The harness counts the failures itself, from the
+/// 401s the clients saw; a request with no answer, or a moment too close to
+/// a boundary to call, ends the judgement of its subjects.
+pub(super) fn lockout_effective(evidence: &Evidence) -> CheckResult {
+    let lockout = &evidence.contract.lockout;
+    let duration_ms = lockout.duration.as_secs_f64() * 1000.0;
+    let window_ms = lockout.window.as_secs_f64() * 1000.0;
+    let max_failures = lockout.max_failures as usize;
+    let mut r = CheckResult::invariant(
+        "lockout_effective",
+        format!(
+            "after {} failed authentications within {}, nothing from the address or naming the key id is served for {}; no one else is locked",
+            lockout.max_failures,
+            super::slo::humantime_like(lockout.window),
+            super::slo::humantime_like(lockout.duration),
+        ),
+    );
+    let mut ops: Vec<&Op> = evidence
+        .history
+        .iter()
+        .filter(|op| op.outcome.was_sent())
+        .collect();
+    ops.sort_by(|a, b| {
+        a.start_ms
+            .total_cmp(&b.start_ms)
+            .then(a.index.cmp(&b.index))
+    });
+    let mut models: BTreeMap<Subject, Model> = BTreeMap::new();
+    let mut locks: BTreeSet<String> = BTreeSet::new();
+    let (mut refused, mut served_after, mut judged) = (0u64, 0u64, 0u64);
+    let mut violations = 0;
+    for op in ops {
+        let mut subjects = vec![Subject::Address(op.client)];
+        if op.credential.names_victim() {
+            subjects.push(Subject::KeyId);
+        }
+        let states: Vec<Lock> = subjects
+            .iter()
+            .map(|s| {
+                models
+                    .entry(s.clone())
+                    .or_default()
+                    .lock_at(op, duration_ms)
+            })
+            .collect();
+        let Outcome::Status(status) = op.outcome else {
+            // The service may or may not have counted it.
+            for s in &subjects {
+                if let Some(m) = models.get_mut(s) {
+                    m.unsure = true;
+                }
+            }
+            continue;
+        };
+        let due_locked = states.contains(&Lock::Surely);
+        let due_served = states.iter().all(|l| *l == Lock::SurelyNot);
+        if due_locked || due_served {
+            judged += 1;
+        }
+        let locked_subject = subjects
+            .iter()
+            .zip(&states)
+            .find(|(_, l)| **l == Lock::Surely)
+            .map(|(s, _)| s.to_string());
+        if op.auth_locked() {
+            if due_served {
+                violations += 1;
+                r.violation(format!(
+                    "locked out though no subject of it had failed {} times: {}",
+                    lockout.max_failures,
+                    describe(op)
+                ));
+            } else if due_locked {
+                refused += 1;
+            }
+            continue;
+        }
+        if let Some(subject) = locked_subject {
+            violations += 1;
+            r.violation(format!(
+                "answered {status} while {subject} was locked out: {}",
+                describe(op)
+            ));
+            continue;
+        }
+        for (subject, state) in subjects.iter().zip(&states) {
+            let Some(model) = models.get_mut(subject) else {
+                continue;
+            };
+            if *state == Lock::Unsure {
+                // Whether the service counted it depends on the unknown.
+                if status == 401 && op.credential.counts_as_failure() {
+                    model.unsure = true;
+                }
+                continue;
+            }
+            if model.locked_by.is_some() {
+                // The lockout surely ended: counting starts again.
+                model.locked_by = None;
+                model.ended = true;
+            }
+            if model.ended && op.credential.is_valid() {
+                served_after += 1;
+            }
+            if !(status == 401 && op.credential.counts_as_failure()) {
+                continue;
+            }
+            while let Some(&(first_start, first_end)) = model.failures.front() {
+                if op.start_ms - first_end >= window_ms {
+                    model.failures.pop_front();
+                } else if op.end_ms - first_start < window_ms {
+                    break;
+                } else {
+                    model.unsure = true;
+                    break;
+                }
+            }
+            if model.unsure {
+                continue;
+            }
+            // A failure the service may have counted after this one would
+            // make the order of the two unknown.
+            if model
+                .failures
+                .back()
+                .is_some_and(|(_, end)| *end > op.start_ms)
+            {
+                model.unsure = true;
+                continue;
+            }
+            model.failures.push_back((op.start_ms, op.end_ms));
+            if model.failures.len() >= max_failures {
+                model.failures.clear();
+                model.locked_by = Some((op.start_ms, op.end_ms));
+                locks.insert(format!("{subject} at {:.0}ms", op.end_ms));
+            }
+        }
+    }
+    r.observed = format!(
+        "{} lockouts{}; {refused} requests refused while locked, {served_after} valid keys served after a lockout ended",
+        locks.len(),
+        if locks.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({})",
+                locks.iter().cloned().collect::<Vec<_>>().join(", ")
+            )
+        }
+    );
+    let mut missing = Vec::new();
+    if locks.is_empty() {
+        missing.push(format!(
+            "no address or key id failed {} times within {} (the load has no `attack`, or too few guesses)",
+            lockout.max_failures,
+            super::slo::humantime_like(lockout.window)
+        ));
+    } else {
+        if refused == 0 {
+            missing.push("no request was sent during a lockout".to_owned());
+        }
+        if served_after == 0 {
+            missing.push("no valid key was sent after a lockout ended".to_owned());
+        }
+    }
+    let missing = (!missing.is_empty()).then(|| missing.join(", and "));
+    r.finish(violations).evidenced(judged, missing)
+}
+
+/// An operation with its client address and key, for lockout evidence.
+fn describe(op: &Op) -> String {
+    format!(
+        "{} from {} with {:?} key",
+        describe_op(op),
+        op.client,
+        op.credential
+    )
+    .to_lowercase()
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use orchestrator::config::{self, ApiKeyConfig, Config, StorageConfig, ValidateOptions};
 use sha2::{Digest, Sha256};
 
-use crate::load::Credential;
+use crate::load::{Credential, VICTIM_KEY_ID};
 use crate::scenario::Scenario;
 use crate::seed;
 
@@ -18,6 +18,11 @@ pub const OPS_TENANT: &str = "gauntlet-ops";
 /// The role of the harness's own keys: every permission, and a rate limit
 /// high enough that probes are never limited (they are not the load).
 pub const OPS_ROLE: &str = "gauntlet-ops";
+
+/// The addresses the service trusts to name the client in
+/// `X-Forwarded-For`: loopback, where the fault proxy runs, and Docker's
+/// bridge networks.
+const TRUSTED_PROXIES: [&str; 3] = ["127.0.0.0/8", "::1/128", "172.16.0.0/12"];
 
 /// The database path, relative to the run directory (the child's cwd).
 pub const DB_RELATIVE_PATH: &str = "data/orchestrator.db";
@@ -125,8 +130,21 @@ pub fn render(
         });
         key
     };
+    // Every client reaches the service through the fault proxy (on Docker,
+    // through the bridge too), so the load names its client addresses in
+    // `X-Forwarded-For`, as a load balancer would, and the service trusts
+    // the proxy's address to say: one client's bad keys lock out that
+    // client, not every client at once.
+    for net in TRUSTED_PROXIES {
+        let net: ipnet::IpNet = net
+            .parse()
+            .map_err(|e| format!("bad trusted proxy {net}: {e}"))?;
+        if !config.security.lockout.trusted_proxies.contains(&net) {
+            config.security.lockout.trusted_proxies.push(net);
+        }
+    }
     let mut tenants = Vec::new();
-    for t in &scenario.load.tenants {
+    for (tenant_index, t) in scenario.load.tenants.iter().enumerate() {
         let keys = &mut config.security.api_keys;
         let key = add_key(keys, &t.name, &t.name, &t.role, None);
         let ops_key = add_key(keys, &format!("{}-ops", t.name), &t.name, OPS_ROLE, None);
@@ -150,6 +168,20 @@ pub fn render(
             // Shaped like the others, but never configured.
             let key = make_key(&format!("{}-unknown", t.name));
             access_keys.push((Credential::Unknown, key));
+        }
+        if scenario.load.attack.is_some() && tenant_index == 0 {
+            // A key in the issued format, whose id the attacker names.
+            let secret = seed::derive(run_seed, &[b"api-key", b"victim"]);
+            let key = format!("gk.{VICTIM_KEY_ID}.{secret:016x}");
+            keys.push(ApiKeyConfig {
+                id: VICTIM_KEY_ID.to_owned(),
+                sha256: hash(&key),
+                tenant: t.name.clone(),
+                role: t.role.clone(),
+                expires_at: None,
+            });
+            access_keys.push((Credential::Victim, key));
+            access_keys.push((Credential::Guess, format!("gk.{VICTIM_KEY_ID}.guess-")));
         }
         if let Some(limit) = t.budget_tokens {
             config.budget.tenants.insert(t.name.clone(), limit);

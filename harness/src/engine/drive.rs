@@ -73,6 +73,7 @@ pub async fn drive(
         base_url: rig.client_url.clone(),
         keys: keys.collect(),
         oversized_bytes: usize::try_from(oversized).unwrap_or(usize::MAX),
+        lockout_duration: scenario.system.contract.lockout.duration,
     };
     target.validate(&plan).map_err(|e| e.to_string())?;
     let probe = observe::client()?;

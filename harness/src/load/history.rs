@@ -3,6 +3,8 @@
 //! client saw (status, headers that matter, a digest of the body) and when,
 //! never an interpretation.
 
+use std::net::{IpAddr, Ipv4Addr};
+
 use serde::Serialize;
 
 /// What an operation does: the route it calls (and, for the two task
@@ -101,13 +103,36 @@ pub enum Credential {
     Unknown,
     /// A key of the tenant that has expired.
     Expired,
+    /// An attacker's guess: a wrong key in the issued format, naming the key
+    /// id of the tenant's [`Credential::Victim`] key (401 due, and counted
+    /// against the address and the key id).
+    Guess,
+    /// The tenant's key in the issued format (`gk.<id>.<secret>`), of the
+    /// tenant's role, whose id the attacker guesses at.
+    Victim,
 }
 
 impl Credential {
     /// Whether a valid key is presented (the tenant's or a role's), so that
     /// the answer depends on the role's permissions; otherwise 401 is due.
     pub fn is_valid(&self) -> bool {
-        matches!(self, Credential::Tenant | Credential::Role(_))
+        matches!(
+            self,
+            Credential::Tenant | Credential::Role(_) | Credential::Victim
+        )
+    }
+
+    /// Whether the service counts a 401 to this key as a failed
+    /// authentication: every presented key that is not valid. A request
+    /// without a key guesses nothing.
+    pub fn counts_as_failure(&self) -> bool {
+        !self.is_valid() && *self != Credential::Missing
+    }
+
+    /// The key id the presented key names in the issued format, which the
+    /// service locks like an address.
+    pub fn names_victim(&self) -> bool {
+        matches!(self, Credential::Guess | Credential::Victim)
     }
 }
 
@@ -193,6 +218,9 @@ pub struct Op {
     pub tenant: String,
     /// The key it carried.
     pub credential: Credential,
+    /// The client address it came from, sent as `X-Forwarded-For` (the
+    /// service trusts the proxy in front of it to say).
+    pub client: IpAddr,
     /// The `Idempotency-Key` sent, for tasks and jobs.
     pub idempotency_key: Option<String>,
     /// Whether the key (and body) are those of an earlier operation.
@@ -226,6 +254,9 @@ pub struct Op {
     pub job_state: Option<String>,
     /// The ids a 200 [`OpKind::ListDlq`] answer listed.
     pub dlq_listed: Vec<String>,
+    /// The problem type of an error answer in problem+json, without the
+    /// `urn:orchestrator:problem:` prefix (`auth-locked`, `rate-limited`).
+    pub problem: Option<String>,
     /// Which of [`SECURITY_HEADERS`] the answer carried as expected: bit
     /// `i` for entry `i` (present, with the fixed value where there is one).
     pub security_headers: u16,
@@ -247,6 +278,34 @@ pub const SECURITY_HEADERS: [(&str, Option<&str>); 8] = [
     ("x-response-time", None),
 ];
 
+/// The problem type of a lockout's refusal.
+pub const AUTH_LOCKED: &str = "auth-locked";
+
+/// The client address of ordinary operation `index`: each its own, in
+/// `198.18.0.0/16` (of the benchmarking range, RFC 2544), so that one
+/// client's bad key never locks out another. Wraps after 65536.
+pub fn client_address(index: u64) -> IpAddr {
+    let host = u32::try_from(index % 65_536).unwrap_or(0);
+    IpAddr::V4(Ipv4Addr::from(
+        u32::from(Ipv4Addr::new(198, 18, 0, 0)) + host,
+    ))
+}
+
+/// The key id of the key an attacker guesses at ([`Credential::Victim`]).
+pub const VICTIM_KEY_ID: &str = "gauntlet-victim";
+
+/// The attacker's address, outside every ordinary one.
+pub const ATTACKER_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 19, 255, 254));
+
+/// The address of the attack's `n`th probe with the victim key: a fresh
+/// one each, in `198.19.0.0/17`, so that only the key id can lock it.
+pub fn probe_address(n: u64) -> IpAddr {
+    let host = u32::try_from(n % 32_768).unwrap_or(0);
+    IpAddr::V4(Ipv4Addr::from(
+        u32::from(Ipv4Addr::new(198, 19, 0, 0)) + host,
+    ))
+}
+
 /// The index of `Strict-Transport-Security` in [`SECURITY_HEADERS`].
 pub const HSTS_HEADER: usize = 3;
 
@@ -259,6 +318,7 @@ impl Op {
             kind,
             tenant: tenant.to_owned(),
             credential: Credential::Tenant,
+            client: client_address(index),
             idempotency_key: None,
             reused_key: false,
             intended_ms,
@@ -274,8 +334,14 @@ impl Op {
             job_id: None,
             job_state: None,
             dlq_listed: Vec::new(),
+            problem: None,
             security_headers: 0,
         }
+    }
+
+    /// Whether the answer was the lockout's refusal.
+    pub fn auth_locked(&self) -> bool {
+        self.outcome == Outcome::Status(429) && self.problem.as_deref() == Some(AUTH_LOCKED)
     }
 
     /// The job's id, if this operation is a job submission acknowledged

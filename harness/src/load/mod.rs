@@ -25,7 +25,10 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::watch;
 
-pub use history::{Credential, HSTS_HEADER, Op, OpKind, Outcome, SECURITY_HEADERS, SLOW_MARKER};
+pub use history::{
+    ATTACKER_ADDRESS, AUTH_LOCKED, Credential, HSTS_HEADER, Op, OpKind, Outcome, SECURITY_HEADERS,
+    SLOW_MARKER, VICTIM_KEY_ID, client_address, probe_address,
+};
 pub use plan::{Denied, PlannedKind, PlannedOp, schedule};
 pub use run::run;
 pub use stats::{LatencySummary, Summary, WindowStats};
@@ -42,7 +45,16 @@ pub struct LoadTarget {
     pub keys: Vec<TargetKey>,
     /// The size of an oversized task's body: over the service's body limit.
     pub oversized_bytes: usize,
+    /// `security.lockout.duration`: an attacker probes this long after its
+    /// last guess, and [`ATTACK_TAIL`] more, to see the lockout end.
+    pub lockout_duration: Duration,
 }
+
+/// How long an attacker keeps probing past the lockout's end.
+pub const ATTACK_TAIL: Duration = Duration::from_secs(1);
+
+/// The most probes an attacker sends.
+pub const MAX_ATTACK_PROBES: u64 = 1000;
 
 /// One key of a [`LoadTarget`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -231,6 +243,10 @@ impl Progress {
 
     fn set_planned(&self, planned: u64) {
         self.counters.planned.store(planned, Ordering::Relaxed);
+    }
+
+    fn add_planned(&self) {
+        self.counters.planned.fetch_add(1, Ordering::Relaxed);
     }
 
     fn add_sent(&self) {

@@ -3,12 +3,13 @@
 //! request sequence whatever the system does.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use rand::Rng;
 use serde_json::json;
 
-use super::history::{Credential, OpKind, SLOW_MARKER};
+use super::history::{Credential, OpKind, SLOW_MARKER, client_address};
 use super::{LoadError, LoadLimits};
 use crate::scenario::LoadSpec;
 use crate::seed;
@@ -65,6 +66,9 @@ pub struct PlannedOp {
     pub tenant: String,
     /// The key to carry.
     pub credential: Credential,
+    /// The client address, sent as `X-Forwarded-For`: [`client_address`]
+    /// for the schedule's operations.
+    pub client: IpAddr,
     /// The `Idempotency-Key` for tasks and jobs: `k-` and 16 hex digits drawn
     /// from the seed, or an earlier operation's.
     pub idempotency_key: Option<String>,
@@ -334,6 +338,7 @@ pub fn schedule(
             kind,
             tenant,
             credential,
+            client: client_address(index),
             idempotency_key,
             reuse_of,
             body,

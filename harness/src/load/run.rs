@@ -14,11 +14,11 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 
-use super::history::{Credential, Op, OpKind, Outcome};
+use super::history::{ATTACKER_ADDRESS, Credential, Op, OpKind, Outcome, probe_address};
 use super::plan::{PlannedKind, PlannedOp};
 use super::stats::{per_second, summary_over};
 use super::{CancellationSignal, LoadError, LoadLimits, LoadOutcome, LoadTarget, Progress};
-use crate::scenario::LoadSpec;
+use crate::scenario::{Attack, LoadSpec};
 
 /// The largest response body read, in bytes: the orchestrator's answers
 /// (plans, problems, job records) are a few KiB; a larger one is a fault.
@@ -54,6 +54,9 @@ pub(super) fn base_url(text: &str) -> Result<Url, LoadError> {
 /// The id sent where a route needs a job and the run knows none: requests
 /// that authorisation must refuse never get as far as looking it up.
 const NO_JOB: &str = "job-gauntlet-none";
+
+/// The prefix of problem types the orchestrator sends.
+const PROBLEM_PREFIX: &str = "urn:orchestrator:problem:";
 
 /// What every operation task shares.
 struct Shared {
@@ -166,6 +169,21 @@ pub async fn run(
         request_timeout: spec.request_timeout,
     });
     let (stop_sender, stop) = watch::channel(Stop::Running);
+    let attacker = spec.attack.clone().map(|attack| {
+        let attacker = Attacker {
+            tenant: tenants.first().map(|t| (*t).to_owned()).unwrap_or_default(),
+            first_index: plan.len() as u64,
+            probe_for: target.lockout_duration + super::ATTACK_TAIL,
+            deadline: epoch + spec.duration() + limits.drain_timeout,
+        };
+        tokio::spawn(attack_run(
+            shared.clone(),
+            attack,
+            attacker,
+            stop.clone(),
+            cancel.clone(),
+        ))
+    });
     let mut history: Vec<Op> = Vec::with_capacity(plan.len());
     let mut tasks: JoinSet<Op> = JoinSet::new();
     // What a task was running, should it panic.
@@ -224,6 +242,14 @@ pub async fn run(
             }
         }
     }
+    if let Some(attacker) = attacker {
+        // The attacker stops at its own deadline, and its requests end at the
+        // request timeout or the stop sent above.
+        match attacker.await {
+            Ok(ops) => history.extend(ops),
+            Err(e) => tracing::error!(error = %e, "the attacker task failed"),
+        }
+    }
     let elapsed_ms = shared.ms_now();
 
     history.sort_by_key(|op| op.index);
@@ -241,6 +267,87 @@ pub async fn run(
         elapsed_ms,
         bodies_dropped: shared.bodies_dropped.load(Ordering::Relaxed),
     }
+}
+
+/// Where and as whom the attacker runs.
+struct Attacker {
+    /// The tenant whose keys it uses: the spec's first.
+    tenant: String,
+    /// The index of its first operation: after every planned one.
+    first_index: u64,
+    /// How long it probes after its last guess.
+    probe_for: Duration,
+    /// No operation starts after this.
+    deadline: Instant,
+}
+
+/// The attacker of `attack`: closed loop, each request sent when the one
+/// before it was answered, so that the order the service saw them in is the
+/// order of their indices. First the guesses from [`ATTACKER_ADDRESS`],
+/// then probes with valid keys every `probe_every`: even ones with the
+/// tenant's key from the attacker's address, odd ones with the victim key
+/// from a fresh [`probe_address`]. Every request reads the tenant's budget,
+/// which changes nothing.
+async fn attack_run(
+    shared: Arc<Shared>,
+    attack: Attack,
+    attacker: Attacker,
+    stop: watch::Receiver<Stop>,
+    cancel: CancellationSignal,
+) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let mut index = attacker.first_index;
+    let go_on = |at: Instant| {
+        at < attacker.deadline && *stop.borrow() == Stop::Running && !cancel.is_cancelled()
+    };
+    tokio::select! {
+        _ = cancel.cancelled() => return ops,
+        _ = tokio::time::sleep_until(shared.epoch + attack.at) => {}
+    }
+    let mut send = async |credential: Credential, client: std::net::IpAddr| {
+        let planned = PlannedOp {
+            index,
+            offset: Instant::now().saturating_duration_since(shared.epoch),
+            kind: PlannedKind::Access {
+                route: OpKind::ReadBudget,
+            },
+            tenant: attacker.tenant.clone(),
+            credential,
+            client,
+            idempotency_key: None,
+            reuse_of: None,
+            body: None,
+            read_pick: 0,
+        };
+        index += 1;
+        shared.progress.add_planned();
+        execute(shared.clone(), planned, stop.clone()).await
+    };
+    for _ in 0..attack.guesses {
+        if !go_on(Instant::now()) {
+            return ops;
+        }
+        ops.push(send(Credential::Guess, ATTACKER_ADDRESS).await);
+    }
+    let probes_until = Instant::now() + attacker.probe_for;
+    let mut at = Instant::now();
+    for n in 0..super::MAX_ATTACK_PROBES {
+        if at > probes_until || !go_on(at) {
+            break;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep_until(at) => {}
+        }
+        let (credential, client) = if n % 2 == 0 {
+            (Credential::Tenant, ATTACKER_ADDRESS)
+        } else {
+            (Credential::Victim, probe_address(n / 2))
+        };
+        ops.push(send(credential, client).await);
+        at = (at + attack.probe_every).max(Instant::now());
+    }
+    ops
 }
 
 /// A JSON task body of `size` bytes (at least the smallest task body): a
@@ -299,6 +406,7 @@ fn skeleton(planned: &PlannedOp, kind: OpKind) -> Op {
         credential: planned.credential.clone(),
         idempotency_key: planned.idempotency_key.clone(),
         reused_key: planned.reuse_of.is_some(),
+        client: planned.client,
         ..Op::planned(planned.index, kind, &planned.tenant, planned.offset_ms())
     }
 }
@@ -444,6 +552,12 @@ fn record(shared: &Shared, op: &mut Op, answer: &Answer) {
     let json = || serde_json::from_slice::<serde_json::Value>(&answer.body).ok();
     if answer.status == 200 || answer.status == 202 {
         op.resource_id = json().and_then(|body| body.get("id")?.as_str().map(str::to_owned));
+    }
+    if answer.status >= 400 {
+        op.problem = json().and_then(|body| {
+            let kind = body.get("type")?.as_str()?;
+            Some(kind.strip_prefix(PROBLEM_PREFIX).unwrap_or(kind).to_owned())
+        });
     }
     let keep = answer.status == 200
         && (op.kind.is_task() || matches!(op.kind, OpKind::ReadJob | OpKind::ListDlq));
@@ -596,8 +710,14 @@ async fn perform(
         .keys
         .get(&(planned.tenant.clone(), planned.credential.clone()))
     {
-        request = request.bearer_auth(key);
+        if planned.credential == Credential::Guess {
+            // The configured text is the guesses' prefix: each guess is new.
+            request = request.bearer_auth(format!("{key}{:x}", planned.index));
+        } else {
+            request = request.bearer_auth(key);
+        }
     }
+    request = request.header("x-forwarded-for", planned.client.to_string());
     if let Some(key) = &planned.idempotency_key {
         request = request.header("idempotency-key", key);
     }

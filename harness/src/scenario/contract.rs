@@ -38,6 +38,19 @@ pub struct Contract {
     pub max_output_bytes: u64,
     /// `security.hsts`: whether answers carry `Strict-Transport-Security`.
     pub hsts: bool,
+    /// `security.lockout`: when failed authentications lock a client out.
+    pub lockout: Lockout,
+}
+
+/// When failed authentications lock an address or a key id out.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Lockout {
+    /// Failures within `window` that lock.
+    pub max_failures: u32,
+    /// The sliding window failures are counted in.
+    pub window: Duration,
+    /// How long a lockout lasts.
+    pub duration: Duration,
 }
 
 impl Contract {
@@ -79,6 +92,11 @@ impl Contract {
             allowed_tools: config.tasks.allowed_tools.iter().cloned().collect(),
             max_output_bytes: config.tasks.max_output_bytes,
             hsts: config.security.hsts,
+            lockout: Lockout {
+                max_failures: config.security.lockout.max_failures,
+                window: config.security.lockout.window,
+                duration: config.security.lockout.duration,
+            },
         }
     }
 

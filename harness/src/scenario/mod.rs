@@ -24,7 +24,7 @@ use orchestrator::yaml::{
     self, Code, DecodeOptions, Diagnostic, Limits, Location, Severity, has_errors,
 };
 
-pub use contract::Contract;
+pub use contract::{Contract, Lockout};
 pub use explore::{MAX_EXPLORE_FAULTS, MAX_SPACE, instantiate, schedule_checks};
 pub use model::*;
 pub use render::render;

@@ -171,6 +171,24 @@ pub struct LoadSpec {
     pub request_timeout: Duration,
     /// Tokens each task or job asks for (`max_tokens`).
     pub max_tokens: u32,
+    /// A brute-force attacker beside the load, if any.
+    pub attack: Option<Attack>,
+}
+
+/// A brute-force attacker (FORMAT.md, "load.attack"): from one client
+/// address of its own, `guesses` wrong keys one after another, each naming
+/// the key id of the first tenant's issued-format key; then, until the
+/// lockout must have ended, a probe every `probe_every` with a valid key,
+/// alternately the tenant's key from the attacker's address and the guessed
+/// key id's real key from a fresh address.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attack {
+    /// When the first guess goes out, from the load's start.
+    pub at: Duration,
+    /// Wrong keys sent, back to back.
+    pub guesses: u32,
+    /// The gap between probes.
+    pub probe_every: Duration,
 }
 
 impl LoadSpec {
@@ -539,12 +557,16 @@ pub enum Invariant {
     /// Every answer carries the security headers, with their fixed values
     /// (`Strict-Transport-Security` exactly when `security.hsts` is set).
     SecurityHeaders,
+    /// Past `security.lockout.max_failures` failed authentications, nothing
+    /// from the address or naming the key id is served until the lockout
+    /// ends, and no one else is ever locked.
+    LockoutEffective,
 }
 
 impl Invariant {
     /// Every invariant's name, as scenario files write them: the bare ones
     /// ([`Invariant::BARE`]) and those with parameters.
-    pub const NAMES: [&'static str; 17] = [
+    pub const NAMES: [&'static str; 18] = [
         "no_lost_jobs",
         "exactly_once_charge",
         "budget_never_overdrawn",
@@ -562,10 +584,11 @@ impl Invariant {
         "limits_enforced",
         "access_enforced",
         "security_headers",
+        "lockout_effective",
     ];
 
     /// The invariants that take no parameters, written as a bare name.
-    pub const BARE: [Invariant; 14] = [
+    pub const BARE: [Invariant; 15] = [
         Invariant::ExactlyOnceCharge,
         Invariant::BudgetNeverOverdrawn,
         Invariant::BudgetConserved,
@@ -580,6 +603,7 @@ impl Invariant {
         Invariant::LimitsEnforced,
         Invariant::AccessEnforced,
         Invariant::SecurityHeaders,
+        Invariant::LockoutEffective,
     ];
 
     /// The faults of the timeline it names (only `ready_reflects_faults`
@@ -611,6 +635,7 @@ impl Invariant {
             Invariant::LimitsEnforced => "limits_enforced",
             Invariant::AccessEnforced => "access_enforced",
             Invariant::SecurityHeaders => "security_headers",
+            Invariant::LockoutEffective => "lockout_effective",
         }
     }
 }

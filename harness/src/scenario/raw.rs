@@ -106,6 +106,20 @@ pub(crate) struct RawLoad {
     pub request_timeout: Option<String>,
     #[serde(default)]
     pub max_tokens: Option<u32>,
+    #[serde(default)]
+    pub attack: Option<RawAttack>,
+}
+
+/// `load.attack`: a brute-force attacker beside the load.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAttack {
+    #[serde(default)]
+    pub at: Option<String>,
+    #[serde(default)]
+    pub guesses: Option<u32>,
+    #[serde(default)]
+    pub probe_every: Option<String>,
 }
 
 /// One stage of a staged load.

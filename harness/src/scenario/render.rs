@@ -49,6 +49,15 @@ struct LoadOut {
     max_in_flight: u32,
     request_timeout: String,
     max_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attack: Option<AttackOut>,
+}
+
+#[derive(Serialize)]
+struct AttackOut {
+    at: String,
+    guesses: u32,
+    probe_every: String,
 }
 
 #[derive(Serialize)]
@@ -175,6 +184,11 @@ fn load(load: &LoadSpec) -> LoadOut {
         max_in_flight: load.max_in_flight,
         request_timeout: duration(load.request_timeout),
         max_tokens: load.max_tokens,
+        attack: load.attack.as_ref().map(|a| AttackOut {
+            at: duration(a.at),
+            guesses: a.guesses,
+            probe_every: duration(a.probe_every),
+        }),
     }
 }
 

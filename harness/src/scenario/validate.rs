@@ -37,6 +37,8 @@ pub const MAX_IN_FLIGHT: u32 = 4096;
 pub const MAX_WAIT: Duration = Duration::from_secs(600);
 /// The largest `max_tokens` per request.
 pub const MAX_TOKENS: u32 = 100_000;
+/// The most wrong keys an attacker sends.
+pub const MAX_ATTACK_GUESSES: u32 = 10_000;
 /// The most faults on a timeline.
 pub const MAX_FAULTS: usize = 100;
 /// The most SLOs.
@@ -99,6 +101,8 @@ const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// A plan is a few hundred bytes and providers cut content at `max_tokens`
 /// (the mock at 4 bytes a token), so the default leaves plenty of room.
 const DEFAULT_MAX_TOKENS: u32 = 512;
+/// The gap between an attacker's valid-key probes.
+const DEFAULT_PROBE_EVERY: Duration = Duration::from_millis(250);
 const DEFAULT_SETTLE: Duration = Duration::from_secs(30);
 const DEFAULT_READY_WITHIN: Duration = Duration::from_secs(15);
 const DEFAULT_RECOVERY_ERROR_RATE: f64 = 0.05;
@@ -500,6 +504,19 @@ impl<'a> Validator<'a> {
                             .to_owned(),
                     )
                 }
+                Invariant::LockoutEffective => match &load.attack {
+                    None => Some(
+                        "the load has no attacker (`load.attack`), so no one is locked out"
+                            .to_owned(),
+                    ),
+                    Some(attack) if attack.guesses < config.security.lockout.max_failures => {
+                        Some(format!(
+                            "the attacker's {} guesses never reach `security.lockout.max_failures` ({})",
+                            attack.guesses, config.security.lockout.max_failures
+                        ))
+                    }
+                    Some(_) => None,
+                },
                 _ => None,
             };
             if let Some(why) = why {
@@ -679,6 +696,10 @@ impl<'a> Validator<'a> {
                 .integer("load.max_tokens", v, 1, MAX_TOKENS)
                 .unwrap_or(DEFAULT_MAX_TOKENS),
         };
+        let attack = match &raw.attack {
+            None => Some(None),
+            Some(attack) => self.attack(attack, total).map(Some),
+        };
         Some(LoadSpec {
             stages: stages?,
             mix: mix?,
@@ -687,6 +708,46 @@ impl<'a> Validator<'a> {
             max_in_flight,
             request_timeout,
             max_tokens,
+            attack: attack?,
+        })
+    }
+
+    /// `load.attack`: it starts within the load, and its guesses are bounded.
+    fn attack(&mut self, raw: &RawAttack, load: Duration) -> Option<Attack> {
+        let at = match raw.at.as_deref() {
+            None => Some(Duration::ZERO),
+            Some(text) => self.duration("load.attack.at", text, Duration::ZERO, MAX_WAIT),
+        };
+        if let Some(at) = at
+            && !load.is_zero()
+            && at >= load
+        {
+            self.error(
+                Code::Range,
+                "load.attack.at",
+                format!(
+                    "the attack starts at {}, after the load's {} are over",
+                    format_duration(at),
+                    format_duration(load)
+                ),
+            );
+        }
+        let guesses = self
+            .required("load.attack", "guesses", raw.guesses)
+            .and_then(|v| self.integer("load.attack.guesses", v, 1, MAX_ATTACK_GUESSES));
+        let probe_every = match raw.probe_every.as_deref() {
+            None => Some(DEFAULT_PROBE_EVERY),
+            Some(text) => self.duration(
+                "load.attack.probe_every",
+                text,
+                Duration::from_millis(10),
+                Duration::from_secs(60),
+            ),
+        };
+        Some(Attack {
+            at: at?,
+            guesses: guesses?,
+            probe_every: probe_every?,
         })
     }
 
