@@ -98,17 +98,17 @@ pub struct Auth {
 impl Auth {
     /// Builds the key table from validated security settings.
     pub fn new(security: &SecurityConfig) -> Auth {
+        let roles = crate::roles::resolve(security);
         let keys = security
             .api_keys
             .iter()
             .enumerate()
             .map(|(index, k)| {
-                let permissions: Arc<[Permission]> = security
-                    .roles
+                let permissions: Arc<[Permission]> = roles
                     .get(&k.role)
                     .map(|p| p.as_slice().into())
                     .unwrap_or_else(|| Arc::from(Vec::new()));
-                let rate = security.rate_limit_of(&k.role);
+                let rate = crate::roles::rate_limit_of(security, &k.role);
                 Key {
                     sha256: k.sha256,
                     principal: Principal {
@@ -209,12 +209,13 @@ pub const ROUTE_PERMISSIONS: &[(&str, &str, Permission)] = &[
     ("POST", "/v1/tasks", Permission::TasksCreate),
     ("GET", "/v1/budgets/{tenant}", Permission::BudgetRead),
     ("POST", "/v1/jobs", Permission::JobsCreate),
-    ("GET", "/v1/jobs", Permission::JobsRead),
+    ("GET", "/v1/jobs", Permission::JobsList),
     ("GET", "/v1/jobs/{id}", Permission::JobsRead),
     ("GET", "/v1/dlq", Permission::DlqRead),
     ("POST", "/v1/dlq/{id}/replay", Permission::DlqReplay),
     ("GET", "/v1/audit", Permission::AuditRead),
-    ("GET", "/v1/audit/verify", Permission::AuditRead),
+    ("GET", "/v1/audit/verify", Permission::AuditVerify),
+    ("GET", "/v1/roles", Permission::RolesRead),
 ];
 
 /// The permission `method` on `route` needs, if the route is in the table.

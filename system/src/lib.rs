@@ -13,6 +13,7 @@ pub mod lockout;
 pub mod metrics;
 pub mod plan;
 pub mod problem;
+pub mod roles;
 pub mod server;
 pub mod store;
 pub mod yaml;

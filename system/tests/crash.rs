@@ -56,6 +56,15 @@ const ENV: &[(&str, &str)] = &[
         "ORCHESTRATOR__SECURITY__DEFAULT_RATE_LIMIT__BURST",
         "100000",
     ),
+    // The dev key's role is built in, with a limit of its own.
+    (
+        "ORCHESTRATOR__SECURITY__RATE_LIMITS__ADMIN__REQUESTS_PER_SECOND",
+        "100000",
+    ),
+    (
+        "ORCHESTRATOR__SECURITY__RATE_LIMITS__ADMIN__BURST",
+        "100000",
+    ),
     ("ORCHESTRATOR__SERVER__SHUTDOWN_TIMEOUT", "10s"),
 ];
 

@@ -386,7 +386,7 @@ async fn a_denied_request_is_audited_and_jobs_are_scoped_to_the_tenant() {
             id: "acme-viewer".into(),
             sha256: sha2::Sha256::digest(b"acme-viewer-key").into(),
             tenant: "acme".into(),
-            role: "viewer".into(),
+            role: "analyst".into(),
             expires_at: None,
         });
     let service = Service::start(config);
@@ -411,7 +411,7 @@ async fn a_denied_request_is_audited_and_jobs_are_scoped_to_the_tenant() {
         "jobs are per tenant"
     );
     let audit = service.send(request("GET", "/v1/audit")).await;
-    assert_eq!(audit.status, StatusCode::OK, "viewers read the audit log");
+    assert_eq!(audit.status, StatusCode::OK, "analysts read the audit log");
     let denial = audit.json["entries"]
         .as_array()
         .unwrap()
@@ -421,5 +421,5 @@ async fn a_denied_request_is_audited_and_jobs_are_scoped_to_the_tenant() {
         .unwrap();
     assert_eq!(denial["actor"], "acme-viewer");
     assert_eq!(denial["subject"], "POST /v1/jobs");
-    assert_eq!(denial["details"]["role"], "viewer");
+    assert_eq!(denial["details"]["role"], "analyst");
 }

@@ -333,6 +333,13 @@ async fn keys_and_roles_decide_who_may_do_what() {
         .security
         .api_keys
         .push(key("op", "operator-key", "acme", "operator"));
+    for role in ["guest", "analyst", "super_admin"] {
+        let plaintext = format!("{role}-key");
+        config
+            .security
+            .api_keys
+            .push(key(role, &plaintext, "acme", role));
+    }
     let mut expired = key("old", "expired-key", "acme", "admin");
     expired.expires_at = Some(SystemTime::now() - Duration::from_secs(60));
     config.security.api_keys.push(expired);
@@ -359,7 +366,12 @@ async fn keys_and_roles_decide_who_may_do_what() {
         (Some(DEV_KEY), "POST", "/v1/tasks", 200),
         (Some("viewer-key"), "GET", "/v1/budgets/acme", 200),
         (Some("viewer-key"), "GET", "/v1/budgets/dev", 403),
-        (Some(DEV_KEY), "GET", "/v1/budgets/acme", 200),
+        (Some(DEV_KEY), "GET", "/v1/budgets/acme", 403),
+        (Some("super_admin-key"), "GET", "/v1/budgets/dev", 200),
+        (Some("guest-key"), "GET", "/v1/budgets/acme", 200),
+        (Some("guest-key"), "GET", "/v1/jobs", 403),
+        (Some("guest-key"), "GET", "/v1/roles", 403),
+        (Some("viewer-key"), "GET", "/v1/roles", 200),
         (None, "GET", "/v1/budgets/acme", 401),
         (Some("viewer-key"), "POST", "/v1/jobs", 403),
         (Some("operator-key"), "POST", "/v1/jobs", 202),
@@ -378,9 +390,13 @@ async fn keys_and_roles_decide_who_may_do_what() {
             "/v1/dlq/no-such-job/replay",
             404,
         ),
-        (Some("viewer-key"), "GET", "/v1/audit", 200),
-        (Some("viewer-key"), "GET", "/v1/audit/verify", 200),
-        (Some("operator-key"), "GET", "/v1/audit", 403),
+        (Some("viewer-key"), "GET", "/v1/audit", 403),
+        (Some("analyst-key"), "GET", "/v1/audit", 200),
+        (Some("analyst-key"), "GET", "/v1/audit/verify", 403),
+        (Some("analyst-key"), "POST", "/v1/tasks", 403),
+        (Some("operator-key"), "GET", "/v1/audit", 200),
+        (Some("operator-key"), "GET", "/v1/audit/verify", 403),
+        (Some(DEV_KEY), "GET", "/v1/audit/verify", 200),
         (None, "GET", "/v1/audit/verify", 401),
         (None, "GET", "/health/live", 200),
         (None, "GET", "/health/ready", 200),
@@ -405,6 +421,31 @@ async fn keys_and_roles_decide_who_may_do_what() {
     let budget = send(Some("viewer-key"), "GET", "/v1/budgets/acme").await;
     assert_eq!(budget.json["tenant"], "acme");
     assert_eq!(budget.json["used_tokens"], 30);
+    // The role table as the service resolves it: inherited permissions
+    // included, each role's parents and rate limit.
+    let roles = send(Some("viewer-key"), "GET", "/v1/roles").await;
+    assert_eq!(roles.json["your_role"], "viewer");
+    let operator = &roles.json["roles"]["operator"];
+    assert_eq!(operator["inherits"], json!(["developer", "analyst"]));
+    for held in ["budget.read", "audit.read", "tasks.create", "dlq.replay"] {
+        assert!(
+            operator["permissions"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(held)),
+            "operator lacks {held}: {operator}"
+        );
+    }
+    assert_eq!(
+        roles.json["roles"]["guest"]["rate_limit"],
+        json!({"requests_per_second": 2, "burst": 5})
+    );
+    assert_eq!(
+        roles.json["roles"].as_object().unwrap().len(),
+        7,
+        "{}",
+        roles.text
+    );
 }
 
 #[tokio::test]

@@ -158,15 +158,25 @@ impl<'a> Arbitrary<'a> for Config {
                 )?,
             }
         };
-        let roles: BTreeMap<String, Vec<Permission>> = if u.arbitrary()? {
-            default_roles()
-        } else {
-            names(u, 1, 4)?
-                .into_iter()
-                .map(|r| Ok((r, subset(u, &Permission::ALL)?)))
-                .collect::<Result<_>>()?
-        };
-        let role_names: Vec<String> = roles.keys().cloned().collect();
+        // Configured roles inherit only from built-in ones, and never take a
+        // built-in name, so that no cycle can arise.
+        let builtin: Vec<&str> = crate::roles::BUILTIN.iter().map(|r| r.name).collect();
+        let mut roles: BTreeMap<String, RoleConfig> = BTreeMap::new();
+        for r in names(u, 0, 4)? {
+            if builtin.contains(&r.as_str()) {
+                continue;
+            }
+            let role = RoleConfig {
+                inherits: subset(u, &builtin)?.into_iter().map(String::from).collect(),
+                permissions: subset(u, &Permission::ALL)?,
+            };
+            roles.insert(r, role);
+        }
+        let role_names: Vec<String> = builtin
+            .iter()
+            .map(|r| (*r).to_owned())
+            .chain(roles.keys().cloned())
+            .collect();
         let mut api_keys: Vec<ApiKeyConfig> = Vec::new();
         for id in names(u, 0, 4)? {
             let sha256: [u8; 32] = u.arbitrary()?;

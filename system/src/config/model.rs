@@ -151,8 +151,10 @@ pub enum StorageConfig {
 pub struct SecurityConfig {
     /// API keys; ids unique, every role defined.
     pub api_keys: Vec<ApiKeyConfig>,
-    /// Role name to permissions.
-    pub roles: BTreeMap<String, Vec<Permission>>,
+    /// The configured roles, beside the built-in ones of [`crate::roles`]
+    /// (a configured role of a built-in name replaces it); every parent
+    /// exists and inheritance has no cycle.
+    pub roles: BTreeMap<String, RoleConfig>,
     /// Rate limits by role; every role defined.
     pub rate_limits: BTreeMap<String, RateLimitConfig>,
     /// Rate limit of roles without their own.
@@ -198,14 +200,19 @@ impl Default for LockoutConfig {
     }
 }
 
+/// A configured role.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoleConfig {
+    /// The roles whose permissions it holds too.
+    pub inherits: Vec<String>,
+    /// What it grants on top, without duplicates, in [`Permission::ALL`] order.
+    pub permissions: Vec<Permission>,
+}
+
 impl SecurityConfig {
-    /// The rate limit of a key with this role: the role's own, else the
-    /// default.
-    pub fn rate_limit_of(&self, role: &str) -> RateLimitConfig {
-        self.rate_limits
-            .get(role)
-            .copied()
-            .unwrap_or(self.default_rate_limit)
+    /// Whether a role of that name exists, built-in or configured.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.contains_key(role) || crate::roles::builtin(role).is_some()
     }
 }
 
@@ -271,26 +278,6 @@ pub struct DegradationConfig {
     pub unhealthy_error_rate: f64,
     /// Measurement window, greater than zero.
     pub window: Duration,
-}
-
-/// The roles that apply when the configuration defines none.
-pub fn default_roles() -> BTreeMap<String, Vec<Permission>> {
-    use Permission::*;
-    BTreeMap::from([
-        ("admin".to_owned(), Permission::ALL.to_vec()),
-        (
-            "operator".to_owned(),
-            vec![
-                TasksCreate,
-                JobsCreate,
-                JobsRead,
-                DlqRead,
-                DlqReplay,
-                BudgetRead,
-            ],
-        ),
-        ("viewer".to_owned(), vec![JobsRead, AuditRead, BudgetRead]),
-    ])
 }
 
 /// The raw form of a config, which validates back to it.
@@ -383,7 +370,22 @@ pub(super) fn to_raw(c: &Config) -> super::raw::RawConfig {
                     })
                     .collect(),
             ),
-            roles: Some(s.roles.clone()),
+            roles: (!s.roles.is_empty()).then(|| {
+                s.roles
+                    .iter()
+                    .map(|(name, role)| {
+                        let raw = if role.inherits.is_empty() {
+                            RawRole::Permissions(role.permissions.clone())
+                        } else {
+                            RawRole::Defined(RawRoleDefinition {
+                                inherits: Some(role.inherits.clone()),
+                                permissions: Some(role.permissions.clone()),
+                            })
+                        };
+                        (name.clone(), raw)
+                    })
+                    .collect()
+            }),
             rate_limits: Some(
                 s.rate_limits
                     .iter()

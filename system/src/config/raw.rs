@@ -268,10 +268,11 @@ pub struct RawSecurity {
     /// API keys, stored as SHA-256 hashes. At most 1000, ids unique.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_keys: Option<Vec<RawApiKey>>,
-    /// Role name to permissions. When absent, the built-in roles `admin`, `operator` and
-    /// `viewer` apply; when present, it replaces them.
+    /// Roles beside the seven built-in ones (`guest`, `viewer`, `analyst`, `developer`,
+    /// `operator`, `admin`, `super_admin`): a list of permissions, or `{inherits, permissions}`.
+    /// A role named like a built-in one replaces it. At most 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub roles: Option<BTreeMap<String, Vec<Permission>>>,
+    pub roles: Option<BTreeMap<String, RawRole>>,
     /// Per-key request rate limit by role name; each role must exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<BTreeMap<String, RawRateLimit>>,
@@ -347,6 +348,53 @@ pub struct RawApiKey {
     pub expires_at: Option<String>,
 }
 
+/// A configured role: its permissions alone, or a mapping that may also
+/// name the roles it inherits from.
+///
+/// Deserialised by hand rather than `untagged`, so that a wrong permission
+/// inside either form is reported where it is, not as "no variant matched".
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawRole {
+    /// `[tasks.create, jobs.read]`: these permissions, nothing inherited.
+    Permissions(Vec<Permission>),
+    /// `{inherits: [developer], permissions: [dlq.replay]}`.
+    Defined(RawRoleDefinition),
+}
+
+impl<'de> Deserialize<'de> for RawRole {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<RawRole, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawRole;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of permissions, or a mapping with `inherits` and `permissions`")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<RawRole, A::Error> {
+                Vec::<Permission>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(RawRole::Permissions)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawRole, A::Error> {
+                RawRoleDefinition::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawRole::Defined)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// A role as a mapping.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoleDefinition {
+    /// Roles (built-in or configured) whose permissions this one holds too. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inherits: Option<Vec<String>>,
+    /// Permissions it grants on top of what it inherits. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<Vec<Permission>>,
+}
+
 /// A permission a role can grant.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
@@ -358,38 +406,67 @@ pub enum Permission {
     /// Submit a job: `POST /v1/jobs`.
     #[serde(rename = "jobs.create")]
     JobsCreate,
-    /// Read jobs: `GET /v1/jobs`.
+    /// Read one of the tenant's jobs: `GET /v1/jobs/{id}`.
     #[serde(rename = "jobs.read")]
     JobsRead,
-    /// List the dead-letter queue.
+    /// List the tenant's jobs: `GET /v1/jobs`.
+    #[serde(rename = "jobs.list")]
+    JobsList,
+    /// List the dead-letter queue: `GET /v1/dlq`.
     #[serde(rename = "dlq.read")]
     DlqRead,
-    /// Replay a dead job.
+    /// Replay a dead job: `POST /v1/dlq/{id}/replay`.
     #[serde(rename = "dlq.replay")]
     DlqReplay,
-    /// Read and verify the audit log.
+    /// Read the audit log: `GET /v1/audit`.
     #[serde(rename = "audit.read")]
     AuditRead,
-    /// Read the budget and usage of one's own tenant.
+    /// Verify the audit chain: `GET /v1/audit/verify`.
+    #[serde(rename = "audit.verify")]
+    AuditVerify,
+    /// Read the budget and usage of one's own tenant: `GET /v1/budgets/{tenant}`.
     #[serde(rename = "budget.read")]
     BudgetRead,
     /// Read the budget and usage of every tenant.
     #[serde(rename = "budget.read_all")]
     BudgetReadAll,
+    /// Read the roles and their permissions: `GET /v1/roles`.
+    #[serde(rename = "roles.read")]
+    RolesRead,
 }
 
 impl Permission {
     /// Every permission, in declaration order.
-    pub const ALL: [Permission; 8] = [
+    pub const ALL: [Permission; 11] = [
         Permission::TasksCreate,
         Permission::JobsCreate,
         Permission::JobsRead,
+        Permission::JobsList,
         Permission::DlqRead,
         Permission::DlqReplay,
         Permission::AuditRead,
+        Permission::AuditVerify,
         Permission::BudgetRead,
         Permission::BudgetReadAll,
+        Permission::RolesRead,
     ];
+
+    /// The name the configuration writes, like `tasks.create`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Permission::TasksCreate => "tasks.create",
+            Permission::JobsCreate => "jobs.create",
+            Permission::JobsRead => "jobs.read",
+            Permission::JobsList => "jobs.list",
+            Permission::DlqRead => "dlq.read",
+            Permission::DlqReplay => "dlq.replay",
+            Permission::AuditRead => "audit.read",
+            Permission::AuditVerify => "audit.verify",
+            Permission::BudgetRead => "budget.read",
+            Permission::BudgetReadAll => "budget.read_all",
+            Permission::RolesRead => "roles.read",
+        }
+    }
 }
 
 /// A rate limit (generic cell rate algorithm).

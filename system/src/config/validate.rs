@@ -715,20 +715,12 @@ impl<'a> Validator<'a> {
     }
 
     fn security(&mut self, raw: &RawSecurity) -> SecurityConfig {
-        let roles = match &raw.roles {
-            None => default_roles(),
-            Some(roles) => {
-                let mut out = BTreeMap::new();
-                for (name, permissions) in roles {
-                    let path = child_path("security.roles", name);
-                    if self.name(&path, name, "role name") {
-                        let unique: BTreeSet<Permission> = permissions.iter().copied().collect();
-                        out.insert(name.clone(), unique.into_iter().collect());
-                    }
-                }
-                out
-            }
-        };
+        let roles = self.roles(raw.roles.as_ref());
+        let role_names: BTreeSet<String> = crate::roles::BUILTIN
+            .iter()
+            .map(|r| r.name.to_owned())
+            .chain(roles.keys().cloned())
+            .collect();
         let mut api_keys: Vec<ApiKeyConfig> = Vec::new();
         let keys = raw.api_keys.as_deref().unwrap_or_default();
         if keys.len() > 1000 {
@@ -744,7 +736,7 @@ impl<'a> Validator<'a> {
         }
         for (i, key) in keys.iter().enumerate().take(1000) {
             let path = index_path("security.api_keys", i);
-            let Some(key) = self.api_key(&path, key, &roles) else {
+            let Some(key) = self.api_key(&path, key, &role_names) else {
                 continue;
             };
             if api_keys.iter().any(|k| k.id == key.id) {
@@ -774,14 +766,14 @@ impl<'a> Validator<'a> {
         let mut rate_limits = BTreeMap::new();
         for (role, limit) in raw.rate_limits.iter().flatten() {
             let path = child_path("security.rate_limits", role);
-            if !roles.contains_key(role) {
+            if !role_names.contains(role) {
                 self.report(
                     Rule::Constraint,
                     Code::Reference,
                     &path,
                     format!(
                         "rate limit for unknown role `{role}`; known roles: {}{}",
-                        known(&roles),
+                        known(&role_names),
                         self.drop_note()
                     ),
                 );
@@ -864,11 +856,122 @@ impl<'a> Validator<'a> {
         }
     }
 
+    /// `security.roles`: names valid, at most [`MAX_ROLES`], every parent a
+    /// role that exists (built-in or configured), and no inheritance cycle.
+    fn roles(&mut self, raw: Option<&BTreeMap<String, RawRole>>) -> BTreeMap<String, RoleConfig> {
+        const MAX_ROLES: usize = 100;
+        let raw = raw
+            .map(|r| r.iter().collect::<Vec<_>>())
+            .unwrap_or_default();
+        if raw.len() > MAX_ROLES {
+            self.report(
+                Rule::Constraint,
+                Code::Range,
+                "security.roles",
+                format!(
+                    "{} roles configured, at most {MAX_ROLES} are allowed",
+                    raw.len()
+                ),
+            );
+        }
+        let declared: BTreeSet<&str> = raw.iter().map(|(name, _)| name.as_str()).collect();
+        let exists = |name: &str| declared.contains(name) || crate::roles::builtin(name).is_some();
+        let mut roles = BTreeMap::new();
+        for (name, role) in raw.into_iter().take(MAX_ROLES) {
+            let path = child_path("security.roles", name);
+            if !self.name(&path, name, "role name") {
+                continue;
+            }
+            let (inherits, permissions) = match role {
+                RawRole::Permissions(p) => (Vec::new(), p.clone()),
+                RawRole::Defined(d) => (
+                    d.inherits.clone().unwrap_or_default(),
+                    d.permissions.clone().unwrap_or_default(),
+                ),
+            };
+            let mut parents = Vec::new();
+            for (i, parent) in inherits.iter().enumerate() {
+                if exists(parent) {
+                    parents.push(parent.clone());
+                    continue;
+                }
+                let mut all: BTreeSet<String> = declared.iter().map(|d| (*d).to_owned()).collect();
+                all.extend(crate::roles::BUILTIN.iter().map(|r| r.name.to_owned()));
+                self.report(
+                    Rule::Constraint,
+                    Code::Reference,
+                    &index_path(&child_path(&path, "inherits"), i),
+                    format!(
+                        "role `{name}` inherits from unknown role `{parent}`; known roles: {}",
+                        known(&all)
+                    ),
+                );
+            }
+            let held: BTreeSet<Permission> = permissions.into_iter().collect();
+            let permissions = Permission::ALL
+                .into_iter()
+                .filter(|p| held.contains(p))
+                .collect();
+            roles.insert(
+                name.clone(),
+                RoleConfig {
+                    inherits: parents,
+                    permissions,
+                },
+            );
+        }
+        // A cycle through a configured role; built-in roles alone have none.
+        let parents_of = |role: &str| -> Vec<String> {
+            match roles.get(role) {
+                Some(r) => r.inherits.clone(),
+                None => crate::roles::builtin(role)
+                    .map(|b| b.inherits.iter().map(|p| (*p).to_owned()).collect())
+                    .unwrap_or_default(),
+            }
+        };
+        let mut cyclic = Vec::new();
+        for name in roles.keys() {
+            // Depth-first from the role: a path back to it is a cycle. Paths
+            // are at most as long as there are roles, so this ends.
+            let mut stack = vec![vec![name.clone()]];
+            let mut visited = BTreeSet::new();
+            while let Some(path) = stack.pop() {
+                let last = path.last().cloned().unwrap_or_default();
+                for parent in parents_of(&last) {
+                    if parent == *name {
+                        let mut cycle = path.clone();
+                        cycle.push(parent);
+                        cyclic.push((name.clone(), cycle));
+                        stack.clear();
+                        break;
+                    }
+                    if visited.insert(parent.clone()) {
+                        let mut next = path.clone();
+                        next.push(parent);
+                        stack.push(next);
+                    }
+                }
+            }
+        }
+        for (name, cycle) in cyclic {
+            self.report(
+                Rule::Constraint,
+                Code::Conflict,
+                &child_path(&child_path("security.roles", &name), "inherits"),
+                format!("inheritance cycle: {}", cycle.join(" -> ")),
+            );
+            if let Some(role) = roles.get_mut(&name) {
+                role.inherits.clear();
+            }
+        }
+        roles
+    }
+
     fn api_key(
         &mut self,
         path: &str,
         raw: &RawApiKey,
-        roles: &BTreeMap<String, Vec<Permission>>,
+        roles: &BTreeSet<String>,
     ) -> Option<ApiKeyConfig> {
         let id = self.required(path, "id", raw.id.clone());
         let sha256 = self.required(path, "sha256", raw.sha256.as_deref());
@@ -893,7 +996,7 @@ impl<'a> Validator<'a> {
             bytes
         });
         let role_ok = match role.as_deref() {
-            Some(r) if !roles.contains_key(r) => {
+            Some(r) if !roles.contains(r) => {
                 self.report(
                     Rule::Constraint,
                     Code::Reference,
@@ -1136,12 +1239,12 @@ impl<'a> Validator<'a> {
     }
 }
 
-fn known(roles: &BTreeMap<String, Vec<Permission>>) -> String {
+fn known(roles: &BTreeSet<String>) -> String {
     if roles.is_empty() {
         return "none".to_owned();
     }
     roles
-        .keys()
+        .iter()
         .map(|r| format!("`{r}`"))
         .collect::<Vec<_>>()
         .join(", ")

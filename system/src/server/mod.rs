@@ -165,6 +165,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/dlq/{id}/replay", post(jobs::replay))
         .route("/v1/audit", get(audit::list))
         .route("/v1/audit/verify", get(audit::verify))
+        .route("/v1/roles", get(ops::roles))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::authorize,

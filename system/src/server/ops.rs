@@ -203,6 +203,42 @@ pub async fn budget(
     })))
 }
 
+/// `GET /v1/roles`: every role with every permission it holds (its own
+/// and inherited), its parents and its rate limit; the caller's own role
+/// named.
+pub async fn roles(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+) -> Json<Value> {
+    let security = &state.config.security;
+    let resolved = crate::roles::resolve(security);
+    let roles: serde_json::Map<String, Value> = resolved
+        .iter()
+        .map(|(name, held)| {
+            let inherits: Vec<String> = match security.roles.get(name) {
+                Some(r) => r.inherits.clone(),
+                None => crate::roles::builtin(name)
+                    .map(|b| b.inherits.iter().map(|p| (*p).to_owned()).collect())
+                    .unwrap_or_default(),
+            };
+            let limit = crate::roles::rate_limit_of(security, name);
+            (
+                name.clone(),
+                json!({
+                    "builtin": crate::roles::builtin(name).is_some() && !security.roles.contains_key(name),
+                    "inherits": inherits,
+                    "permissions": held.iter().map(|p| p.name()).collect::<Vec<_>>(),
+                    "rate_limit": {
+                        "requests_per_second": limit.requests_per_second,
+                        "burst": limit.burst,
+                    },
+                }),
+            )
+        })
+        .collect();
+    Json(json!({"your_role": &*principal.role, "roles": roles}))
+}
+
 /// Any unknown route.
 pub async fn not_found() -> Problem {
     Problem::not_found("no such route")
