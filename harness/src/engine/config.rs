@@ -40,7 +40,7 @@ pub struct TenantKey {
     /// own reads of the tenant's jobs (jobs are visible to their tenant only).
     pub ops_key: String,
     /// The tenant's keys for the load's access requests: one per role of the
-    /// config when the mix has `forbidden` requests, an expired one when it
+    /// config when the mix has `forbidden` or `roles` requests, an expired one when it
     /// has `expired_key`, and an unknown one (never configured) when it has
     /// `unknown_key`.
     pub access_keys: Vec<(Credential, String)>,
@@ -104,7 +104,10 @@ pub fn render(
     let hash = |key: &str| -> [u8; 32] { Sha256::digest(key.as_bytes()).into() };
     config.security.roles.insert(
         OPS_ROLE.to_owned(),
-        orchestrator::config::raw::Permission::ALL.to_vec(),
+        orchestrator::config::RoleConfig {
+            inherits: Vec::new(),
+            permissions: orchestrator::config::raw::Permission::ALL.to_vec(),
+        },
     );
     config.security.rate_limits.insert(
         OPS_ROLE.to_owned(),
@@ -150,7 +153,7 @@ pub fn render(
         let ops_key = add_key(keys, &format!("{}-ops", t.name), &t.name, OPS_ROLE, None);
         let mix = &scenario.load.mix;
         let mut access_keys = Vec::new();
-        if mix.forbidden > 0 {
+        if mix.forbidden > 0 || mix.roles > 0 {
             for role in scenario.system.contract.roles.keys() {
                 let label = format!("{}-as-{role}", t.name);
                 let key = add_key(keys, &label, &t.name, role, None);
@@ -189,10 +192,7 @@ pub fn render(
         tenants.push(TenantKey {
             tenant: t.name.clone(),
             key,
-            rate_limit: {
-                let limit = config.security.rate_limit_of(&t.role);
-                (limit.requests_per_second, limit.burst)
-            },
+            rate_limit: scenario.system.contract.rate_limit(&t.role),
             ops_key,
             access_keys,
         });

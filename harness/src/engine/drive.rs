@@ -32,7 +32,7 @@ pub struct Driven {
 /// The load's plan, made before anything is driven so that a bad plan costs
 /// nothing; a plan over the limits is refused.
 pub fn plan(scenario: &Scenario, seed: u64) -> Result<Vec<load::PlannedOp>, String> {
-    let denied = scenario.system.contract.denied();
+    let denied = scenario.system.contract.role_routes();
     load::schedule(&scenario.load, &denied, seed, &limits()).map_err(|e| e.to_string())
 }
 

@@ -38,6 +38,8 @@ pub enum OpKind {
     ReadAudit,
     /// `GET /v1/audit/verify`.
     VerifyAudit,
+    /// `GET /v1/roles`.
+    ReadRoles,
 }
 
 /// The text in a prompt that the harness's standing rule on the mock
@@ -47,7 +49,7 @@ pub const SLOW_MARKER: &str = "[gauntlet-slow]";
 impl OpKind {
     /// The routes a request with a bad key or a role's key may be sent to,
     /// every route that needs a permission.
-    pub const ROUTES: [OpKind; 10] = [
+    pub const ROUTES: [OpKind; 11] = [
         OpKind::Task,
         OpKind::Job,
         OpKind::ListJobs,
@@ -58,6 +60,7 @@ impl OpKind {
         OpKind::ReplayDlq,
         OpKind::ReadAudit,
         OpKind::VerifyAudit,
+        OpKind::ReadRoles,
     ];
 
     /// The permissions a key's role needs for this route, as the design
@@ -70,12 +73,15 @@ impl OpKind {
         match self {
             OpKind::Task | OpKind::OversizedTask | OpKind::SlowTask => &["tasks.create"],
             OpKind::Job => &["jobs.create"],
-            OpKind::ListJobs | OpKind::ReadJob => &["jobs.read"],
+            OpKind::ListJobs => &["jobs.list"],
+            OpKind::ReadJob => &["jobs.read"],
             OpKind::ReadBudget => &["budget.read"],
             OpKind::ReadOtherBudget => &["budget.read", "budget.read_all"],
             OpKind::ListDlq => &["dlq.read"],
             OpKind::ReplayDlq => &["dlq.replay"],
-            OpKind::ReadAudit | OpKind::VerifyAudit => &["audit.read"],
+            OpKind::ReadAudit => &["audit.read"],
+            OpKind::VerifyAudit => &["audit.verify"],
+            OpKind::ReadRoles => &["roles.read"],
         }
     }
 

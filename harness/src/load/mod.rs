@@ -29,7 +29,7 @@ pub use history::{
     ATTACKER_ADDRESS, AUTH_LOCKED, Credential, HSTS_HEADER, Op, OpKind, Outcome, SECURITY_HEADERS,
     SLOW_MARKER, VICTIM_KEY_ID, client_address, probe_address,
 };
-pub use plan::{Denied, PlannedKind, PlannedOp, schedule};
+pub use plan::{PlannedKind, PlannedOp, RoleRoute, schedule};
 pub use run::run;
 pub use stats::{LatencySummary, Summary, WindowStats};
 
@@ -149,9 +149,10 @@ pub enum LoadError {
     /// Every weight of the mix is zero.
     #[error("load mix: every weight is zero")]
     EmptyMix,
-    /// The mix has `forbidden` requests but every role may use every route.
+    /// The mix has `forbidden` requests but every role may use every route,
+    /// or `roles` requests and there is no role.
     #[error(
-        "load mix: forbidden requests need a role that lacks a permission, and every role has all"
+        "load mix: forbidden requests need a role that lacks a permission, and role requests a role"
     )]
     NothingForbidden,
     /// The idempotency reuse share is outside [0, 1].

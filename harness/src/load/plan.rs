@@ -43,14 +43,17 @@ pub enum PlannedKind {
     },
 }
 
-/// A route a role lacks the permission for, which `forbidden` operations
-/// are drawn from.
+/// A role and a route, with whether the role holds the route's
+/// permission: `forbidden` operations are drawn from the pairs it does not,
+/// `roles` operations from every pair.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Denied {
+pub struct RoleRoute {
     /// The role (its keys are made for every tenant).
     pub role: String,
     /// The route.
     pub route: OpKind,
+    /// Whether the role holds every permission the route needs.
+    pub permitted: bool,
 }
 
 /// One operation of the schedule.
@@ -169,11 +172,12 @@ fn time_into_stage(n: f64, start_rps: f64, end_rps: f64, length_s: f64) -> f64 {
 /// The count is the integral of the rate rounded up: a stage of `r` requests
 /// per second for `d` seconds alone schedules `ceil(r * d)`.
 ///
-/// `denied` lists the routes roles lack, which `forbidden` operations are
-/// drawn from; with `forbidden` in the mix it must not be empty.
+/// `pairs` lists every role and route, which `roles` operations are drawn
+/// from, and `forbidden` ones from those not permitted; with either in the
+/// mix there must be some to draw from.
 pub fn schedule(
     spec: &LoadSpec,
-    denied: &[Denied],
+    pairs: &[RoleRoute],
     seed: u64,
     limits: &LoadLimits,
 ) -> Result<Vec<PlannedOp>, LoadError> {
@@ -192,12 +196,14 @@ pub fn schedule(
         (Draw::Bad(Credential::Unknown), mix.unknown_key),
         (Draw::Bad(Credential::Expired), mix.expired_key),
         (Draw::Forbidden, mix.forbidden),
+        (Draw::Matrix, mix.roles),
     ];
+    let denied: Vec<&RoleRoute> = pairs.iter().filter(|p| !p.permitted).collect();
     let total_weight: u64 = weights.iter().map(|(_, w)| u64::from(*w)).sum();
     if total_weight == 0 {
         return Err(LoadError::EmptyMix);
     }
-    if mix.forbidden > 0 && denied.is_empty() {
+    if (mix.forbidden > 0 && denied.is_empty()) || (mix.roles > 0 && pairs.is_empty()) {
         return Err(LoadError::NothingForbidden);
     }
     if !(0.0..=1.0).contains(&spec.idempotency_reuse) {
@@ -267,12 +273,19 @@ pub fn schedule(
                 (PlannedKind::Access { route }, credential)
             }
             Draw::Forbidden => {
-                let denied = &denied[pick_index(route_draw, denied.len())];
+                let denied = denied[pick_index(route_draw, denied.len())];
                 (
                     PlannedKind::Access {
                         route: denied.route,
                     },
                     Credential::Role(denied.role.clone()),
+                )
+            }
+            Draw::Matrix => {
+                let pair = &pairs[pick_index(route_draw, pairs.len())];
+                (
+                    PlannedKind::Access { route: pair.route },
+                    Credential::Role(pair.role.clone()),
                 )
             }
         };
@@ -361,6 +374,8 @@ enum Draw {
     Bad(Credential),
     /// A request to a route its role lacks, with that role's key.
     Forbidden,
+    /// A request to any route with any role's key.
+    Matrix,
 }
 
 /// `draw` mapped onto `0..len` (`len` > 0).

@@ -695,6 +695,7 @@ async fn perform(
             OpKind::ReplayDlq => segments.extend(["v1", "dlq", job, "replay"]),
             OpKind::ReadAudit => segments.extend(["v1", "audit"]),
             OpKind::VerifyAudit => segments.extend(["v1", "audit", "verify"]),
+            OpKind::ReadRoles => segments.extend(["v1", "roles"]),
         };
     }
     let post = matches!(

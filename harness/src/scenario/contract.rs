@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use orchestrator::config::Config;
 
-use crate::load::{Denied, OpKind};
+use crate::load::{OpKind, RoleRoute};
 
 /// What the configuration promises.
 #[derive(Clone, Debug, PartialEq, Default)]
@@ -53,26 +53,101 @@ pub struct Lockout {
     pub duration: Duration,
 }
 
+/// The seven roles of seed 001 as design.md's security section has them,
+/// the harness's own copy: (name, parents, own permissions, requests per
+/// second, burst). Written here, not read from the orchestrator's table,
+/// so that a slip there (a lost parent, a permission on the wrong rung, a
+/// limit off) is caught by `access_enforced` and `rate_limit_respected`.
+const BUILTIN_ROLES: [(&str, &[&str], &[&str], u32, u32); 7] = [
+    ("guest", &[], &["budget.read"], 2, 5),
+    (
+        "viewer",
+        &["guest"],
+        &["jobs.read", "jobs.list", "roles.read"],
+        5,
+        10,
+    ),
+    ("analyst", &["viewer"], &["audit.read", "dlq.read"], 10, 20),
+    (
+        "developer",
+        &["viewer"],
+        &["tasks.create", "jobs.create"],
+        20,
+        40,
+    ),
+    (
+        "operator",
+        &["developer", "analyst"],
+        &["dlq.replay"],
+        20,
+        40,
+    ),
+    ("admin", &["operator"], &["audit.verify"], 20, 40),
+    ("super_admin", &["admin"], &["budget.read_all"], 20, 40),
+];
+
 impl Contract {
-    /// The contract of a validated configuration.
+    /// The contract of a validated configuration: the built-in roles with
+    /// the configured ones over them (a configured role of a built-in name
+    /// replaces it), inheritance resolved by the harness itself.
     pub fn of(config: &Config) -> Contract {
-        let name = |p: &orchestrator::config::raw::Permission| {
-            serde_json::to_value(p)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default()
-        };
-        let roles: BTreeMap<String, BTreeSet<String>> = config
-            .security
-            .roles
+        let mut own: BTreeMap<String, (Vec<String>, Vec<String>)> = BUILTIN_ROLES
             .iter()
-            .map(|(role, permissions)| (role.clone(), permissions.iter().map(name).collect()))
+            .map(|(name, parents, grants, _, _)| {
+                (
+                    (*name).to_owned(),
+                    (
+                        parents.iter().map(|p| (*p).to_owned()).collect(),
+                        grants.iter().map(|g| (*g).to_owned()).collect(),
+                    ),
+                )
+            })
             .collect();
+        for (name, role) in &config.security.roles {
+            own.insert(
+                name.clone(),
+                (
+                    role.inherits.clone(),
+                    role.permissions
+                        .iter()
+                        .map(|p| p.name().to_owned())
+                        .collect(),
+                ),
+            );
+        }
+        let roles: BTreeMap<String, BTreeSet<String>> = own
+            .keys()
+            .map(|name| {
+                // Every ancestor, each once: validation refused cycles, and
+                // the visited set would end one anyway.
+                let mut held = BTreeSet::new();
+                let mut visited = BTreeSet::new();
+                let mut queue = vec![name.clone()];
+                while let Some(role) = queue.pop() {
+                    if visited.insert(role.clone())
+                        && let Some((parents, grants)) = own.get(&role)
+                    {
+                        held.extend(grants.iter().cloned());
+                        queue.extend(parents.iter().cloned());
+                    }
+                }
+                (name.clone(), held)
+            })
+            .collect();
+        let default = config.security.default_rate_limit;
         let rate_limits = roles
             .keys()
             .map(|role| {
-                let limit = config.security.rate_limit_of(role);
-                (role.clone(), (limit.requests_per_second, limit.burst))
+                let configured = config.security.rate_limits.get(role);
+                let builtin = BUILTIN_ROLES
+                    .iter()
+                    .find(|b| b.0 == role && !config.security.roles.contains_key(role))
+                    .map(|b| (b.3, b.4));
+                let limit = configured
+                    .map(|l| (l.requests_per_second, l.burst))
+                    .or(builtin)
+                    .unwrap_or((default.requests_per_second, default.burst));
+                (role.clone(), limit)
             })
             .collect();
         Contract {
@@ -108,19 +183,24 @@ impl Contract {
             .is_some_and(|held| route.permissions().iter().all(|p| held.contains(*p)))
     }
 
-    /// Every (role, route) pair the role lacks, in role then route order:
-    /// what `forbidden` requests are drawn from.
-    pub fn denied(&self) -> Vec<Denied> {
+    /// A role's rate limit (requests per second, burst); none for a role
+    /// the contract does not know.
+    pub fn rate_limit(&self, role: &str) -> (u32, u32) {
+        self.rate_limits.get(role).copied().unwrap_or((0, 0))
+    }
+
+    /// Every (role, route) pair, in role then route order, with whether
+    /// the role may: what `roles` requests are drawn from, and `forbidden`
+    /// ones from the pairs it may not.
+    pub fn role_routes(&self) -> Vec<RoleRoute> {
         self.roles
             .keys()
             .flat_map(|role| {
-                OpKind::ROUTES
-                    .into_iter()
-                    .filter(|route| !self.permits(role, *route))
-                    .map(|route| Denied {
-                        role: role.clone(),
-                        route,
-                    })
+                OpKind::ROUTES.into_iter().map(|route| RoleRoute {
+                    role: role.clone(),
+                    route,
+                    permitted: self.permits(role, route),
+                })
             })
             .collect()
     }

@@ -235,6 +235,9 @@ pub struct Mix {
     /// Requests to a route with the key of a role that lacks its permission
     /// (403 due).
     pub forbidden: u32,
+    /// Requests to a random route with the key of a random role: 403 when
+    /// the role lacks the route's permission, served when it holds it.
+    pub roles: u32,
 }
 
 /// A tenant of the run.

@@ -160,6 +160,8 @@ pub(crate) struct RawMix {
     pub expired_key: Option<u32>,
     #[serde(default)]
     pub forbidden: Option<u32>,
+    #[serde(default)]
+    pub roles: Option<u32>,
 }
 
 /// `load.tenants`: a count or a list.

@@ -162,6 +162,7 @@ fn load(load: &LoadSpec) -> LoadOut {
         ("unknown_key", m.unknown_key),
         ("expired_key", m.expired_key),
         ("forbidden", m.forbidden),
+        ("roles", m.roles),
     ]
     .into_iter()
     .filter(|(_, w)| *w > 0)

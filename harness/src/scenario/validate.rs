@@ -497,10 +497,11 @@ impl<'a> Validator<'a> {
                         .to_owned(),
                 ),
                 Invariant::AccessEnforced
-                    if mix.no_key + mix.unknown_key + mix.expired_key + mix.forbidden == 0 =>
+                    if mix.no_key + mix.unknown_key + mix.expired_key + mix.forbidden + mix.roles
+                        == 0 =>
                 {
                     Some(
-                        "no request of the mix is due a refusal (`no_key`, `unknown_key`, `expired_key` and `forbidden` are 0)"
+                        "no request of the mix is due a refusal (`no_key`, `unknown_key`, `expired_key`, `forbidden` and `roles` are 0)"
                             .to_owned(),
                     )
                 }
@@ -535,7 +536,7 @@ impl<'a> Validator<'a> {
     /// bodies past what the load sends.
     fn feasible(&mut self, load: &LoadSpec, contract: &super::Contract) {
         let mix = load.mix;
-        if mix.forbidden > 0 && contract.denied().is_empty() {
+        if mix.forbidden > 0 && contract.role_routes().iter().all(|p| p.permitted) {
             self.error(
                 Code::Vacuous,
                 "load.mix.forbidden",
@@ -885,6 +886,7 @@ impl<'a> Validator<'a> {
             unknown_key: weight("unknown_key", raw.unknown_key)?,
             expired_key: weight("expired_key", raw.expired_key)?,
             forbidden: weight("forbidden", raw.forbidden)?,
+            roles: weight("roles", raw.roles)?,
         };
         let weights = [
             mix.tasks,
@@ -897,6 +899,7 @@ impl<'a> Validator<'a> {
             mix.unknown_key,
             mix.expired_key,
             mix.forbidden,
+            mix.roles,
         ];
         if weights.iter().all(|w| *w == 0) {
             self.error(
@@ -1846,14 +1849,15 @@ fn rate_limit_unreachable(
     load: &LoadSpec,
     config: &orchestrator::config::Config,
 ) -> Option<String> {
+    let contract = super::Contract::of(config);
     let tenants = load.tenants.len().max(1) as f64;
     let mut closest: Option<(f64, f64, &Tenant, Duration)> = None;
     for stage in &load.stages {
         let seconds = stage.duration.as_secs_f64();
         let per_key = (stage.start_rps + stage.end_rps) / 2.0 * seconds / tenants;
         for tenant in &load.tenants {
-            let limit = config.security.rate_limit_of(&tenant.role);
-            let allowed = f64::from(limit.requests_per_second) * seconds + f64::from(limit.burst);
+            let (rps, burst) = contract.rate_limit(&tenant.role);
+            let allowed = f64::from(rps) * seconds + f64::from(burst);
             if per_key > allowed {
                 return None;
             }
@@ -1863,13 +1867,11 @@ fn rate_limit_unreachable(
         }
     }
     let (per_key, allowed, tenant, duration) = closest?;
-    let limit = config.security.rate_limit_of(&tenant.role);
+    let (rps, burst) = contract.rate_limit(&tenant.role);
     Some(format!(
-        "no stage sends a key more than its limit admits (at most {per_key:.0} requests to tenant {}'s key over a stage of {}, where {} per second and a burst of {} admit {allowed:.0})",
+        "no stage sends a key more than its limit admits (at most {per_key:.0} requests to tenant {}'s key over a stage of {}, where {rps} per second and a burst of {burst} admit {allowed:.0})",
         tenant.name,
         format_duration(duration),
-        limit.requests_per_second,
-        limit.burst
     ))
 }
 
