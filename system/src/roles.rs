@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::raw::Permission;
-use crate::config::{RateLimitConfig, SecurityConfig};
+use crate::config::{RateLimitConfig, RoleConfig, SecurityConfig};
 
 /// A built-in role.
 #[derive(Clone, Copy, Debug)]
@@ -100,7 +100,9 @@ pub fn builtin(name: &str) -> Option<&'static BuiltinRole> {
 
 /// Every role's own grants and parents: the built-in ones, then the
 /// configured ones (which replace a built-in role of the same name).
-fn definitions(security: &SecurityConfig) -> BTreeMap<String, (Vec<String>, Vec<Permission>)> {
+fn definitions(
+    configured: &BTreeMap<String, RoleConfig>,
+) -> BTreeMap<String, (Vec<String>, Vec<Permission>)> {
     let mut out: BTreeMap<String, (Vec<String>, Vec<Permission>)> = BUILTIN
         .iter()
         .map(|r| {
@@ -113,7 +115,7 @@ fn definitions(security: &SecurityConfig) -> BTreeMap<String, (Vec<String>, Vec<
             )
         })
         .collect();
-    for (name, role) in &security.roles {
+    for (name, role) in configured {
         out.insert(
             name.clone(),
             (role.inherits.clone(), role.permissions.clone()),
@@ -125,7 +127,12 @@ fn definitions(security: &SecurityConfig) -> BTreeMap<String, (Vec<String>, Vec<
 /// Every role with every permission it holds, its own and inherited, in
 /// declaration order of [`Permission::ALL`].
 pub fn resolve(security: &SecurityConfig) -> BTreeMap<String, Vec<Permission>> {
-    let definitions = definitions(security);
+    resolve_roles(&security.roles)
+}
+
+/// [`resolve`] over the built-in roles and these configured ones.
+fn resolve_roles(configured: &BTreeMap<String, RoleConfig>) -> BTreeMap<String, Vec<Permission>> {
+    let definitions = definitions(configured);
     definitions
         .keys()
         .map(|name| {
@@ -168,10 +175,41 @@ pub fn rate_limit_of(security: &SecurityConfig, role: &str) -> RateLimitConfig {
         .unwrap_or(security.default_rate_limit)
 }
 
+/// The built-in roles as the README's Markdown table: each role, whom it
+/// inherits from, what it adds, everything it holds, and its rate limit. A
+/// test keeps the README's copy equal to this.
+pub fn markdown_table() -> String {
+    let resolved = resolve_roles(&BTreeMap::new());
+    let code = |names: &mut dyn Iterator<Item = &str>| {
+        let list: Vec<String> = names.map(|n| format!("`{n}`")).collect();
+        if list.is_empty() {
+            "none".to_owned()
+        } else {
+            list.join(", ")
+        }
+    };
+    let mut out = String::from(
+        "| role | inherits | adds | permissions held | rate limit (per key) | for |\n|---|---|---|---|---|---|\n",
+    );
+    for role in &BUILTIN {
+        let held = resolved.get(role.name).cloned().unwrap_or_default();
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} | {}/s, burst {} | {} |\n",
+            role.name,
+            code(&mut role.inherits.iter().copied()),
+            code(&mut role.grants.iter().map(|p| p.name())),
+            held.len(),
+            role.rate_limit.requests_per_second,
+            role.rate_limit.burst,
+            role.about,
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RoleConfig;
 
     fn security() -> SecurityConfig {
         crate::config::validate(b"llm:\n  providers:\n    - {name: p, base_url: 'http://127.0.0.1:1/v1', model: m}\nstorage:\n  sqlite: {path: x.db}\n", &Default::default())

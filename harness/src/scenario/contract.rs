@@ -53,12 +53,21 @@ pub struct Lockout {
     pub duration: Duration,
 }
 
+/// (name, parents, own permissions, requests per second, burst).
+type BuiltinRole = (
+    &'static str,
+    &'static [&'static str],
+    &'static [&'static str],
+    u32,
+    u32,
+);
+
 /// The seven roles of seed 001 as design.md's security section has them,
 /// the harness's own copy: (name, parents, own permissions, requests per
 /// second, burst). Written here, not read from the orchestrator's table,
 /// so that a slip there (a lost parent, a permission on the wrong rung, a
 /// limit off) is caught by `access_enforced` and `rate_limit_respected`.
-const BUILTIN_ROLES: [(&str, &[&str], &[&str], u32, u32); 7] = [
+const BUILTIN_ROLES: [BuiltinRole; 7] = [
     ("guest", &[], &["budget.read"], 2, 5),
     (
         "viewer",
