@@ -2352,8 +2352,54 @@ fn lockout_effective() {
             at(106, 1200.0, Credential::Victim, probe_address(1), 200),
         ]
     };
-    let r = invariant(inv.clone(), &evidence(healthy()));
-    check("a lockout that holds and ends", &r, true, &[]);
+    // The audit entries of both locks, and of both unlocks, which are due
+    // once a request comes a quarter second after the locks ended (1.3s).
+    let audited = |history: Vec<Op>, entries: &[(&str, &str)]| {
+        let mut e = evidence(history);
+        let db = e.database.as_mut().expect("the hand-made database");
+        for (seq, (action, subject)) in (11..).zip(entries) {
+            db.audit.push(AuditRow {
+                seq,
+                ts_ms: 1_700_000_000_000 + seq,
+                actor: b"system".to_vec(),
+                action: action.as_bytes().to_vec(),
+                subject: subject.as_bytes().to_vec(),
+                details: b"{}".to_vec(),
+                prev_hash: Vec::new(),
+                hash: Vec::new(),
+            });
+        }
+        e
+    };
+    let all_entries = [
+        ("auth.locked", "address 198.19.255.254"),
+        ("auth.locked", "key id gauntlet-victim"),
+        ("auth.unlocked", "address 198.19.255.254"),
+        ("auth.unlocked", "key id gauntlet-victim"),
+    ];
+    let later = || {
+        let mut h = healthy();
+        h.push(at(3, 1400.0, Credential::Tenant, probe_address(903), 200));
+        h
+    };
+    let r = invariant(inv.clone(), &audited(later(), &all_entries));
+    check("a lockout that holds and ends, audited", &r, true, &[]);
+    assert_eq!(r.exercised, 10);
+    let r = invariant(inv.clone(), &audited(healthy(), &all_entries[..2]));
+    check("unlocks not yet due", &r, true, &[]);
+    check(
+        "a lock not audited",
+        &invariant(inv.clone(), &audited(later(), &all_entries[1..])),
+        false,
+        &["1 `auth.locked` audit entries due for address 198.19.255.254, 0 in the audit log"],
+    );
+    check(
+        "an unlock not audited",
+        &invariant(inv.clone(), &audited(later(), &all_entries[..3])),
+        false,
+        &["1 `auth.unlocked` audit entries due for key id gauntlet-victim, 0 in the audit log"],
+    );
+    let r = invariant(inv.clone(), &audited(healthy(), &all_entries));
     assert_eq!(r.exercised, 9);
     assert!(r.observed.contains("2 lockouts"), "{}", r.observed);
     // A request answered at the moment the lock may or may not have ended
@@ -2363,7 +2409,7 @@ fn lockout_effective() {
     edge.push(at(108, 1021.0, Credential::Victim, probe_address(2), 429));
     check(
         "answers at the lock's end",
-        &invariant(inv.clone(), &evidence(edge)),
+        &invariant(inv.clone(), &audited(edge, &all_entries)),
         true,
         &[],
     );
@@ -2399,7 +2445,7 @@ fn lockout_effective() {
         history.push(extra);
         check(
             case,
-            &invariant(inv.clone(), &evidence(history)),
+            &invariant(inv.clone(), &audited(history, &all_entries)),
             false,
             &[line, "req-9"],
         );
@@ -2411,7 +2457,7 @@ fn lockout_effective() {
     );
     check_vacuous(
         "no probe after the lockout",
-        &invariant(inv, &evidence(healthy()[..7].to_vec())),
+        &invariant(inv, &audited(healthy()[..7].to_vec(), &all_entries)),
         &["no valid key was sent after a lockout ended"],
     );
 }

@@ -4,7 +4,7 @@
 //! carries (`security_headers`), and the brute-force lockout
 //! (`lockout_effective`).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 
 use super::slo::describe_op;
@@ -340,10 +340,14 @@ pub(super) fn lockout_effective(evidence: &Evidence) -> CheckResult {
             .then(a.index.cmp(&b.index))
     });
     let mut models: BTreeMap<Subject, Model> = BTreeMap::new();
-    let mut locks: BTreeSet<String> = BTreeSet::new();
+    // Each lock the model saw: the subject, and when the request that
+    // locked it was answered.
+    let mut locks: Vec<(Subject, f64)> = Vec::new();
+    let mut last_start_ms = f64::NEG_INFINITY;
     let (mut refused, mut served_after, mut judged) = (0u64, 0u64, 0u64);
     let mut violations = 0;
     for op in ops {
+        last_start_ms = last_start_ms.max(op.start_ms);
         let mut subjects = vec![Subject::Address(op.client)];
         if op.credential.names_victim() {
             subjects.push(Subject::KeyId);
@@ -446,20 +450,22 @@ pub(super) fn lockout_effective(evidence: &Evidence) -> CheckResult {
             if model.failures.len() >= max_failures {
                 model.failures.clear();
                 model.locked_by = Some((op.start_ms, op.end_ms));
-                locks.insert(format!("{subject} at {:.0}ms", op.end_ms));
+                locks.push((subject.clone(), op.end_ms));
             }
         }
     }
+    violations += audit_of_locks(&mut r, evidence, &locks, last_start_ms, duration_ms);
     r.observed = format!(
         "{} lockouts{}; {refused} requests refused while locked, {served_after} valid keys served after a lockout ended",
         locks.len(),
         if locks.is_empty() {
             String::new()
         } else {
-            format!(
-                " ({})",
-                locks.iter().cloned().collect::<Vec<_>>().join(", ")
-            )
+            let named: Vec<String> = locks
+                .iter()
+                .map(|(subject, at_ms)| format!("{subject} at {at_ms:.0}ms"))
+                .collect();
+            format!(" ({})", named.join(", "))
         }
     );
     let mut missing = Vec::new();
@@ -479,6 +485,66 @@ pub(super) fn lockout_effective(evidence: &Evidence) -> CheckResult {
     }
     let missing = (!missing.is_empty()).then(|| missing.join(", and "));
     r.finish(violations).evidenced(judged, missing)
+}
+
+/// How long after a lockout ended its `auth.unlocked` entry is surely
+/// written: the service looks for ended lockouts on the first request at
+/// least a quarter of a second after its last look.
+const UNLOCK_SWEEP_MS: f64 = 250.0;
+
+/// Every lock the model saw has its `auth.locked` entry in the audit log
+/// the run left (read from the database copy), and every lock that ended
+/// while requests still came has its `auth.unlocked` entry. Returns the
+/// violations.
+fn audit_of_locks(
+    r: &mut CheckResult,
+    evidence: &Evidence,
+    locks: &[(Subject, f64)],
+    last_start_ms: f64,
+    duration_ms: f64,
+) -> usize {
+    if locks.is_empty() {
+        return 0;
+    }
+    let db = match &evidence.database {
+        Ok(db) => db,
+        Err(e) => {
+            r.violation(format!(
+                "the lockouts' audit entries could not be read: {e}"
+            ));
+            return 1;
+        }
+    };
+    let mut entries: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for row in &db.audit {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        *entries
+            .entry((text(&row.action), text(&row.subject)))
+            .or_default() += 1;
+    }
+    let mut due: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for (subject, at_ms) in locks {
+        *due.entry(("auth.locked".to_owned(), subject.to_string()))
+            .or_default() += 1;
+        if last_start_ms >= at_ms + duration_ms + UNLOCK_SWEEP_MS {
+            *due.entry(("auth.unlocked".to_owned(), subject.to_string()))
+                .or_default() += 1;
+        }
+    }
+    let mut violations = 0;
+    for ((action, subject), n) in due {
+        let found = entries
+            .get(&(action.clone(), subject.clone()))
+            .copied()
+            .unwrap_or(0);
+        if found < n {
+            violations += 1;
+            r.violation(format!(
+                "{n} `{action}` audit entries due for {subject}, {found} in the audit log"
+            ));
+        }
+    }
+    violations
 }
 
 /// An operation with its client address and key, for lockout evidence.

@@ -354,6 +354,11 @@ async fn audit_locked(state: &AppState, locked: Vec<Locked>) {
         );
         record(state, entry).await;
     }
+    track(state);
+}
+
+/// Sets the gauge of subjects the lockout table holds.
+fn track(state: &AppState) {
     state
         .metrics
         .auth_lockout_tracked
@@ -377,12 +382,11 @@ async fn audit_unlocked(state: &AppState, now: Instant) {
         );
         record(state, entry).await;
     }
-    state
-        .metrics
-        .auth_lockout_tracked
-        .set(i64::try_from(state.lockout.tracked()).unwrap_or(i64::MAX));
+    track(state);
 }
 
+/// Appends a lockout's entry to the audit log; a store that refuses it is
+/// logged, as the request it rides on must still be answered.
 async fn record(state: &AppState, entry: NewEntry) {
     let action = entry.action;
     if let Err(e) = state.store.run(move |s| s.record_audit(entry)).await {
