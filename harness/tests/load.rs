@@ -18,10 +18,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use gauntlet::load::{
-    CancellationSignal, Credential, LoadError, LoadLimits, LoadOutcome, LoadTarget, OpKind,
-    Outcome, PlannedKind, PlannedOp, Progress, TargetKey, run, schedule,
+    ATTACKER_ADDRESS, CancellationSignal, Credential, LoadError, LoadLimits, LoadOutcome,
+    LoadTarget, Op, OpKind, Outcome, PlannedKind, PlannedOp, Progress, TargetKey, client_address,
+    probe_address, run, schedule,
 };
-use gauntlet::scenario::{LoadSpec, Mix, Stage, Tenant};
+use gauntlet::scenario::{Attack, LoadSpec, Mix, Stage, Tenant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -339,6 +340,8 @@ struct Records {
     job_reads: Vec<(String, String)>,
     /// (budget tenant, Authorization).
     budget_reads: Vec<(String, String)>,
+    /// (Authorization, X-Forwarded-For) of each budget read.
+    forwarded: Vec<(String, String)>,
     /// When each request arrived.
     arrivals: Vec<Instant>,
 }
@@ -538,10 +541,15 @@ async fn read_budget(
         return failure;
     }
     let request_id = request_id(&server);
-    server
-        .records()
-        .budget_reads
-        .push((tenant.clone(), auth(&headers)));
+    let forwarded = headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let mut records = server.records();
+    records.budget_reads.push((tenant.clone(), auth(&headers)));
+    records.forwarded.push((auth(&headers), forwarded));
+    drop(records);
     let body = serde_json::json!({"tenant": tenant, "used": 0, "limit": 1000});
     (
         StatusCode::OK,
@@ -1026,4 +1034,122 @@ async fn the_drain_timeout_cancels_what_is_still_in_flight() {
         "a cancelled op's latency covers its wait: {first}"
     );
     assert_windows_add_up(&outcome);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_attacker_guesses_back_to_back_from_its_address_then_probes_past_the_lockout() {
+    let (server, addr) = TestServer::start(Behaviour {
+        delay: Duration::from_millis(2),
+        ..Behaviour::default()
+    })
+    .await;
+    let mut spec = spec(vec![stage(1.0, 4.0, 4.0)]);
+    spec.mix = Mix {
+        reads: 1,
+        ..Mix::default()
+    };
+    spec.attack = Some(Attack {
+        at: Duration::ZERO,
+        guesses: 4,
+        probe_every: Duration::from_millis(50),
+    });
+    let plan = schedule(&spec, &[], 5, &limits()).expect("schedule");
+    let mut target = target(addr);
+    target.lockout_duration = Duration::from_millis(200);
+    for (credential, key) in [
+        (Credential::Victim, "gk.gauntlet-victim.right"),
+        (Credential::Guess, "gk.gauntlet-victim.guess-"),
+    ] {
+        target.keys.push(TargetKey {
+            tenant: "a".to_owned(),
+            credential,
+            key: key.to_owned(),
+        });
+    }
+    let outcome = within(
+        "the load",
+        run(
+            &spec,
+            plan.clone(),
+            &target,
+            &limits(),
+            Instant::now(),
+            &Progress::new(),
+            CancellationSignal::new(),
+        ),
+    )
+    .await;
+    let planned = plan.len() as u64;
+    let attack: Vec<&Op> = outcome
+        .history
+        .iter()
+        .filter(|op| op.index >= planned)
+        .collect();
+    let shown = format!("{attack:#?}");
+    assert!(attack.len() > 4, "guesses and probes: {shown}");
+    for op in &attack {
+        assert_eq!(
+            (op.kind, op.tenant.as_str()),
+            (OpKind::ReadBudget, "a"),
+            "{shown}"
+        );
+        assert_eq!(op.outcome, Outcome::Status(200), "{shown}");
+    }
+    // Closed loop: each request went out after the one before was answered.
+    for pair in attack.windows(2) {
+        assert!(pair[1].start_ms >= pair[0].end_ms, "overlap: {shown}");
+    }
+    for guess in &attack[..4] {
+        assert_eq!(
+            (&guess.credential, guess.client),
+            (&Credential::Guess, ATTACKER_ADDRESS)
+        );
+    }
+    // Probes alternate: the tenant's key from the attacker's address, the
+    // victim key from a fresh address each; for the lockout and a second.
+    let probes = &attack[4..];
+    for (n, probe) in probes.iter().enumerate() {
+        let due = if n % 2 == 0 {
+            (Credential::Tenant, ATTACKER_ADDRESS)
+        } else {
+            (Credential::Victim, probe_address(n as u64 / 2))
+        };
+        assert_eq!(
+            (probe.credential.clone(), probe.client),
+            due,
+            "probe {n}: {shown}"
+        );
+    }
+    assert!(probes.len() >= 2, "{shown}");
+    assert!(
+        probes.len() <= 25,
+        "at most 1.2s / 50ms + 1 probes: {shown}"
+    );
+    let last_guess_end = attack[3].end_ms;
+    let last_probe = probes.last().map_or(0.0, |p| p.start_ms);
+    assert!(last_probe <= last_guess_end + 1200.0 + 100.0, "{shown}");
+    // What the server saw: four different guesses naming the key id, from
+    // the attacker; every ordinary read from its own address.
+    let records = server.records();
+    let guesses: HashSet<&str> = records
+        .forwarded
+        .iter()
+        .filter(|(auth, _)| auth.starts_with("Bearer gk.gauntlet-victim.guess-"))
+        .map(|(auth, forwarded)| {
+            assert_eq!(forwarded, "198.19.255.254");
+            auth.as_str()
+        })
+        .collect();
+    assert_eq!(guesses.len(), 4, "{:?}", records.forwarded);
+    for op in outcome.history.iter().filter(|op| op.index < planned) {
+        assert_eq!(op.client, client_address(op.index));
+    }
+    let ordinary: HashSet<&str> = records
+        .forwarded
+        .iter()
+        .filter(|(auth, _)| auth == "Bearer key-a" || auth == "Bearer key-b")
+        .map(|(_, forwarded)| forwarded.as_str())
+        .filter(|f| f.starts_with("198.18."))
+        .collect();
+    assert_eq!(ordinary.len() as u64, planned, "{:?}", records.forwarded);
 }
