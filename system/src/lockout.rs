@@ -294,15 +294,6 @@ impl Lockout {
     pub fn tracked(&self) -> usize {
         self.table().entries.len()
     }
-
-    /// Subjects locked at `now`.
-    pub fn locked_count(&self, now: Instant) -> usize {
-        self.table()
-            .entries
-            .values()
-            .filter(|e| e.locked_until.is_some_and(|t| t > now))
-            .count()
-    }
 }
 
 #[cfg(test)]

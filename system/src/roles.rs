@@ -98,34 +98,54 @@ pub fn builtin(name: &str) -> Option<&'static BuiltinRole> {
     BUILTIN.iter().find(|r| r.name == name)
 }
 
-/// Every role's own grants and parents: the built-in ones, then the
+/// The built-in role of that name, unless the configuration redefines it.
+pub fn builtin_in_force(
+    configured: &BTreeMap<String, RoleConfig>,
+    name: &str,
+) -> Option<&'static BuiltinRole> {
+    if configured.contains_key(name) {
+        None
+    } else {
+        builtin(name)
+    }
+}
+
+/// The roles `name` names as its parents: the configured role's, else the
+/// built-in one's; none for a role that does not exist.
+pub fn parents(configured: &BTreeMap<String, RoleConfig>, name: &str) -> Vec<String> {
+    match configured.get(name) {
+        Some(role) => role.inherits.clone(),
+        None => builtin(name)
+            .map(|b| b.inherits.iter().map(|p| (*p).to_owned()).collect())
+            .unwrap_or_default(),
+    }
+}
+
+/// Every role's parents and own grants: the built-in ones and the
 /// configured ones (which replace a built-in role of the same name).
 fn definitions(
     configured: &BTreeMap<String, RoleConfig>,
 ) -> BTreeMap<String, (Vec<String>, Vec<Permission>)> {
-    let mut out: BTreeMap<String, (Vec<String>, Vec<Permission>)> = BUILTIN
+    BUILTIN
         .iter()
-        .map(|r| {
-            (
-                r.name.to_owned(),
-                (
-                    r.inherits.iter().map(|p| (*p).to_owned()).collect(),
-                    r.grants.to_vec(),
-                ),
-            )
+        .map(|r| r.name.to_owned())
+        .chain(configured.keys().cloned())
+        .map(|name| {
+            let grants = match configured.get(&name) {
+                Some(role) => role.permissions.clone(),
+                None => builtin(&name)
+                    .map(|b| b.grants.to_vec())
+                    .unwrap_or_default(),
+            };
+            let parents = parents(configured, &name);
+            (name, (parents, grants))
         })
-        .collect();
-    for (name, role) in configured {
-        out.insert(
-            name.clone(),
-            (role.inherits.clone(), role.permissions.clone()),
-        );
-    }
-    out
+        .collect()
 }
 
 /// Every role with every permission it holds, its own and inherited, in
-/// declaration order of [`Permission::ALL`].
+/// the order of [`Permission::ALL`] (which is the enum's declaration order,
+/// and so its `Ord`).
 pub fn resolve(security: &SecurityConfig) -> BTreeMap<String, Vec<Permission>> {
     resolve_roles(&security.roles)
 }
@@ -149,11 +169,7 @@ fn resolve_roles(configured: &BTreeMap<String, RoleConfig>) -> BTreeMap<String, 
                     pending.extend(parents.iter().cloned());
                 }
             }
-            let held = Permission::ALL
-                .into_iter()
-                .filter(|p| held.contains(p))
-                .collect();
-            (name.clone(), held)
+            (name.clone(), held.into_iter().collect())
         })
         .collect()
 }
@@ -165,13 +181,9 @@ pub fn rate_limit_of(security: &SecurityConfig, role: &str) -> RateLimitConfig {
         .rate_limits
         .get(role)
         .copied()
-        .or_else(|| {
-            // A configured role of a built-in name is a new role: it takes
-            // the default unless the configuration gives it a limit.
-            (!security.roles.contains_key(role))
-                .then(|| builtin(role).map(|r| r.rate_limit))
-                .flatten()
-        })
+        // A configured role of a built-in name is a new role: it takes the
+        // default unless the configuration gives it a limit.
+        .or_else(|| builtin_in_force(&security.roles, role).map(|r| r.rate_limit))
         .unwrap_or(security.default_rate_limit)
 }
 

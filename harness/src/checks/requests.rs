@@ -306,6 +306,40 @@ impl Model {
             Some(_) => Lock::Unsure,
         }
     }
+
+    /// Counts a failed authentication the service surely saw while the
+    /// subject was surely unlocked; returns whether it locked the subject.
+    /// A failure at the window's edge, or one whose order against the last
+    /// is unknown, loses track instead.
+    fn count_failure(&mut self, op: &Op, window_ms: f64, max_failures: usize) -> bool {
+        while let Some(&(first_start, first_end)) = self.failures.front() {
+            if op.start_ms - first_end >= window_ms {
+                self.failures.pop_front();
+            } else if op.end_ms - first_start < window_ms {
+                break;
+            } else {
+                self.unsure = true;
+                return false;
+            }
+        }
+        // A failure the service may have counted after this one would make
+        // the order of the two unknown.
+        if self
+            .failures
+            .back()
+            .is_some_and(|(_, end)| *end > op.start_ms)
+        {
+            self.unsure = true;
+            return false;
+        }
+        self.failures.push_back((op.start_ms, op.end_ms));
+        if self.failures.len() < max_failures {
+            return false;
+        }
+        self.failures.clear();
+        self.locked_by = Some((op.start_ms, op.end_ms));
+        true
+    }
 }
 
 /// Past `security.lockout.max_failures` failed authentications within the
@@ -401,13 +435,14 @@ pub(super) fn lockout_effective(evidence: &Evidence) -> CheckResult {
             ));
             continue;
         }
+        let failed = status == 401 && op.credential.counts_as_failure();
         for (subject, state) in subjects.iter().zip(&states) {
             let Some(model) = models.get_mut(subject) else {
                 continue;
             };
             if *state == Lock::Unsure {
                 // Whether the service counted it depends on the unknown.
-                if status == 401 && op.credential.counts_as_failure() {
+                if failed {
                     model.unsure = true;
                 }
                 continue;
@@ -420,36 +455,7 @@ pub(super) fn lockout_effective(evidence: &Evidence) -> CheckResult {
             if model.ended && op.credential.is_valid() {
                 served_after += 1;
             }
-            if !(status == 401 && op.credential.counts_as_failure()) {
-                continue;
-            }
-            while let Some(&(first_start, first_end)) = model.failures.front() {
-                if op.start_ms - first_end >= window_ms {
-                    model.failures.pop_front();
-                } else if op.end_ms - first_start < window_ms {
-                    break;
-                } else {
-                    model.unsure = true;
-                    break;
-                }
-            }
-            if model.unsure {
-                continue;
-            }
-            // A failure the service may have counted after this one would
-            // make the order of the two unknown.
-            if model
-                .failures
-                .back()
-                .is_some_and(|(_, end)| *end > op.start_ms)
-            {
-                model.unsure = true;
-                continue;
-            }
-            model.failures.push_back((op.start_ms, op.end_ms));
-            if model.failures.len() >= max_failures {
-                model.failures.clear();
-                model.locked_by = Some((op.start_ms, op.end_ms));
+            if failed && model.count_failure(op, window_ms, max_failures) {
                 locks.push((subject.clone(), op.end_ms));
             }
         }

@@ -209,13 +209,6 @@ pub struct RoleConfig {
     pub permissions: Vec<Permission>,
 }
 
-impl SecurityConfig {
-    /// Whether a role of that name exists, built-in or configured.
-    pub fn has_role(&self, role: &str) -> bool {
-        self.roles.contains_key(role) || crate::roles::builtin(role).is_some()
-    }
-}
-
 /// One API key.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ApiKeyConfig {

@@ -874,8 +874,11 @@ impl<'a> Validator<'a> {
                 ),
             );
         }
-        let declared: BTreeSet<&str> = raw.iter().map(|(name, _)| name.as_str()).collect();
-        let exists = |name: &str| declared.contains(name) || crate::roles::builtin(name).is_some();
+        let all: BTreeSet<String> = raw
+            .iter()
+            .map(|(name, _)| (*name).clone())
+            .chain(crate::roles::BUILTIN.iter().map(|r| r.name.to_owned()))
+            .collect();
         let mut roles = BTreeMap::new();
         for (name, role) in raw.into_iter().take(MAX_ROLES) {
             let path = child_path("security.roles", name);
@@ -891,12 +894,10 @@ impl<'a> Validator<'a> {
             };
             let mut parents = Vec::new();
             for (i, parent) in inherits.iter().enumerate() {
-                if exists(parent) {
+                if all.contains(parent) {
                     parents.push(parent.clone());
                     continue;
                 }
-                let mut all: BTreeSet<String> = declared.iter().map(|d| (*d).to_owned()).collect();
-                all.extend(crate::roles::BUILTIN.iter().map(|r| r.name.to_owned()));
                 self.report(
                     Rule::Constraint,
                     Code::Reference,
@@ -907,10 +908,11 @@ impl<'a> Validator<'a> {
                     ),
                 );
             }
-            let held: BTreeSet<Permission> = permissions.into_iter().collect();
-            let permissions = Permission::ALL
+            // A set's order is `Permission`'s, which is `Permission::ALL`'s.
+            let permissions = permissions
                 .into_iter()
-                .filter(|p| held.contains(p))
+                .collect::<BTreeSet<Permission>>()
+                .into_iter()
                 .collect();
             roles.insert(
                 name.clone(),
@@ -921,14 +923,6 @@ impl<'a> Validator<'a> {
             );
         }
         // A cycle through a configured role; built-in roles alone have none.
-        let parents_of = |role: &str| -> Vec<String> {
-            match roles.get(role) {
-                Some(r) => r.inherits.clone(),
-                None => crate::roles::builtin(role)
-                    .map(|b| b.inherits.iter().map(|p| (*p).to_owned()).collect())
-                    .unwrap_or_default(),
-            }
-        };
         let mut cyclic = Vec::new();
         for name in roles.keys() {
             // Depth-first from the role: a path back to it is a cycle. Paths
@@ -937,7 +931,7 @@ impl<'a> Validator<'a> {
             let mut visited = BTreeSet::new();
             while let Some(path) = stack.pop() {
                 let last = path.last().cloned().unwrap_or_default();
-                for parent in parents_of(&last) {
+                for parent in crate::roles::parents(&roles, &last) {
                     if parent == *name {
                         let mut cycle = path.clone();
                         cycle.push(parent);

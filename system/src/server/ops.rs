@@ -215,17 +215,12 @@ pub async fn roles(
     let roles: serde_json::Map<String, Value> = resolved
         .iter()
         .map(|(name, held)| {
-            let inherits: Vec<String> = match security.roles.get(name) {
-                Some(r) => r.inherits.clone(),
-                None => crate::roles::builtin(name)
-                    .map(|b| b.inherits.iter().map(|p| (*p).to_owned()).collect())
-                    .unwrap_or_default(),
-            };
+            let inherits = crate::roles::parents(&security.roles, name);
             let limit = crate::roles::rate_limit_of(security, name);
             (
                 name.clone(),
                 json!({
-                    "builtin": crate::roles::builtin(name).is_some() && !security.roles.contains_key(name),
+                    "builtin": crate::roles::builtin_in_force(&security.roles, name).is_some(),
                     "inherits": inherits,
                     "permissions": held.iter().map(|p| p.name()).collect::<Vec<_>>(),
                     "rate_limit": {
