@@ -20,9 +20,18 @@ pub const OPS_TENANT: &str = "gauntlet-ops";
 pub const OPS_ROLE: &str = "gauntlet-ops";
 
 /// The addresses the service trusts to name the client in
-/// `X-Forwarded-For`: loopback, where the fault proxy runs, and Docker's
-/// bridge networks.
-const TRUSTED_PROXIES: [&str; 3] = ["127.0.0.0/8", "::1/128", "172.16.0.0/12"];
+/// `X-Forwarded-For`: loopback, where the fault proxy runs, and the private
+/// ranges Docker draws its networks from (its default pools start in
+/// 172.16.0.0/12 and go on into 192.168.0.0/16 once those are used, so one
+/// range alone fails on a busy engine). The load's client addresses lie
+/// outside all of them.
+const TRUSTED_PROXIES: [&str; 5] = [
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+];
 
 /// The database path, relative to the run directory (the child's cwd).
 pub const DB_RELATIVE_PATH: &str = "data/orchestrator.db";
