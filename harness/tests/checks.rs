@@ -199,6 +199,7 @@ fn contract() -> Contract {
             window: Duration::from_secs(10),
             duration: Duration::from_secs(1),
         },
+        rotation_overlap: Duration::from_secs(1),
     }
 }
 
@@ -265,6 +266,7 @@ fn scenario(slos: Vec<Slo>, invariants: Vec<Invariant>) -> Scenario {
             request_timeout: Duration::from_secs(5),
             max_tokens: 64,
             attack: None,
+            rotation: None,
         },
         faults: Vec::new(),
         slos,

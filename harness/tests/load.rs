@@ -67,6 +67,7 @@ fn spec(stages: Vec<Stage>) -> LoadSpec {
         request_timeout: Duration::from_secs(10),
         max_tokens: 64,
         attack: None,
+        rotation: None,
     }
 }
 
@@ -303,6 +304,8 @@ fn an_unusable_spec_or_target_is_refused() {
         keys: vec![own_key("a")],
         oversized_bytes: 2048,
         lockout_duration: Duration::from_secs(1),
+        lockout_max_failures: 10,
+        rotation_overlap: Duration::from_secs(1),
     };
     assert!(matches!(
         target.validate(&plan),
@@ -574,6 +577,8 @@ fn target(addr: SocketAddr) -> LoadTarget {
         keys: vec![own_key("a"), own_key("b")],
         oversized_bytes: 2048,
         lockout_duration: Duration::from_secs(1),
+        lockout_max_failures: 10,
+        rotation_overlap: Duration::from_secs(1),
     }
 }
 

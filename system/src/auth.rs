@@ -1,40 +1,87 @@
 //! Authentication (API keys), authorisation (roles to permissions, one
 //! table) and per-key rate limits (GCRA).
+//!
+//! Two kinds of key authenticate. Bootstrap keys come from the configuration
+//! (`security.api_keys`) and live as long as it names them. Issued keys
+//! (`gk.<id>.<secret>`) live in the store's `api_keys` table; [`Auth`] holds
+//! the live ones in a cache that the key routes update as they change the
+//! table, and that is bounded by `security.keys.max_keys`. The service is the
+//! only writer of its database while it runs (the store's lock), so the
+//! cache cannot go stale behind its back.
 
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{Permission, RateLimitConfig, SecurityConfig};
+use crate::config::{KeysConfig, Permission, RateLimitConfig, SecurityConfig};
+use crate::lockout::ISSUED_KEY_PREFIX;
+use crate::store::{KeyRecord, LAST_USED_GRANULARITY_MS};
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
+/// A key's rate limit: its limiter and the configuration it was built from.
+struct KeyLimit {
+    limiter: Limiter,
+    rate: RateLimitConfig,
+}
+
+impl KeyLimit {
+    fn new(rate: RateLimitConfig) -> Arc<KeyLimit> {
+        Arc::new(KeyLimit {
+            limiter: RateLimiter::direct(quota(rate))
+                .with_middleware::<StateInformationMiddleware>(),
+            rate,
+        })
+    }
+}
+
 /// Who is calling: the identity behind a valid key.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Principal {
-    /// The key's position in [`Auth`]'s table, so its limiter is found
-    /// without a search.
-    index: usize,
-    /// The key's id from the configuration (never the key itself).
+    /// The key's id (never the key itself).
     pub key_id: Arc<str>,
     /// The tenant the key acts for.
     pub tenant: Arc<str>,
     /// The key's role.
     pub role: Arc<str>,
+    /// Whether the key was issued at run time (else it is a bootstrap key).
+    pub issued: bool,
     permissions: Arc<[Permission]>,
+    limit: Arc<KeyLimit>,
+}
+
+impl std::fmt::Debug for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Principal")
+            .field("key_id", &self.key_id)
+            .field("tenant", &self.tenant)
+            .field("role", &self.role)
+            .field("issued", &self.issued)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Principal {
     /// Whether the role grants `permission`.
     pub fn can(&self, permission: Permission) -> bool {
         self.permissions.contains(&permission)
+    }
+
+    /// Whether the caller's role holds every permission of `role`: a key
+    /// may only issue, rotate or revoke keys that cannot do more than it
+    /// can, or `keys.create` would be every permission.
+    pub fn covers(&self, auth: &Auth, role: &str) -> bool {
+        auth.permissions_of(role).iter().all(|p| self.can(*p))
     }
 }
 
@@ -48,12 +95,15 @@ pub enum AuthError {
     /// The header is not `Bearer <key>`.
     #[error("malformed Authorization header")]
     Malformed,
-    /// No configured key matches.
+    /// No key matches.
     #[error("unknown key")]
     Unknown,
     /// The key matched but has expired.
     #[error("expired key")]
     Expired,
+    /// The key matched but was rotated and its overlap has ended.
+    #[error("rotated key past its overlap")]
+    Rotated,
 }
 
 impl AuthError {
@@ -64,6 +114,7 @@ impl AuthError {
             AuthError::Malformed => "malformed",
             AuthError::Unknown => "unknown",
             AuthError::Expired => "expired",
+            AuthError::Rotated => "rotated",
         }
     }
 }
@@ -81,57 +132,158 @@ pub struct RateStatus {
     pub retry_after: Option<Duration>,
 }
 
-struct Key {
+struct BootstrapKey {
     sha256: [u8; 32],
     principal: Principal,
     expires_at: Option<SystemTime>,
-    limiter: Limiter,
-    rate: RateLimitConfig,
 }
 
-/// The configured keys, their roles and limiters. Built once at startup; the
-/// set of limiters is therefore bounded by the configuration.
+struct IssuedKey {
+    record: KeyRecord,
+    principal: Principal,
+    /// The last `last_used_ms` handed out for writing.
+    touched_ms: AtomicI64,
+}
+
+/// Keys due for rotation, for `/health` and the `api_keys_rotation` gauge.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RotationReport {
+    /// Keys within `warning_before` of being due, or of expiring.
+    pub due: u64,
+    /// Issued keys older than `rotation_interval`.
+    pub overdue: u64,
+    /// Their ids, overdue first, at most [`MAX_REPORTED_KEYS`].
+    pub ids: Vec<String>,
+}
+
+/// The most key ids a [`RotationReport`] names.
+pub const MAX_REPORTED_KEYS: usize = 20;
+
+/// The keys, their roles and limiters.
 pub struct Auth {
-    keys: Vec<Key>,
+    bootstrap: Vec<BootstrapKey>,
+    issued: RwLock<HashMap<String, IssuedKey>>,
+    roles: BTreeMap<String, Arc<[Permission]>>,
+    limits: BTreeMap<String, RateLimitConfig>,
+    default_limit: RateLimitConfig,
+    policy: KeysConfig,
+}
+
+/// Unix milliseconds of `t`.
+pub fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl Auth {
-    /// Builds the key table from validated security settings.
+    /// Builds the key table from validated security settings, with no
+    /// issued keys yet (see [`Auth::load`]).
     pub fn new(security: &SecurityConfig) -> Auth {
-        let roles = crate::roles::resolve(security);
-        let keys = security
+        let roles: BTreeMap<String, Arc<[Permission]>> = crate::roles::resolve(security)
+            .into_iter()
+            .map(|(name, held)| (name, Arc::from(held)))
+            .collect();
+        let limits = roles
+            .keys()
+            .map(|name| (name.clone(), crate::roles::rate_limit_of(security, name)))
+            .collect();
+        let mut auth = Auth {
+            bootstrap: Vec::new(),
+            issued: RwLock::new(HashMap::new()),
+            roles,
+            limits,
+            default_limit: security.default_rate_limit,
+            policy: security.keys.clone(),
+        };
+        auth.bootstrap = security
             .api_keys
             .iter()
-            .enumerate()
-            .map(|(index, k)| {
-                let permissions: Arc<[Permission]> = roles
-                    .get(&k.role)
-                    .map(|p| p.as_slice().into())
-                    .unwrap_or_else(|| Arc::from(Vec::new()));
-                let rate = crate::roles::rate_limit_of(security, &k.role);
-                Key {
-                    sha256: k.sha256,
-                    principal: Principal {
-                        index,
-                        key_id: k.id.as_str().into(),
-                        tenant: k.tenant.as_str().into(),
-                        role: k.role.as_str().into(),
-                        permissions,
-                    },
-                    expires_at: k.expires_at,
-                    limiter: RateLimiter::direct(quota(rate))
-                        .with_middleware::<StateInformationMiddleware>(),
-                    rate,
-                }
+            .map(|k| BootstrapKey {
+                sha256: k.sha256,
+                principal: auth.principal(&k.id, &k.tenant, &k.role, false),
+                expires_at: k.expires_at,
             })
             .collect();
-        Auth { keys }
+        auth
+    }
+
+    fn principal(&self, id: &str, tenant: &str, role: &str, issued: bool) -> Principal {
+        Principal {
+            key_id: id.into(),
+            tenant: tenant.into(),
+            role: role.into(),
+            issued,
+            permissions: self.permissions_of(role),
+            limit: KeyLimit::new(self.limits.get(role).copied().unwrap_or(self.default_limit)),
+        }
+    }
+
+    /// Everything `role` grants; nothing for a role that does not exist
+    /// (an issued key whose role the configuration no longer has).
+    pub fn permissions_of(&self, role: &str) -> Arc<[Permission]> {
+        self.roles
+            .get(role)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(Vec::new()))
+    }
+
+    /// Whether `role` exists (built in or configured).
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.contains_key(role)
+    }
+
+    /// The rotation policy and bound of issued keys.
+    pub fn policy(&self) -> &KeysConfig {
+        &self.policy
+    }
+
+    /// Whether a bootstrap key has this id.
+    pub fn is_bootstrap(&self, id: &str) -> bool {
+        self.bootstrap.iter().any(|k| &*k.principal.key_id == id)
+    }
+
+    /// Puts issued keys in the cache (at start, and after each change):
+    /// live ones are added or updated, others dropped. Entries that are no
+    /// longer live at `now` are dropped too, so the cache holds at most the
+    /// live bound. A key whose id a bootstrap key has is ignored, with a
+    /// warning: the configuration wins.
+    pub fn load(&self, records: impl IntoIterator<Item = KeyRecord>, now: SystemTime) {
+        let now_ms = unix_ms(now);
+        let mut issued = self.issued.write().unwrap_or_else(PoisonError::into_inner);
+        for record in records {
+            if self.is_bootstrap(&record.id) {
+                tracing::warn!(key_id = %record.id, "an issued key has a bootstrap key's id; the bootstrap key wins");
+                continue;
+            }
+            if !record.live_at(now_ms) {
+                issued.remove(&record.id);
+                continue;
+            }
+            match issued.get_mut(&record.id) {
+                // The same key changed (rotated): its limiter carries on.
+                Some(entry) => entry.record = record,
+                None => {
+                    let principal = self.principal(&record.id, &record.tenant, &record.role, true);
+                    let touched = record.last_used_ms.unwrap_or(0);
+                    issued.insert(
+                        record.id.clone(),
+                        IssuedKey {
+                            record,
+                            principal,
+                            touched_ms: AtomicI64::new(touched),
+                        },
+                    );
+                }
+            }
+        }
+        issued.retain(|_, k| k.record.live_at(now_ms));
     }
 
     /// Finds the key in an `Authorization` header value. The presented key is
-    /// hashed and compared against every configured hash in constant time,
+    /// hashed and compared against every bootstrap hash in constant time,
     /// without stopping at a match, so timing reveals neither which key
-    /// matched nor how much of a hash did.
+    /// matched nor how much of a hash did. An issued key is found by the id
+    /// it names, and its hash compared in constant time too.
     pub fn authenticate(
         &self,
         header: Option<&str>,
@@ -144,30 +296,110 @@ impl Auth {
             return Err(AuthError::Malformed);
         }
         let presented: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        let mut found: Option<&Key> = None;
-        for k in &self.keys {
+        let mut found: Option<&BootstrapKey> = None;
+        for k in &self.bootstrap {
             if bool::from(k.sha256.ct_eq(&presented)) {
                 found = Some(k);
             }
         }
-        let key = found.ok_or(AuthError::Unknown)?;
-        if key.expires_at.is_some_and(|t| now >= t) {
+        if let Some(key) = found {
+            if key.expires_at.is_some_and(|t| now >= t) {
+                return Err(AuthError::Expired);
+            }
+            return Ok(key.principal.clone());
+        }
+        let id = crate::lockout::presented_key_id(Some(header)).ok_or(AuthError::Unknown)?;
+        let issued = self.issued.read().unwrap_or_else(PoisonError::into_inner);
+        let entry = issued.get(&*id).ok_or(AuthError::Unknown)?;
+        if !bool::from(entry.record.sha256.ct_eq(&presented)) {
+            return Err(AuthError::Unknown);
+        }
+        let now_ms = unix_ms(now);
+        if entry.record.overlap_until_ms.is_some_and(|t| now_ms >= t) {
+            return Err(AuthError::Rotated);
+        }
+        if !entry.record.live_at(now_ms) {
             return Err(AuthError::Expired);
         }
-        Ok(key.principal.clone())
+        Ok(entry.principal.clone())
+    }
+
+    /// Whether the issued key behind `principal` should have its
+    /// `last_used_ms` written now: at most once per
+    /// [`LAST_USED_GRANULARITY_MS`], whoever asks.
+    pub fn touch_due(&self, principal: &Principal, now: SystemTime) -> bool {
+        if !principal.issued {
+            return false;
+        }
+        let now_ms = unix_ms(now);
+        let issued = self.issued.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(entry) = issued.get(&*principal.key_id) else {
+            return false;
+        };
+        let last = entry.touched_ms.load(Ordering::Relaxed);
+        now_ms - last >= LAST_USED_GRANULARITY_MS
+            && entry
+                .touched_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// The keys due for rotation at `now`: issued keys within
+    /// `warning_before` of `rotation_interval` (overdue past it), and any
+    /// key within `warning_before` of its expiry. A rotated key in its
+    /// overlap is handled already and not reported.
+    pub fn rotation_report(&self, now: SystemTime) -> RotationReport {
+        let now_ms = unix_ms(now);
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let interval = ms(self.policy.rotation_interval);
+        let warning = ms(self.policy.warning_before);
+        let mut overdue = Vec::new();
+        let mut due = Vec::new();
+        for k in &self.bootstrap {
+            if k.expires_at
+                .is_some_and(|t| unix_ms(t).saturating_sub(now_ms) <= warning)
+            {
+                due.push(k.principal.key_id.to_string());
+            }
+        }
+        let issued = self.issued.read().unwrap_or_else(PoisonError::into_inner);
+        for k in issued.values() {
+            let r = &k.record;
+            if r.rotated() || !r.live_at(now_ms) {
+                continue;
+            }
+            let age = now_ms.saturating_sub(r.created_ms);
+            if age >= interval {
+                overdue.push(r.id.clone());
+            } else if age >= interval - warning
+                || r.expires_ms
+                    .is_some_and(|t| t.saturating_sub(now_ms) <= warning)
+            {
+                due.push(r.id.clone());
+            }
+        }
+        overdue.sort();
+        due.sort();
+        let report = RotationReport {
+            due: due.len() as u64,
+            overdue: overdue.len() as u64,
+            ids: overdue
+                .into_iter()
+                .chain(due)
+                .take(MAX_REPORTED_KEYS)
+                .collect(),
+        };
+        report
+    }
+
+    /// The bootstrap keys, for `GET /v1/keys`: id, tenant, role, expiry.
+    pub fn bootstrap_keys(&self) -> impl Iterator<Item = (&Principal, Option<SystemTime>)> {
+        self.bootstrap.iter().map(|k| (&k.principal, k.expires_at))
     }
 
     /// Takes one request from the key's rate limit.
     pub fn check_rate(&self, principal: &Principal) -> RateStatus {
-        let Some(key) = self.keys.get(principal.index) else {
-            // Principals only come from this table; a stranger gets no budget.
-            return RateStatus {
-                limit: 0,
-                remaining: 0,
-                reset: Duration::ZERO,
-                retry_after: Some(Duration::from_secs(1)),
-            };
-        };
+        let key = &principal.limit;
         let per_request = Duration::from_secs(1) / key.rate.requests_per_second;
         match key.limiter.check() {
             Ok(snapshot) => {
@@ -194,6 +426,31 @@ impl Auth {
     }
 }
 
+/// A fresh key: its id (`id`, or a random one), the plaintext
+/// `gk.<id>.<secret>` with a 256-bit secret, and the plaintext's SHA-256.
+pub fn generate_key(id: Option<&str>) -> (String, String, [u8; 32]) {
+    let id = id.map_or_else(
+        || format!("k{}", hex::encode(rand::random::<[u8; 8]>())),
+        str::to_owned,
+    );
+    let plaintext = format!(
+        "{ISSUED_KEY_PREFIX}{id}.{}",
+        hex::encode(rand::random::<[u8; 32]>())
+    );
+    let sha256 = Sha256::digest(plaintext.as_bytes()).into();
+    (id, plaintext, sha256)
+}
+
+/// Whether `id` may name an issued key: 1 to 64 of lowercase letters,
+/// digits, `_` and `-` (what the lockout reads from a presented key).
+pub fn valid_key_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
 fn quota(rate: RateLimitConfig) -> Quota {
     // Validation keeps both at least 1; the fallback only keeps this total.
     let one = NonZeroU32::MIN;
@@ -216,6 +473,10 @@ pub const ROUTE_PERMISSIONS: &[(&str, &str, Permission)] = &[
     ("GET", "/v1/audit", Permission::AuditRead),
     ("GET", "/v1/audit/verify", Permission::AuditVerify),
     ("GET", "/v1/roles", Permission::RolesRead),
+    ("GET", "/v1/keys", Permission::KeysRead),
+    ("POST", "/v1/keys", Permission::KeysCreate),
+    ("POST", "/v1/keys/{id}/rotate", Permission::KeysRotate),
+    ("DELETE", "/v1/keys/{id}", Permission::KeysRevoke),
 ];
 
 /// The permission `method` on `route` needs, if the route is in the table.

@@ -61,13 +61,7 @@ pub fn presented_key_id(header: Option<&str>) -> Option<Arc<str>> {
     let (_, key) = header?.split_once(' ')?;
     let rest = key.trim().strip_prefix(ISSUED_KEY_PREFIX)?;
     let (id, secret) = rest.split_once('.')?;
-    let valid = !id.is_empty()
-        && id.len() <= 64
-        && !secret.is_empty()
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    valid.then(|| Arc::from(id))
+    (!secret.is_empty() && crate::auth::valid_key_id(id)).then(|| Arc::from(id))
 }
 
 /// The client address: the peer, or behind trusted proxies the right-most

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use orchestrator::cli::{self, AuditVerifyArgs, Format, ServeArgs, ValidateArgs};
+use orchestrator::cli::{
+    self, AuditVerifyArgs, Format, KeysAction, KeysArgs, ServeArgs, ValidateArgs,
+};
 use orchestrator::config::Level;
 
 /// The hardened LLM agent orchestration service that Gauntlet battle-tests.
@@ -45,6 +47,63 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Manage issued API keys on a database the service is not running on
+    /// (while it runs, use its /v1/keys API). Every change is audited with
+    /// actor `cli`. Exits 0 when done, 2 for a bad argument, an unknown key
+    /// or a database that cannot be opened.
+    Keys {
+        /// The orchestrator's SQLite database (`storage.sqlite.path`).
+        #[arg(long, global = true)]
+        db: Option<PathBuf>,
+        /// The service's configuration, for its roles and `security.keys`
+        /// (the built-in roles and the defaults without it).
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Issue a key; its plaintext is printed this once.
+    Create {
+        /// The tenant it acts for.
+        #[arg(long)]
+        tenant: String,
+        /// Its role.
+        #[arg(long)]
+        role: String,
+        /// Its id (1 to 64 of a-z, 0-9, `_`, `-`); random when absent.
+        #[arg(long)]
+        id: Option<String>,
+        /// How long it works, like `2160h` (90 days); forever when absent.
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    /// Issue a key's successor; the old key keeps working for the overlap.
+    Rotate {
+        /// The key's id.
+        id: String,
+        /// How long the old key keeps working, like `1h` (up to 168h); the
+        /// configuration's `security.keys.rotation_overlap` when absent.
+        #[arg(long)]
+        overlap: Option<String>,
+    },
+    /// Revoke a key at once.
+    Revoke {
+        /// The key's id.
+        id: String,
+    },
+    /// List issued keys, newest first (never a secret).
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
     },
 }
 
@@ -131,6 +190,48 @@ fn main() -> ExitCode {
             &mut stdout.lock(),
             &mut stderr.lock(),
         ),
+        Command::Keys {
+            db,
+            config,
+            format,
+            command,
+        } => {
+            let action = match command {
+                KeysCommand::Create {
+                    tenant,
+                    role,
+                    id,
+                    expires_in,
+                } => KeysAction::Create {
+                    tenant,
+                    role,
+                    id,
+                    expires_in,
+                },
+                KeysCommand::Rotate { id, overlap } => KeysAction::Rotate { id, overlap },
+                KeysCommand::Revoke { id } => KeysAction::Revoke { id },
+                KeysCommand::List { tenant } => KeysAction::List { tenant },
+            };
+            match db {
+                Some(db) => cli::keys(
+                    &KeysArgs {
+                        db,
+                        config,
+                        format,
+                        action,
+                    },
+                    &mut stdout.lock(),
+                    &mut stderr.lock(),
+                ),
+                None => {
+                    let _ = writeln!(
+                        stderr.lock(),
+                        "error: --db PATH is required: the orchestrator's database (storage.sqlite.path)"
+                    );
+                    Ok(orchestrator::exit::Exit::BadInput)
+                }
+            }
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),

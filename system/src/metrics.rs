@@ -48,6 +48,12 @@ pub struct Metrics {
     pub auth_locked_refusals: IntCounterVec,
     /// `auth_lockout_tracked`: addresses and key ids the lockout table holds.
     pub auth_lockout_tracked: IntGauge,
+    /// `api_keys_rotation{state}`: keys `due` (within `warning_before`) and
+    /// `overdue` (past `rotation_interval`), refreshed on each scrape and
+    /// health check.
+    pub api_keys_rotation: IntGaugeVec,
+    /// `api_key_changes_total{action}`: keys `created`, `rotated`, `revoked`.
+    pub api_key_changes: IntCounterVec,
     /// `llm_call_duration_seconds`: one whole LLM call, retries included.
     pub llm_duration: Histogram,
     /// `jobs{state}`: jobs by state, refreshed from the store on each scrape.
@@ -239,6 +245,16 @@ impl Metrics {
             auth_lockout_tracked: plain_gauge(
                 "auth_lockout_tracked",
                 "Addresses and key ids held by the lockout table (bounded by max_tracked).",
+            ),
+            api_keys_rotation: gauge(
+                "api_keys_rotation",
+                "API keys due for rotation (state due) and past their rotation interval (state overdue).",
+                &["state"],
+            ),
+            api_key_changes: counter(
+                "api_key_changes_total",
+                "API keys created, rotated and revoked through the service.",
+                &["action"],
             ),
             llm_duration,
             registry,

@@ -58,23 +58,23 @@ pub const BUILTIN: [BuiltinRole; 7] = {
         BuiltinRole {
             name: "analyst",
             inherits: &["viewer"],
-            grants: &[AuditRead, DlqRead],
+            grants: &[AuditRead, DlqRead, KeysRead],
             rate_limit: limit(10, 20),
-            about: "reads the audit log and the dead-letter queue",
+            about: "reads the audit log, the dead-letter queue and its tenant's keys",
         },
         BuiltinRole {
             name: "developer",
             inherits: &["viewer"],
-            grants: &[TasksCreate, JobsCreate],
+            grants: &[TasksCreate, JobsCreate, KeysRead],
             rate_limit: limit(20, 40),
-            about: "runs tasks and submits jobs",
+            about: "runs tasks, submits jobs and sees its tenant's keys",
         },
         BuiltinRole {
             name: "operator",
             inherits: &["developer", "analyst"],
-            grants: &[DlqReplay],
+            grants: &[DlqReplay, KeysCreate, KeysRotate, KeysRevoke],
             rate_limit: limit(20, 40),
-            about: "runs the service day to day: replays dead jobs",
+            about: "runs its tenant day to day: replays dead jobs, issues, rotates and revokes keys",
         },
         BuiltinRole {
             name: "admin",
@@ -86,9 +86,16 @@ pub const BUILTIN: [BuiltinRole; 7] = {
         BuiltinRole {
             name: "super_admin",
             inherits: &["admin"],
-            grants: &[BudgetReadAll],
+            grants: &[
+                BudgetReadAll,
+                JobsReadAll,
+                DlqReadAll,
+                DlqReplayAll,
+                KeysReadAll,
+                KeysManageAll,
+            ],
             rate_limit: limit(20, 40),
-            about: "sees every tenant",
+            about: "acts on every tenant: budgets, jobs, the dead-letter queue and keys",
         },
     ]
 };
@@ -285,6 +292,7 @@ mod tests {
                 Permission::JobsCreate,
                 Permission::JobsRead,
                 Permission::DlqReplay,
+                Permission::KeysRead,
             ]
         );
         assert_eq!(rate_limit_of(&s, "guest"), limit(2, 5));

@@ -174,3 +174,101 @@ fn schema_is_json_with_documented_fields() {
         "field doc comments become descriptions: {retry}"
     );
 }
+
+/// A fresh database path of its own under the system's temp directory.
+fn fresh_db(name: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("orchestrator-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir.join("orchestrator.db").display().to_string()
+}
+
+fn json_of(out: &Output) -> serde_json::Value {
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("json output")
+}
+
+#[test]
+fn keys_are_managed_offline_and_every_change_is_audited() {
+    let db = fresh_db("keys");
+    let keys = |args: &[&str]| {
+        let mut all = vec!["keys", "--db", &db, "--format", "json"];
+        all.extend_from_slice(args);
+        run(&all, &[])
+    };
+    let created = json_of(&keys(&[
+        "create", "--tenant", "acme", "--role", "viewer", "--id", "ci-bot",
+    ]));
+    assert_eq!(created["id"], "ci-bot");
+    assert_eq!(created["state"], "live");
+    let key = created["key"].as_str().expect("plaintext shown once");
+    assert!(key.starts_with("gk.ci-bot.") && key.len() == "gk.ci-bot.".len() + 64);
+
+    let rotated = json_of(&keys(&["rotate", "ci-bot", "--overlap", "1h"]));
+    assert_eq!(rotated["rotated_from"], "ci-bot");
+    assert_eq!(rotated["role"], "viewer");
+    let successor = rotated["id"].as_str().expect("successor id").to_owned();
+    json_of(&keys(&["revoke", &successor]));
+
+    let listed = json_of(&keys(&["list", "--tenant", "acme"]));
+    let states: Vec<(String, String)> = listed["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .map(|k| (k["id"].to_string(), k["state"].to_string()))
+        .collect();
+    assert_eq!(states.len(), 2, "{states:?}");
+    assert!(
+        states.contains(&("\"ci-bot\"".into(), "\"overlap\"".into())),
+        "{states:?}"
+    );
+    assert!(
+        !listed.to_string().contains(key),
+        "a listing never holds a secret"
+    );
+
+    let audit = run(&["audit", "verify", "--db", &db, "--format", "json"], &[]);
+    let audit = json_of(&audit);
+    assert_eq!(audit["entries"], 3, "created, rotated, revoked: {audit}");
+}
+
+#[test]
+fn keys_refuse_bad_arguments_naming_them() {
+    let db = fresh_db("keys-bad");
+    let cases: [&[&str]; 5] = [
+        &["create", "--tenant", "acme", "--role", "root"],
+        &[
+            "create",
+            "--tenant",
+            "acme",
+            "--role",
+            "viewer",
+            "--id",
+            "Not.An.Id",
+        ],
+        &[
+            "create",
+            "--tenant",
+            "acme",
+            "--role",
+            "viewer",
+            "--expires-in",
+            "soon",
+        ],
+        &["rotate", "nobody"],
+        &["revoke", "nobody"],
+    ];
+    let mut report = String::new();
+    for args in cases {
+        let mut all = vec!["keys", "--db", &db];
+        all.extend_from_slice(args);
+        let out = run(&all, &[]);
+        report.push_str(&format!(
+            "{} -> exit {:?}: {}",
+            args.join(" "),
+            out.status.code(),
+            text(&out.stderr)
+        ));
+    }
+    insta::assert_snapshot!(report);
+}

@@ -148,3 +148,167 @@ async fn an_invalid_config_exits_2_naming_the_field() {
         "{stderr}"
     );
 }
+
+/// The seven security headers of seed 004, and the response time.
+const SECURITY_HEADERS: [&str; 8] = [
+    "x-content-type-options",
+    "x-frame-options",
+    "x-xss-protection",
+    "strict-transport-security",
+    "content-security-policy",
+    "referrer-policy",
+    "permissions-policy",
+    "x-response-time",
+];
+
+/// Sends `request` and checks that the answer carries every security header.
+async fn send(request: reqwest::RequestBuilder) -> (u16, Value, reqwest::header::HeaderMap) {
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    for name in SECURITY_HEADERS {
+        assert!(headers.contains_key(name), "{name} missing on a {status}");
+    }
+    let body = response.json::<Value>().await.unwrap_or(Value::Null);
+    (status, body, headers)
+}
+
+async fn roles_with(base: &str, key: &str) -> u16 {
+    send(client().get(format!("{base}/v1/roles")).bearer_auth(key))
+        .await
+        .0
+}
+
+#[tokio::test]
+async fn keys_are_issued_rotated_with_an_overlap_revoked_and_guessing_locks_out() {
+    let provider = Provider::start().await;
+    let running = start(
+        &provider,
+        &[
+            ("ORCHESTRATOR__SECURITY__HSTS", "true"),
+            ("ORCHESTRATOR__SECURITY__KEYS__ROTATION_OVERLAP", "1500ms"),
+        ],
+    )
+    .await;
+    let base = running.base.clone();
+
+    // Issue: the plaintext comes back once, and works.
+    let (status, created, _) = send(
+        client()
+            .post(format!("{base}/v1/keys"))
+            .bearer_auth(DEV_KEY)
+            .json(&json!({"role": "developer"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let first = created["key"].as_str().unwrap().to_owned();
+    let first_id = created["id"].as_str().unwrap().to_owned();
+    assert!(first.starts_with(&format!("gk.{first_id}.")));
+    assert_eq!(created["tenant"], "dev");
+    assert_eq!(roles_with(&base, &first).await, 200);
+
+    // A developer key cannot issue an admin key: it cannot even issue.
+    let (status, _, _) = send(
+        client()
+            .post(format!("{base}/v1/keys"))
+            .bearer_auth(&first)
+            .json(&json!({"role": "admin"})),
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    // Rotate: both keys work until the overlap ends, then only the new one.
+    let (status, rotated, _) = send(
+        client()
+            .post(format!("{base}/v1/keys/{first_id}/rotate"))
+            .bearer_auth(DEV_KEY),
+    )
+    .await;
+    assert_eq!(status, 201, "{rotated}");
+    let second = rotated["key"].as_str().unwrap().to_owned();
+    assert_eq!(rotated["rotated_from"], first_id.as_str());
+    assert_eq!(rotated["rotated"]["state"], "overlap");
+    assert_eq!(
+        roles_with(&base, &first).await,
+        200,
+        "the old key in the overlap"
+    );
+    assert_eq!(roles_with(&base, &second).await, 200, "the new key");
+    eventually("the overlap ends", Duration::from_secs(10), async || {
+        roles_with(&base, &first).await == 401
+    })
+    .await;
+    assert_eq!(roles_with(&base, &second).await, 200);
+
+    // The listing shows both, and never a secret.
+    let (status, listed, _) =
+        send(client().get(format!("{base}/v1/keys")).bearer_auth(DEV_KEY)).await;
+    assert_eq!(status, 200);
+    let text = listed.to_string();
+    assert!(!text.contains(&first) && !text.contains(&second), "{text}");
+    let states: Vec<(&str, &str)> = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| (k["id"].as_str().unwrap(), k["state"].as_str().unwrap()))
+        .collect();
+    assert!(states.contains(&("dev", "live")), "{states:?}");
+    assert!(
+        states.contains(&(first_id.as_str(), "rotated")),
+        "{states:?}"
+    );
+
+    // Revoke: at once.
+    let second_id = rotated["id"].as_str().unwrap().to_owned();
+    let (status, revoked, _) = send(
+        client()
+            .delete(format!("{base}/v1/keys/{second_id}"))
+            .bearer_auth(DEV_KEY),
+    )
+    .await;
+    assert_eq!((status, revoked["state"].as_str()), (200, Some("revoked")));
+    assert_eq!(roles_with(&base, &second).await, 401);
+
+    let (_, health, _) = send(client().get(format!("{base}/health"))).await;
+    assert_eq!(health["keys"]["overdue"], 0, "{health}");
+    let metrics = client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "api_key_changes_total{action=\"created\"} 1",
+        "api_key_changes_total{action=\"rotated\"} 1",
+        "api_key_changes_total{action=\"revoked\"} 1",
+        "api_keys_rotation{state=\"due\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+
+    // Guessing from 127.0.0.1: two failures above already count, so eight
+    // more reach the default threshold of ten; then even the valid key waits.
+    for n in 0..8 {
+        let (status, _, _) = send(
+            client()
+                .get(format!("{base}/v1/roles"))
+                .bearer_auth(format!("wrong-{n}")),
+        )
+        .await;
+        assert_eq!(status, 401, "guess {n}");
+    }
+    let (status, body, headers) = send(
+        client()
+            .get(format!("{base}/v1/roles"))
+            .bearer_auth(DEV_KEY),
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["type"], "urn:orchestrator:problem:auth-locked");
+    assert!(headers.contains_key("retry-after"));
+
+    let (code, _) = running.terminate().await;
+    assert_eq!(code, Some(0));
+}

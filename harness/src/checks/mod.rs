@@ -191,6 +191,7 @@ pub fn check_invariant(invariant: &Invariant, evidence: &Evidence) -> CheckResul
         Invariant::LimitsEnforced => requests::limits_enforced(evidence),
         Invariant::AccessEnforced => requests::access_enforced(evidence),
         Invariant::LockoutEffective => requests::lockout_effective(evidence),
+        Invariant::RotationSeamless => requests::rotation_seamless(evidence),
         Invariant::SecurityHeaders => requests::security_headers(evidence),
     }
 }

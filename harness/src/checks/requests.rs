@@ -1,8 +1,8 @@
 //! Invariants of what each request was answered, judged against the
 //! configuration's contract: who may do what (`access_enforced`), the
 //! body and time limits (`limits_enforced`), the headers every answer
-//! carries (`security_headers`), and the brute-force lockout
-//! (`lockout_effective`).
+//! carries (`security_headers`), the brute-force lockout
+//! (`lockout_effective`) and key rotation (`rotation_seamless`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
@@ -35,7 +35,12 @@ fn role_of<'e>(evidence: &'e Evidence, op: &'e Op) -> Option<&'e str> {
             evidence.tenant_roles.get(&op.tenant).map(String::as_str)
         }
         Credential::Role(role) => Some(role.as_str()),
-        Credential::Missing | Credential::Unknown | Credential::Expired | Credential::Guess => None,
+        Credential::Missing
+        | Credential::Unknown
+        | Credential::Expired
+        | Credential::Guess
+        | Credential::Rotating
+        | Credential::Successor => None,
     }
 }
 
@@ -51,7 +56,8 @@ fn due(evidence: &Evidence, op: &Op) -> Due {
 /// configuration: 401 for a missing, unknown or expired key; 403 for a role
 /// without the route's permission; never 401 or 403 for a role with it.
 /// Unanswered requests are not judged here, nor are the lockout's refusals
-/// (429 `auth-locked`, which `lockout_effective` judges).
+/// (429 `auth-locked`, which `lockout_effective` judges), nor keys issued
+/// during the run (whose validity `rotation_seamless` judges).
 pub(super) fn access_enforced(evidence: &Evidence) -> CheckResult {
     let mut r = CheckResult::invariant(
         "access_enforced",
@@ -63,7 +69,7 @@ pub(super) fn access_enforced(evidence: &Evidence) -> CheckResult {
         let Outcome::Status(status) = op.outcome else {
             continue;
         };
-        if op.auth_locked() {
+        if op.auth_locked() || op.credential.is_issued() {
             continue;
         }
         let due = due(evidence, op);
@@ -435,7 +441,9 @@ pub(super) fn lockout_effective(evidence: &Evidence) -> CheckResult {
             ));
             continue;
         }
-        let failed = status == 401 && op.credential.counts_as_failure();
+        // The service counts every 401 to a presented key, whatever the
+        // key was meant to be: a rotated key past its overlap too.
+        let failed = status == 401 && op.credential != Credential::Missing;
         for (subject, state) in subjects.iter().zip(&states) {
             let Some(model) = models.get_mut(subject) else {
                 continue;
@@ -562,4 +570,164 @@ fn describe(op: &Op) -> String {
         op.credential
     )
     .to_lowercase()
+}
+
+/// How far apart the harness's clock and the service's may read, in
+/// milliseconds: one machine, but the service's times are whole
+/// milliseconds of the wall clock and the harness's fractions of a
+/// monotonic one.
+const CLOCK_SLACK_MS: f64 = 20.0;
+
+/// The rotator's key works beside its successor until the overlap
+/// (`security.keys.rotation_overlap`) from the rotation ends, then gets 401
+/// and nothing else; the successor works from the rotation on; the rotator
+/// could issue and rotate its key, and the audit log the run left holds
+/// `key.created` and `key.rotated` for it. Probes too close to the overlap's
+/// end to call are not judged.
+pub(super) fn rotation_seamless(evidence: &Evidence) -> CheckResult {
+    let overlap = evidence.contract.rotation_overlap;
+    let overlap_ms = overlap.as_secs_f64() * 1000.0;
+    let mut r = CheckResult::invariant(
+        "rotation_seamless",
+        format!(
+            "a rotated key works beside its successor for {}, then gets 401 and nothing else; the successor always works",
+            super::slo::humantime_like(overlap)
+        ),
+    );
+    let mut violations = 0;
+    let find = |kind: OpKind| {
+        evidence.history.iter().find(|op| {
+            op.kind == kind
+                && op.credential == Credential::Tenant
+                && op.client == crate::load::ROTATOR_ADDRESS
+        })
+    };
+    let created = find(OpKind::CreateKey);
+    let rotated = find(OpKind::RotateKey);
+    for (what, op) in [("issue", created), ("rotate", rotated)] {
+        if let Some(op) = op
+            && let Outcome::Status(status) = op.outcome
+            && status != 201
+        {
+            violations += 1;
+            r.violation(format!(
+                "the rotator could not {what} its key: {}",
+                describe(op)
+            ));
+        }
+    }
+    let (mut before, mut during, mut after, mut successor, mut unsure) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    let rotation = rotated.filter(|op| op.outcome == Outcome::Status(201));
+    for op in evidence
+        .history
+        .iter()
+        .filter(|op| op.credential.is_issued())
+    {
+        let Outcome::Status(status) = op.outcome else {
+            continue;
+        };
+        // What is due: served, 401, or not sure.
+        let due = match (&op.credential, rotation) {
+            (Credential::Successor, _) => Some(true),
+            (_, None) => Some(true),
+            (_, Some(rot)) if op.end_ms < rot.start_ms => Some(true),
+            (_, Some(rot)) if op.end_ms < rot.start_ms + overlap_ms - CLOCK_SLACK_MS => Some(true),
+            (_, Some(rot)) if op.start_ms > rot.end_ms + overlap_ms + CLOCK_SLACK_MS => Some(false),
+            _ => None,
+        };
+        let phase = match (&op.credential, rotation) {
+            (Credential::Successor, _) => "successor",
+            (_, Some(rot)) if op.end_ms >= rot.start_ms => {
+                if due == Some(false) {
+                    "after the overlap"
+                } else {
+                    "in the overlap"
+                }
+            }
+            _ => "before the rotation",
+        };
+        match due {
+            None => unsure += 1,
+            Some(true) if status == 200 => match phase {
+                "successor" => successor += 1,
+                "in the overlap" => during += 1,
+                _ => before += 1,
+            },
+            Some(false) if status == 401 => after += 1,
+            Some(served) => {
+                violations += 1;
+                r.violation(format!(
+                    "{} key {phase} answered {status}, {} due: {}",
+                    if op.credential == Credential::Successor {
+                        "the successor"
+                    } else {
+                        "the rotated"
+                    },
+                    if served { "200" } else { "401" },
+                    describe(op)
+                ));
+            }
+        }
+    }
+    violations += audit_of_rotation(&mut r, evidence, created, rotation);
+    r.observed = format!(
+        "rotated key served {before} times before the rotation and {during} in the overlap, refused {after} times after it; successor served {successor} times; {unsure} too close to the overlap's end to judge"
+    );
+    let mut missing = Vec::new();
+    if rotation.is_none() {
+        missing.push("no rotation was answered".to_owned());
+    }
+    if during == 0 {
+        missing.push("no probe with the rotated key was surely in the overlap".to_owned());
+    }
+    if after == 0 {
+        missing.push("no probe with the rotated key was surely after the overlap".to_owned());
+    }
+    if successor == 0 {
+        missing.push("the successor was never served".to_owned());
+    }
+    let missing = (!missing.is_empty()).then(|| missing.join(", and "));
+    r.finish(violations)
+        .evidenced(during + after + successor, missing)
+}
+
+/// The rotator's key has its `key.created` and `key.rotated` entries in the
+/// audit log the run left. Returns the violations.
+fn audit_of_rotation(
+    r: &mut CheckResult,
+    evidence: &Evidence,
+    created: Option<&Op>,
+    rotated: Option<&Op>,
+) -> usize {
+    let Some(id) = created.and_then(|op| op.resource_id.as_deref()) else {
+        return 0;
+    };
+    let db = match &evidence.database {
+        Ok(db) => db,
+        Err(e) => {
+            r.violation(format!(
+                "the rotation's audit entries could not be read: {e}"
+            ));
+            return 1;
+        }
+    };
+    let mut due = vec!["key.created"];
+    if rotated.is_some() {
+        due.push("key.rotated");
+    }
+    let mut violations = 0;
+    for action in due {
+        let found = db
+            .audit
+            .iter()
+            .any(|row| row.action == action.as_bytes() && row.subject == id.as_bytes());
+        if !found {
+            violations += 1;
+            r.violation(format!(
+                "no `{action}` audit entry for the rotator's key {id}"
+            ));
+        }
+    }
+    violations
 }

@@ -74,6 +74,8 @@ pub async fn drive(
         keys: keys.collect(),
         oversized_bytes: usize::try_from(oversized).unwrap_or(usize::MAX),
         lockout_duration: scenario.system.contract.lockout.duration,
+        lockout_max_failures: scenario.system.contract.lockout.max_failures,
+        rotation_overlap: scenario.system.contract.rotation_overlap,
     };
     target.validate(&plan).map_err(|e| e.to_string())?;
     let probe = observe::client()?;

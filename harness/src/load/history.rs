@@ -40,6 +40,12 @@ pub enum OpKind {
     VerifyAudit,
     /// `GET /v1/roles`.
     ReadRoles,
+    /// `GET /v1/keys`.
+    ListKeys,
+    /// `POST /v1/keys`: the rotator issuing its key.
+    CreateKey,
+    /// `POST /v1/keys/{id}/rotate`: the rotator rotating it.
+    RotateKey,
 }
 
 /// The text in a prompt that the harness's standing rule on the mock
@@ -49,7 +55,7 @@ pub const SLOW_MARKER: &str = "[gauntlet-slow]";
 impl OpKind {
     /// The routes a request with a bad key or a role's key may be sent to,
     /// every route that needs a permission.
-    pub const ROUTES: [OpKind; 11] = [
+    pub const ROUTES: [OpKind; 12] = [
         OpKind::Task,
         OpKind::Job,
         OpKind::ListJobs,
@@ -61,6 +67,7 @@ impl OpKind {
         OpKind::ReadAudit,
         OpKind::VerifyAudit,
         OpKind::ReadRoles,
+        OpKind::ListKeys,
     ];
 
     /// The permissions a key's role needs for this route, as the design
@@ -82,6 +89,9 @@ impl OpKind {
             OpKind::ReadAudit => &["audit.read"],
             OpKind::VerifyAudit => &["audit.verify"],
             OpKind::ReadRoles => &["roles.read"],
+            OpKind::ListKeys => &["keys.read"],
+            OpKind::CreateKey => &["keys.create"],
+            OpKind::RotateKey => &["keys.rotate"],
         }
     }
 
@@ -116,6 +126,11 @@ pub enum Credential {
     /// The tenant's key in the issued format (`gk.<id>.<secret>`), of the
     /// tenant's role, whose id the attacker guesses at.
     Victim,
+    /// The key the rotator issued at the start and later rotated: valid
+    /// until the rotation's overlap ends, then 401 is due.
+    Rotating,
+    /// Its successor, issued by the rotation.
+    Successor,
 }
 
 impl Credential {
@@ -128,11 +143,10 @@ impl Credential {
         )
     }
 
-    /// Whether the service counts a 401 to this key as a failed
-    /// authentication: every presented key that is not valid. A request
-    /// without a key guesses nothing.
-    pub fn counts_as_failure(&self) -> bool {
-        !self.is_valid() && *self != Credential::Missing
+    /// Whether the key was issued during the run, so that whether it is
+    /// valid depends on when: `rotation_seamless` judges its answers.
+    pub fn is_issued(&self) -> bool {
+        matches!(self, Credential::Rotating | Credential::Successor)
     }
 
     /// The key id the presented key names in the issued format, which the
@@ -311,6 +325,16 @@ pub fn probe_address(n: u64) -> IpAddr {
         u32::from(Ipv4Addr::new(198, 19, 0, 0)) + host,
     ))
 }
+
+/// The address the rotator issues and rotates its key from.
+pub const ROTATOR_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 19, 255, 251));
+
+/// The address the rotated key ([`Credential::Rotating`]) is sent from: its
+/// 401s after the overlap count against this address alone.
+pub const ROTATED_KEY_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 19, 255, 252));
+
+/// The address the successor ([`Credential::Successor`]) is sent from.
+pub const SUCCESSOR_KEY_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 19, 255, 253));
 
 /// The index of `Strict-Transport-Security` in [`SECURITY_HEADERS`].
 pub const HSTS_HEADER: usize = 3;

@@ -26,11 +26,12 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 pub use history::{
-    ATTACKER_ADDRESS, AUTH_LOCKED, Credential, HSTS_HEADER, Op, OpKind, Outcome, SECURITY_HEADERS,
-    SLOW_MARKER, VICTIM_KEY_ID, client_address, probe_address,
+    ATTACKER_ADDRESS, AUTH_LOCKED, Credential, HSTS_HEADER, Op, OpKind, Outcome,
+    ROTATED_KEY_ADDRESS, ROTATOR_ADDRESS, SECURITY_HEADERS, SLOW_MARKER, SUCCESSOR_KEY_ADDRESS,
+    VICTIM_KEY_ID, client_address, probe_address,
 };
 pub use plan::{PlannedKind, PlannedOp, RoleRoute, schedule};
-pub use run::run;
+pub use run::{MAX_ROTATION_PROBES, ROTATION_TAIL, run};
 pub use stats::{LatencySummary, Summary, WindowStats};
 
 /// Where the load goes.
@@ -48,6 +49,12 @@ pub struct LoadTarget {
     /// `security.lockout.duration`: an attacker probes this long after its
     /// last guess, and [`ATTACK_TAIL`] more, to see the lockout end.
     pub lockout_duration: Duration,
+    /// `security.lockout.max_failures`: the rotator sends fewer probes than
+    /// this with its rotated key once the overlap may have ended.
+    pub lockout_max_failures: u32,
+    /// `security.keys.rotation_overlap`: how long the rotator probes with
+    /// its rotated key after rotating it.
+    pub rotation_overlap: Duration,
 }
 
 /// How long an attacker keeps probing past the lockout's end.

@@ -14,11 +14,14 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 
-use super::history::{ATTACKER_ADDRESS, Credential, Op, OpKind, Outcome, probe_address};
+use super::history::{
+    ATTACKER_ADDRESS, Credential, Op, OpKind, Outcome, ROTATED_KEY_ADDRESS, ROTATOR_ADDRESS,
+    SUCCESSOR_KEY_ADDRESS, probe_address,
+};
 use super::plan::{PlannedKind, PlannedOp};
 use super::stats::{per_second, summary_over};
 use super::{CancellationSignal, LoadError, LoadLimits, LoadOutcome, LoadTarget, Progress};
-use crate::scenario::{Attack, LoadSpec};
+use crate::scenario::{Attack, KeyRotation, LoadSpec};
 
 /// The largest response body read, in bytes: the orchestrator's answers
 /// (plans, problems, job records) are a few KiB; a larger one is a fault.
@@ -63,6 +66,9 @@ struct Shared {
     client: Result<reqwest::Client, String>,
     base: Result<Url, String>,
     keys: HashMap<(String, Credential), String>,
+    /// The keys issued during the run ([`Credential::is_issued`]), with
+    /// their ids, as the answers that issued them said.
+    issued: Mutex<HashMap<Credential, IssuedKey>>,
     /// Ids of the jobs accepted so far (202), by tenant, in acceptance order.
     accepted: Mutex<HashMap<String, Vec<String>>>,
     /// Jobs seen dead (by a read or a DLQ listing) and not replayed since,
@@ -79,6 +85,13 @@ struct Shared {
     progress: Progress,
     epoch: Instant,
     request_timeout: Duration,
+}
+
+/// A key issued during the run.
+#[derive(Clone, Debug)]
+struct IssuedKey {
+    id: String,
+    key: String,
 }
 
 /// A queue of job ids without duplicates.
@@ -153,6 +166,7 @@ pub async fn run(
             .iter()
             .map(|k| ((k.tenant.clone(), k.credential.clone()), k.key.clone()))
             .collect(),
+        issued: Mutex::new(HashMap::new()),
         accepted: Mutex::new(HashMap::new()),
         dead: Mutex::new(HashMap::new()),
         oversized: oversized_body(target.oversized_bytes),
@@ -180,6 +194,25 @@ pub async fn run(
             shared.clone(),
             attack,
             attacker,
+            stop.clone(),
+            cancel.clone(),
+        ))
+    });
+    let rotator = spec.rotation.clone().map(|rotation| {
+        let rotator = Rotator {
+            tenant: tenants.first().map(|t| (*t).to_owned()).unwrap_or_default(),
+            // After the plan and every operation the attacker may send.
+            first_index: plan.len() as u64
+                + super::MAX_ATTACK_PROBES
+                + u64::from(crate::scenario::MAX_ATTACK_GUESSES),
+            overlap: target.rotation_overlap,
+            old_after_overlap: target.lockout_max_failures.saturating_sub(1).max(1),
+            deadline: epoch + spec.duration() + limits.drain_timeout,
+        };
+        tokio::spawn(rotation_run(
+            shared.clone(),
+            rotation,
+            rotator,
             stop.clone(),
             cancel.clone(),
         ))
@@ -248,6 +281,12 @@ pub async fn run(
         match attacker.await {
             Ok(ops) => history.extend(ops),
             Err(e) => tracing::error!(error = %e, "the attacker task failed"),
+        }
+    }
+    if let Some(rotator) = rotator {
+        match rotator.await {
+            Ok(ops) => history.extend(ops),
+            Err(e) => tracing::error!(error = %e, "the rotator task failed"),
         }
     }
     let elapsed_ms = shared.ms_now();
@@ -346,6 +385,130 @@ async fn attack_run(
         };
         ops.push(send(credential, client).await);
         at = (at + attack.probe_every).max(Instant::now());
+    }
+    ops
+}
+
+/// Where and as whom the rotator runs.
+struct Rotator {
+    /// The tenant whose key issues and rotates: the spec's first.
+    tenant: String,
+    /// The index of its first operation.
+    first_index: u64,
+    /// `security.keys.rotation_overlap`.
+    overlap: Duration,
+    /// How many probes with the rotated key it sends once the overlap may
+    /// have ended: fewer than the lockout's threshold, so that its 401s
+    /// never lock its address or the key id, which would change the answer.
+    old_after_overlap: u32,
+    /// No operation starts after this.
+    deadline: Instant,
+}
+
+/// How long the rotator probes past the overlap's end.
+pub const ROTATION_TAIL: Duration = Duration::from_secs(1);
+
+/// The most probes the rotator sends.
+pub const MAX_ROTATION_PROBES: u64 = 1000;
+
+/// The rotator of `rotation`, closed loop like the attacker: at once it
+/// issues a `viewer` key with the tenant's key, and reads the roles with it
+/// every `probe_every`; at `rotation.at` it rotates the key, then reads
+/// with the rotated key and the successor in turn (each from an address of
+/// its own) until the overlap must have ended and [`ROTATION_TAIL`] more.
+async fn rotation_run(
+    shared: Arc<Shared>,
+    rotation: KeyRotation,
+    rotator: Rotator,
+    stop: watch::Receiver<Stop>,
+    cancel: CancellationSignal,
+) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let mut index = rotator.first_index;
+    let go_on = |at: Instant| {
+        at < rotator.deadline && *stop.borrow() == Stop::Running && !cancel.is_cancelled()
+    };
+    let mut send = async |kind: OpKind, credential: Credential, client: std::net::IpAddr| {
+        let planned = PlannedOp {
+            index,
+            offset: Instant::now().saturating_duration_since(shared.epoch),
+            kind: PlannedKind::Access { route: kind },
+            tenant: rotator.tenant.clone(),
+            credential,
+            client,
+            idempotency_key: None,
+            reuse_of: None,
+            body: (kind == OpKind::CreateKey).then(|| r#"{"role": "viewer"}"#.to_owned()),
+            read_pick: 0,
+        };
+        index += 1;
+        shared.progress.add_planned();
+        execute(shared.clone(), planned, stop.clone()).await
+    };
+    let issued = |credential: &Credential| {
+        let issued = shared.issued.lock().unwrap_or_else(|e| e.into_inner());
+        issued.contains_key(credential)
+    };
+    ops.push(send(OpKind::CreateKey, Credential::Tenant, ROTATOR_ADDRESS).await);
+    if !issued(&Credential::Rotating) {
+        return ops;
+    }
+    let rotate_at = shared.epoch + rotation.at;
+    let mut at = Instant::now();
+    let mut probes = 0;
+    while at < rotate_at && go_on(at) && probes < MAX_ROTATION_PROBES {
+        tokio::select! {
+            _ = cancel.cancelled() => return ops,
+            _ = tokio::time::sleep_until(at) => {}
+        }
+        ops.push(send(OpKind::ReadRoles, Credential::Rotating, ROTATED_KEY_ADDRESS).await);
+        probes += 1;
+        at = (at + rotation.probe_every).max(Instant::now());
+    }
+    tokio::select! {
+        _ = cancel.cancelled() => return ops,
+        _ = tokio::time::sleep_until(rotate_at) => {}
+    }
+    if !go_on(Instant::now()) {
+        return ops;
+    }
+    let rotated_at = Instant::now();
+    ops.push(send(OpKind::RotateKey, Credential::Tenant, ROTATOR_ADDRESS).await);
+    if !issued(&Credential::Successor) {
+        return ops;
+    }
+    // The old key may stop working from the moment the rotation was sent
+    // plus the overlap; probes with it from then on are the ones that may
+    // fail, and they are bounded.
+    let old_may_fail = rotated_at + rotator.overlap;
+    let until = Instant::now() + rotator.overlap + ROTATION_TAIL;
+    let mut old_after = 0;
+    let mut at = Instant::now();
+    let mut n = 0u64;
+    while at <= until && go_on(at) && probes < MAX_ROTATION_PROBES {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep_until(at) => {}
+        }
+        let old_turn = n % 2 == 0 && old_after < rotator.old_after_overlap;
+        n += 1;
+        if old_turn {
+            if Instant::now() >= old_may_fail {
+                old_after += 1;
+            }
+            ops.push(send(OpKind::ReadRoles, Credential::Rotating, ROTATED_KEY_ADDRESS).await);
+        } else {
+            ops.push(
+                send(
+                    OpKind::ReadRoles,
+                    Credential::Successor,
+                    SUCCESSOR_KEY_ADDRESS,
+                )
+                .await,
+            );
+        }
+        probes += 1;
+        at = (at + rotation.probe_every).max(Instant::now());
     }
     ops
 }
@@ -550,7 +713,7 @@ fn record(shared: &Shared, op: &mut Op, answer: &Answer) {
         .is_some_and(|value| value.eq_ignore_ascii_case("true"));
     op.body_sha256 = Some(hex::encode(Sha256::digest(&answer.body)));
     let json = || serde_json::from_slice::<serde_json::Value>(&answer.body).ok();
-    if answer.status == 200 || answer.status == 202 {
+    if (200..=202).contains(&answer.status) {
         op.resource_id = json().and_then(|body| body.get("id")?.as_str().map(str::to_owned));
     }
     if answer.status >= 400 {
@@ -589,6 +752,24 @@ fn record(shared: &Shared, op: &mut Op, answer: &Answer) {
                 dead_jobs(shared, &op.tenant, |dead| dead.push(id));
             }
         }
+        // What the rotator learns: the key it issued, then its successor.
+        (OpKind::CreateKey | OpKind::RotateKey, 201) => {
+            let learnt = json().and_then(|body| {
+                Some(IssuedKey {
+                    id: body.get("id")?.as_str()?.to_owned(),
+                    key: body.get("key")?.as_str()?.to_owned(),
+                })
+            });
+            if let Some(learnt) = learnt {
+                let credential = if op.kind == OpKind::CreateKey {
+                    Credential::Rotating
+                } else {
+                    Credential::Successor
+                };
+                let mut issued = shared.issued.lock().unwrap_or_else(|e| e.into_inner());
+                issued.insert(credential, learnt);
+            }
+        }
         (OpKind::ListDlq, 200) => {
             op.dlq_listed = json()
                 .and_then(|body| {
@@ -607,6 +788,12 @@ fn record(shared: &Shared, op: &mut Op, answer: &Answer) {
         }
         _ => {}
     }
+}
+
+/// The key issued during the run as `credential`, if it was.
+fn issued_key(shared: &Shared, credential: &Credential) -> Option<IssuedKey> {
+    let issued = shared.issued.lock().unwrap_or_else(|e| e.into_inner());
+    issued.get(credential).cloned()
 }
 
 /// The body as text if the kept-body budget has room for it; otherwise it
@@ -696,18 +883,34 @@ async fn perform(
             OpKind::ReadAudit => segments.extend(["v1", "audit"]),
             OpKind::VerifyAudit => segments.extend(["v1", "audit", "verify"]),
             OpKind::ReadRoles => segments.extend(["v1", "roles"]),
+            OpKind::ListKeys | OpKind::CreateKey => segments.extend(["v1", "keys"]),
+            OpKind::RotateKey => {
+                let rotating = issued_key(shared, &Credential::Rotating)
+                    .map_or_else(|| "gauntlet-no-key".to_owned(), |k| k.id);
+                segments.extend(["v1", "keys", rotating.as_str(), "rotate"])
+            }
         };
     }
     let post = matches!(
         kind,
-        OpKind::Task | OpKind::OversizedTask | OpKind::SlowTask | OpKind::Job | OpKind::ReplayDlq
+        OpKind::Task
+            | OpKind::OversizedTask
+            | OpKind::SlowTask
+            | OpKind::Job
+            | OpKind::ReplayDlq
+            | OpKind::CreateKey
+            | OpKind::RotateKey
     );
     let mut request = if post {
         client.post(url)
     } else {
         client.get(url)
     };
-    if let Some(key) = shared
+    if planned.credential.is_issued() {
+        if let Some(issued) = issued_key(shared, &planned.credential) {
+            request = request.bearer_auth(issued.key);
+        }
+    } else if let Some(key) = shared
         .keys
         .get(&(planned.tenant.clone(), planned.credential.clone()))
     {

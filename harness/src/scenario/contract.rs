@@ -40,6 +40,9 @@ pub struct Contract {
     pub hsts: bool,
     /// `security.lockout`: when failed authentications lock a client out.
     pub lockout: Lockout,
+    /// `security.keys.rotation_overlap`: how long a rotated key keeps
+    /// working beside its successor.
+    pub rotation_overlap: Duration,
 }
 
 /// When failed authentications lock an address or a key id out.
@@ -76,23 +79,42 @@ const BUILTIN_ROLES: [BuiltinRole; 7] = [
         5,
         10,
     ),
-    ("analyst", &["viewer"], &["audit.read", "dlq.read"], 10, 20),
+    (
+        "analyst",
+        &["viewer"],
+        &["audit.read", "dlq.read", "keys.read"],
+        10,
+        20,
+    ),
     (
         "developer",
         &["viewer"],
-        &["tasks.create", "jobs.create"],
+        &["tasks.create", "jobs.create", "keys.read"],
         20,
         40,
     ),
     (
         "operator",
         &["developer", "analyst"],
-        &["dlq.replay"],
+        &["dlq.replay", "keys.create", "keys.rotate", "keys.revoke"],
         20,
         40,
     ),
     ("admin", &["operator"], &["audit.verify"], 20, 40),
-    ("super_admin", &["admin"], &["budget.read_all"], 20, 40),
+    (
+        "super_admin",
+        &["admin"],
+        &[
+            "budget.read_all",
+            "jobs.read_all",
+            "dlq.read_all",
+            "dlq.replay_all",
+            "keys.read_all",
+            "keys.manage_all",
+        ],
+        20,
+        40,
+    ),
 ];
 
 impl Contract {
@@ -181,6 +203,7 @@ impl Contract {
                 window: config.security.lockout.window,
                 duration: config.security.lockout.duration,
             },
+            rotation_overlap: config.security.keys.rotation_overlap,
         }
     }
 

@@ -173,6 +173,21 @@ pub struct LoadSpec {
     pub max_tokens: u32,
     /// A brute-force attacker beside the load, if any.
     pub attack: Option<Attack>,
+    /// A client that rotates its key mid-run, if any.
+    pub rotation: Option<KeyRotation>,
+}
+
+/// A client that rotates its key (FORMAT.md, "load.rotation"): at the
+/// load's start it issues a `viewer` key with the first tenant's key, and
+/// probes with it every `probe_every`; at `at` it rotates it, then probes
+/// with the old key and the new one in turn, until the overlap must have
+/// ended, and the new one a second longer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyRotation {
+    /// When the key is rotated, from the load's start.
+    pub at: Duration,
+    /// The gap between probes.
+    pub probe_every: Duration,
 }
 
 /// A brute-force attacker (FORMAT.md, "load.attack"): from one client
@@ -564,12 +579,15 @@ pub enum Invariant {
     /// from the address or naming the key id is served until the lockout
     /// ends, and no one else is ever locked.
     LockoutEffective,
+    /// A rotated key works beside its successor until the overlap ends,
+    /// then gets 401 and nothing else; the successor always works.
+    RotationSeamless,
 }
 
 impl Invariant {
     /// Every invariant's name, as scenario files write them: the bare ones
     /// ([`Invariant::BARE`]) and those with parameters.
-    pub const NAMES: [&'static str; 18] = [
+    pub const NAMES: [&'static str; 19] = [
         "no_lost_jobs",
         "exactly_once_charge",
         "budget_never_overdrawn",
@@ -588,10 +606,11 @@ impl Invariant {
         "access_enforced",
         "security_headers",
         "lockout_effective",
+        "rotation_seamless",
     ];
 
     /// The invariants that take no parameters, written as a bare name.
-    pub const BARE: [Invariant; 15] = [
+    pub const BARE: [Invariant; 16] = [
         Invariant::ExactlyOnceCharge,
         Invariant::BudgetNeverOverdrawn,
         Invariant::BudgetConserved,
@@ -607,6 +626,7 @@ impl Invariant {
         Invariant::AccessEnforced,
         Invariant::SecurityHeaders,
         Invariant::LockoutEffective,
+        Invariant::RotationSeamless,
     ];
 
     /// The faults of the timeline it names (only `ready_reflects_faults`
@@ -639,6 +659,7 @@ impl Invariant {
             Invariant::AccessEnforced => "access_enforced",
             Invariant::SecurityHeaders => "security_headers",
             Invariant::LockoutEffective => "lockout_effective",
+            Invariant::RotationSeamless => "rotation_seamless",
         }
     }
 }

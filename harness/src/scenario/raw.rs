@@ -108,6 +108,18 @@ pub(crate) struct RawLoad {
     pub max_tokens: Option<u32>,
     #[serde(default)]
     pub attack: Option<RawAttack>,
+    #[serde(default)]
+    pub rotation: Option<RawRotation>,
+}
+
+/// `load.rotation`: a client that rotates its key mid-run.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRotation {
+    #[serde(default)]
+    pub at: Option<String>,
+    #[serde(default)]
+    pub probe_every: Option<String>,
 }
 
 /// `load.attack`: a brute-force attacker beside the load.

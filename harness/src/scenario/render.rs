@@ -51,6 +51,14 @@ struct LoadOut {
     max_tokens: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     attack: Option<AttackOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rotation: Option<RotationOut>,
+}
+
+#[derive(Serialize)]
+struct RotationOut {
+    at: String,
+    probe_every: String,
 }
 
 #[derive(Serialize)]
@@ -189,6 +197,10 @@ fn load(load: &LoadSpec) -> LoadOut {
             at: duration(a.at),
             guesses: a.guesses,
             probe_every: duration(a.probe_every),
+        }),
+        rotation: load.rotation.as_ref().map(|r| RotationOut {
+            at: duration(r.at),
+            probe_every: duration(r.probe_every),
         }),
     }
 }

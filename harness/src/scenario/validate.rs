@@ -440,6 +440,38 @@ impl<'a> Validator<'a> {
         })
     }
 
+    /// Why `rotation_seamless` cannot be exercised, if it cannot: no rotation,
+    /// a first tenant whose role cannot issue and rotate the rotator's
+    /// `viewer` key, or a lockout that would lock the rotated key's first 401.
+    fn rotation_impossible(
+        load: &LoadSpec,
+        config: &orchestrator::config::Config,
+    ) -> Option<String> {
+        if load.rotation.is_none() {
+            return Some("the load rotates no key (`load.rotation`)".to_owned());
+        }
+        let Some(first) = load.tenants.first() else {
+            return Some("the load has no tenant to rotate a key of".to_owned());
+        };
+        let contract = super::Contract::of(config);
+        let held = contract.roles.get(&first.role).cloned().unwrap_or_default();
+        let viewer = contract.roles.get("viewer").cloned().unwrap_or_default();
+        let needs = ["keys.create", "keys.rotate"];
+        if !needs.iter().all(|p| held.contains(*p)) || !viewer.is_subset(&held) {
+            return Some(format!(
+                "the first tenant ({}) has role {}, which cannot issue and rotate a viewer key (it needs keys.create, keys.rotate and every permission of viewer)",
+                first.name, first.role
+            ));
+        }
+        if config.security.lockout.max_failures < 2 {
+            return Some(
+            "`security.lockout.max_failures` is 1, so the rotated key's first 401 would lock it"
+                .to_owned(),
+        );
+        }
+        None
+    }
+
     /// Refuses checks the rest of the scenario makes impossible to exercise:
     /// they could never fail, so they would prove nothing (at run time they
     /// would come out `vacuous`). Each is reported at its invariant.
@@ -518,6 +550,7 @@ impl<'a> Validator<'a> {
                     }
                     Some(_) => None,
                 },
+                Invariant::RotationSeamless => Self::rotation_impossible(load, config),
                 _ => None,
             };
             if let Some(why) = why {
@@ -701,6 +734,10 @@ impl<'a> Validator<'a> {
             None => Some(None),
             Some(attack) => self.attack(attack, total).map(Some),
         };
+        let rotation = match &raw.rotation {
+            None => Some(None),
+            Some(rotation) => self.rotation(rotation, total).map(Some),
+        };
         Some(LoadSpec {
             stages: stages?,
             mix: mix?,
@@ -710,6 +747,44 @@ impl<'a> Validator<'a> {
             request_timeout,
             max_tokens,
             attack: attack?,
+            rotation: rotation?,
+        })
+    }
+
+    /// `load.rotation`: the rotation happens within the load, after the
+    /// first probes had time to go out.
+    fn rotation(&mut self, raw: &RawRotation, load: Duration) -> Option<KeyRotation> {
+        let at = self
+            .required("load.rotation", "at", raw.at.clone())
+            .and_then(|text| {
+                self.duration("load.rotation.at", &text, Duration::from_secs(1), MAX_WAIT)
+            });
+        if let Some(at) = at
+            && !load.is_zero()
+            && at >= load
+        {
+            self.error(
+                Code::Range,
+                "load.rotation.at",
+                format!(
+                    "the rotation comes at {}, after the load's {} are over",
+                    format_duration(at),
+                    format_duration(load)
+                ),
+            );
+        }
+        let probe_every = match raw.probe_every.as_deref() {
+            None => Some(DEFAULT_PROBE_EVERY),
+            Some(text) => self.duration(
+                "load.rotation.probe_every",
+                text,
+                Duration::from_millis(10),
+                Duration::from_secs(60),
+            ),
+        };
+        Some(KeyRotation {
+            at: at?,
+            probe_every: probe_every?,
         })
     }
 

@@ -269,6 +269,15 @@ impl<'a> Arbitrary<'a> for Config {
                         })
                         .collect::<Result<Vec<_>>>()?,
                 },
+                keys: {
+                    let interval = u.int_in_range(60..=315_360_000)?;
+                    KeysConfig {
+                        rotation_interval: Duration::from_secs(interval),
+                        warning_before: Duration::from_secs(u.int_in_range(1..=interval)?),
+                        rotation_overlap: Duration::from_secs(u.int_in_range(1..=604_800)?),
+                        max_keys: u.int_in_range(1..=100_000)?,
+                    }
+                },
             },
             tasks: TasksConfig {
                 allowed_tools,

@@ -104,7 +104,7 @@ pub struct CircuitBreakerConfig {
 }
 
 /// Token budgets.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct BudgetConfig {
     /// Limit of tenants without their own.
     pub default_limit_tokens: u64,
@@ -171,6 +171,34 @@ pub struct SecurityConfig {
     pub outbound_url_allowlist: Vec<Url>,
     /// Brute-force lockout.
     pub lockout: LockoutConfig,
+    /// Issued keys: rotation policy and bound.
+    pub keys: KeysConfig,
+}
+
+/// Issued keys: see [`crate::auth`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeysConfig {
+    /// Age at which an issued key is due for rotation, up to ten years.
+    pub rotation_interval: Duration,
+    /// How long before it is due (or expires) a key is reported, at most
+    /// `rotation_interval`.
+    pub warning_before: Duration,
+    /// How long a rotated key keeps working beside its successor, up to 7 days.
+    pub rotation_overlap: Duration,
+    /// Issued keys live at once, 1 to 100000.
+    pub max_keys: u32,
+}
+
+impl Default for KeysConfig {
+    fn default() -> KeysConfig {
+        const DAY: Duration = Duration::from_secs(86_400);
+        KeysConfig {
+            rotation_interval: DAY * 30,
+            warning_before: DAY * 7,
+            rotation_overlap: Duration::from_secs(3600),
+            max_keys: 10_000,
+        }
+    }
 }
 
 /// Brute-force lockout: see [`crate::lockout`].
@@ -411,6 +439,12 @@ pub(super) fn to_raw(c: &Config) -> super::raw::RawConfig {
                         .map(ToString::to_string)
                         .collect(),
                 ),
+            }),
+            keys: Some(RawKeys {
+                rotation_interval: duration(s.keys.rotation_interval),
+                warning_before: duration(s.keys.warning_before),
+                rotation_overlap: duration(s.keys.rotation_overlap),
+                max_keys: Some(s.keys.max_keys),
             }),
         }),
         tasks: Some(RawTasks {

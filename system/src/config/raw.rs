@@ -300,6 +300,32 @@ pub struct RawSecurity {
     /// presented key id. Always on; the defaults lock after 10 failures in 1m for 5m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lockout: Option<RawLockout>,
+    /// Keys issued at run time (`POST /v1/keys`, `orchestrator keys`): their rotation
+    /// policy and their bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<RawKeys>,
+}
+
+/// Issued keys.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeys {
+    /// How old an issued key may grow before it is due for rotation, up to 87600h (ten years).
+    /// Default 720h (30 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_interval: Option<DurationText>,
+    /// How long before it is due a key is reported (in `/health` and the
+    /// `api_keys_rotation` gauge), and how long before its expiry any key is. At most
+    /// `rotation_interval`. Default 168h (7 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning_before: Option<DurationText>,
+    /// How long a rotated key keeps working beside its successor, up to 168h. Default 1h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_overlap: Option<DurationText>,
+    /// Issued keys live at once (keys in their rotation overlap count), 1 to 100000:
+    /// the memory bound of the key cache. Default 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_keys: Option<u32>,
 }
 
 /// Brute-force lockout.
@@ -433,11 +459,38 @@ pub enum Permission {
     /// Read the roles and their permissions: `GET /v1/roles`.
     #[serde(rename = "roles.read")]
     RolesRead,
+    /// List the tenant's keys: `GET /v1/keys`.
+    #[serde(rename = "keys.read")]
+    KeysRead,
+    /// Issue a key for the tenant: `POST /v1/keys`.
+    #[serde(rename = "keys.create")]
+    KeysCreate,
+    /// Rotate one of the tenant's keys: `POST /v1/keys/{id}/rotate`.
+    #[serde(rename = "keys.rotate")]
+    KeysRotate,
+    /// Revoke one of the tenant's keys: `DELETE /v1/keys/{id}`.
+    #[serde(rename = "keys.revoke")]
+    KeysRevoke,
+    /// List every tenant's keys: `GET /v1/keys?tenant=`.
+    #[serde(rename = "keys.read_all")]
+    KeysReadAll,
+    /// Issue, rotate and revoke the keys of every tenant.
+    #[serde(rename = "keys.manage_all")]
+    KeysManageAll,
+    /// Read and list every tenant's jobs: `GET /v1/jobs?tenant=`.
+    #[serde(rename = "jobs.read_all")]
+    JobsReadAll,
+    /// List every tenant's dead-letter queue: `GET /v1/dlq?tenant=`.
+    #[serde(rename = "dlq.read_all")]
+    DlqReadAll,
+    /// Replay every tenant's dead jobs: `POST /v1/dlq/{id}/replay?tenant=`.
+    #[serde(rename = "dlq.replay_all")]
+    DlqReplayAll,
 }
 
 impl Permission {
     /// Every permission, in declaration order.
-    pub const ALL: [Permission; 11] = [
+    pub const ALL: [Permission; 20] = [
         Permission::TasksCreate,
         Permission::JobsCreate,
         Permission::JobsRead,
@@ -449,6 +502,15 @@ impl Permission {
         Permission::BudgetRead,
         Permission::BudgetReadAll,
         Permission::RolesRead,
+        Permission::KeysRead,
+        Permission::KeysCreate,
+        Permission::KeysRotate,
+        Permission::KeysRevoke,
+        Permission::KeysReadAll,
+        Permission::KeysManageAll,
+        Permission::JobsReadAll,
+        Permission::DlqReadAll,
+        Permission::DlqReplayAll,
     ];
 
     /// The name the configuration writes, like `tasks.create`.
@@ -465,6 +527,15 @@ impl Permission {
             Permission::BudgetRead => "budget.read",
             Permission::BudgetReadAll => "budget.read_all",
             Permission::RolesRead => "roles.read",
+            Permission::KeysRead => "keys.read",
+            Permission::KeysCreate => "keys.create",
+            Permission::KeysRotate => "keys.rotate",
+            Permission::KeysRevoke => "keys.revoke",
+            Permission::KeysReadAll => "keys.read_all",
+            Permission::KeysManageAll => "keys.manage_all",
+            Permission::JobsReadAll => "jobs.read_all",
+            Permission::DlqReadAll => "dlq.read_all",
+            Permission::DlqReplayAll => "dlq.replay_all",
         }
     }
 }

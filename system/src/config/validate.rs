@@ -839,8 +839,10 @@ impl<'a> Validator<'a> {
             None => PiiType::ALL.to_vec(),
         };
         let lockout = self.lockout(raw.lockout.as_ref().unwrap_or(&RawLockout::default()));
+        let keys = self.keys(raw.keys.as_ref().unwrap_or(&RawKeys::default()));
         SecurityConfig {
             lockout,
+            keys,
             api_keys,
             roles,
             rate_limits,
@@ -1097,6 +1099,55 @@ impl<'a> Validator<'a> {
             duration,
             max_tracked,
             trusted_proxies,
+        }
+    }
+
+    fn keys(&mut self, raw: &RawKeys) -> KeysConfig {
+        const DAY: Duration = Duration::from_secs(86_400);
+        let defaults = KeysConfig::default();
+        let path = "security.keys";
+        let rotation_interval = self.duration(
+            &child_path(path, "rotation_interval"),
+            raw.rotation_interval.as_ref(),
+            defaults.rotation_interval,
+            DAY * 3650,
+        );
+        let warning_before = self.duration(
+            &child_path(path, "warning_before"),
+            raw.warning_before.as_ref(),
+            defaults.warning_before.min(rotation_interval),
+            DAY * 3650,
+        );
+        if warning_before > rotation_interval {
+            self.report(
+                Rule::Constraint,
+                Code::Conflict,
+                &child_path(path, "warning_before"),
+                format!(
+                    "warning_before `{}` is longer than rotation_interval `{}`: every key would be due from the start",
+                    format_duration(warning_before),
+                    format_duration(rotation_interval)
+                ),
+            );
+        }
+        let rotation_overlap = self.duration(
+            &child_path(path, "rotation_overlap"),
+            raw.rotation_overlap.as_ref(),
+            defaults.rotation_overlap,
+            DAY * 7,
+        );
+        let max_keys = self.range(
+            &child_path(path, "max_keys"),
+            raw.max_keys,
+            1,
+            100_000,
+            defaults.max_keys,
+        );
+        KeysConfig {
+            rotation_interval,
+            warning_before: warning_before.min(rotation_interval),
+            rotation_overlap,
+            max_keys,
         }
     }
 

@@ -1,5 +1,6 @@
 //! The job API: submit, read, list, the dead-letter queue and its replay.
-//! Every route is scoped to the caller's tenant.
+//! Every route is scoped to the caller's tenant; `?tenant=` names another
+//! one for a role with the route's `*_all` permission.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +17,10 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::AppState;
+use super::middleware::forbidden;
 use super::tasks::{check_prompt, idempotency_key, json_body, store_problem};
 use crate::auth::Principal;
+use crate::config::Permission;
 use crate::problem::Problem;
 use crate::store::{IdempotencyClaim, Job, JobState, NewJob, Replay, Submit, now_ms};
 
@@ -220,8 +223,9 @@ pub async fn get(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
+    q: Result<Query<TenantQuery>, QueryRejection>,
 ) -> Result<Json<Value>, Problem> {
-    let tenant = principal.tenant.to_string();
+    let tenant = acting_tenant(&principal, query(q)?.tenant, Permission::JobsReadAll)?;
     let job = state
         .store
         .run(move |s| s.job(&tenant, &id))
@@ -239,9 +243,43 @@ pub async fn get(
 pub struct ListQuery {
     state: Option<String>,
     limit: Option<u32>,
+    tenant: Option<String>,
 }
 
-fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, Problem> {
+/// The tenant a request acts on: the caller's own, or the one `asked`
+/// names when the caller's role grants `all`.
+pub(super) fn acting_tenant(
+    principal: &Principal,
+    asked: Option<String>,
+    all: Permission,
+) -> Result<String, Problem> {
+    match asked {
+        Some(tenant) if tenant != *principal.tenant => {
+            if principal.can(all) {
+                Ok(tenant)
+            } else {
+                Err(Problem {
+                    detail: format!(
+                        "role {} does not grant {} for another tenant",
+                        principal.role,
+                        all.name()
+                    ),
+                    ..forbidden(principal)
+                })
+            }
+        }
+        _ => Ok(principal.tenant.to_string()),
+    }
+}
+
+/// The query of the routes on one job.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantQuery {
+    tenant: Option<String>,
+}
+
+pub(super) fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, Problem> {
     query
         .map(|Query(q)| q)
         .map_err(|e| Problem::bad_request(format!("invalid query: {}", e.body_text())))
@@ -265,7 +303,7 @@ pub async fn list(
         })?),
     };
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
-    let tenant = principal.tenant.to_string();
+    let tenant = acting_tenant(&principal, q.tenant, Permission::JobsReadAll)?;
     let (ids, counts) = state
         .store
         .run(move |s| s.list_jobs(&tenant, filter, limit))
@@ -279,6 +317,7 @@ pub async fn list(
 #[serde(deny_unknown_fields)]
 pub struct DlqQuery {
     limit: Option<u32>,
+    tenant: Option<String>,
 }
 
 /// `GET /v1/dlq?limit=`: the tenant's dead jobs, oldest death first.
@@ -287,8 +326,9 @@ pub async fn dlq(
     Extension(principal): Extension<Principal>,
     q: Result<Query<DlqQuery>, QueryRejection>,
 ) -> Result<Json<Value>, Problem> {
-    let limit = query(q)?.limit.unwrap_or(DEFAULT_PAGE);
-    let tenant = principal.tenant.to_string();
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    let tenant = acting_tenant(&principal, q.tenant, Permission::DlqReadAll)?;
     let jobs = state
         .store
         .run(move |s| s.dead_jobs(&tenant, limit))
@@ -303,8 +343,9 @@ pub async fn replay(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
+    q: Result<Query<TenantQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
-    let tenant = principal.tenant.to_string();
+    let tenant = acting_tenant(&principal, query(q)?.tenant, Permission::DlqReplayAll)?;
     let actor = principal.key_id.to_string();
     let capacity = state.config.jobs.queue_capacity;
     let job_id = id.clone();

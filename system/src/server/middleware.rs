@@ -19,7 +19,7 @@ use crate::audit::NewEntry;
 use crate::auth::{self, Principal};
 use crate::lockout::{self, Locked, Subject};
 use crate::problem::Problem;
-use crate::store::SYSTEM_ACTOR;
+use crate::store::{SYSTEM_ACTOR, now_ms};
 
 /// The request's correlation id: the client's `X-Request-Id` when it is
 /// usable, else a fresh UUID. Handlers read it from the request extensions.
@@ -71,7 +71,7 @@ pub fn wrap(router: Router<Arc<AppState>>, state: &Arc<AppState>) -> Router<Arc<
 
 fn cors(origins: &[String]) -> CorsLayer {
     let layer = CorsLayer::new()
-        .allow_methods([Method::GET, Method::POST])
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
@@ -254,6 +254,17 @@ pub async fn authorize(
             .into_response();
         }
     };
+    if state.auth.touch_due(&principal, SystemTime::now()) {
+        // Off the request's path: a slow disk must not slow every caller
+        // once a minute, and a lost write only loses a minute of precision.
+        let id = principal.key_id.to_string();
+        let store = state.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.run(move |s| s.touch_key(&id, now_ms())).await {
+                tracing::warn!(error = %e, "cannot record when a key was last used");
+            }
+        });
+    }
     let rate = state.auth.check_rate(&principal);
     let rate_headers = [
         ("ratelimit-limit", u64::from(rate.limit)),

@@ -2,6 +2,7 @@
 
 mod audit;
 mod jobs;
+mod keys;
 mod middleware;
 mod ops;
 mod tasks;
@@ -12,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -28,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::plan::PlanPolicy;
 use crate::store::{SYSTEM_ACTOR, Store, StoreError, StoreOptions};
 
+pub use keys::MAX_EXPIRES_IN;
 pub use tasks::{DEFAULT_MAX_TOKENS, MAX_TOKENS_LIMIT};
 
 /// Everything a request handler needs, shared by all requests.
@@ -132,8 +134,14 @@ impl AppState {
             },
             metrics.clone(),
         )?;
+        let auth = Auth::new(&config.security);
+        let now = std::time::SystemTime::now();
+        auth.load(
+            store.live_keys(crate::auth::unix_ms(now), config.security.keys.max_keys)?,
+            now,
+        );
         Ok(Arc::new(AppState {
-            auth: Auth::new(&config.security),
+            auth,
             lockout: Lockout::new(&config.security.lockout),
             plan: PlanPolicy::from(&config.tasks),
             store,
@@ -166,6 +174,9 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/audit", get(audit::list))
         .route("/v1/audit/verify", get(audit::verify))
         .route("/v1/roles", get(ops::roles))
+        .route("/v1/keys", post(keys::create).get(keys::list))
+        .route("/v1/keys/{id}/rotate", post(keys::rotate))
+        .route("/v1/keys/{id}", delete(keys::revoke))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::authorize,

@@ -134,7 +134,11 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
     } else {
         "degraded"
     };
-    Json(json!({"status": status, "components": components_json(&components)}))
+    Json(json!({
+        "status": status,
+        "components": components_json(&components),
+        "keys": rotation(&state),
+    }))
 }
 
 /// `GET /metrics`: Prometheus text format.
@@ -146,6 +150,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     // Refresh the breaker gauges, which otherwise change only on calls, and
     // the job gauges from the store, which is the truth across restarts.
     state.llm.breakers(Instant::now());
+    rotation(&state);
     match tokio::time::timeout(STORE_PROBE_TIMEOUT, state.store.run(|s| s.job_counts())).await {
         Ok(Ok(counts)) => {
             for job_state in crate::store::JobState::ALL {
@@ -177,6 +182,21 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+/// The keys due for rotation, with the `api_keys_rotation` gauges set to
+/// match. Due keys are reported, not counted against health: a key due next
+/// week is work for an operator, not a reason to take the service out.
+fn rotation(state: &AppState) -> crate::auth::RotationReport {
+    let report = state.auth.rotation_report(std::time::SystemTime::now());
+    for (label, n) in [("due", report.due), ("overdue", report.overdue)] {
+        state
+            .metrics
+            .api_keys_rotation
+            .with_label_values(&[label])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    report
 }
 
 /// `GET /v1/budgets/{tenant}`: one's own tenant with `budget.read`, any

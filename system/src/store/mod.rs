@@ -35,6 +35,7 @@
 mod audit;
 mod error;
 mod jobs;
+mod keys;
 mod schema;
 mod tasks;
 
@@ -56,6 +57,7 @@ pub use audit::{
 };
 pub use error::StoreError;
 pub use jobs::*;
+pub use keys::*;
 
 /// The most failed releases a store keeps to retry. Beyond it a failed
 /// release is only logged, and left to crash recovery at the next start: a
@@ -84,6 +86,10 @@ pub struct StoreOptions {
     /// (its request is stuck) and a new request with the key takes it over.
     /// Should exceed the longest request.
     pub in_flight_expiry: Duration,
+    /// Whether open sets every tenant's limit to `budgets`'s. The service
+    /// does; an administration tool that has no budgets to apply (like
+    /// `orchestrator keys`) keeps the limits the database holds.
+    pub apply_limits: bool,
 }
 
 impl StoreOptions {
@@ -96,6 +102,16 @@ impl StoreOptions {
             busy_attempts: 5,
             busy_backoff: Duration::from_millis(10),
             in_flight_expiry: Duration::from_secs(600),
+            apply_limits: true,
+        }
+    }
+
+    /// Options for administration tools on an offline database: the
+    /// defaults, keeping the limits the database holds.
+    pub fn offline() -> Self {
+        Self {
+            apply_limits: false,
+            ..Self::new(BudgetConfig::default())
         }
     }
 }

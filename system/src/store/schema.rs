@@ -141,6 +141,30 @@ Migration {
         ) STRICT;
         INSERT INTO audit_head (id, last_seq, last_hash) VALUES (1, 0, zeroblob(32));
     ",
+}, Migration {
+    version: 3,
+    sql: "
+        -- Keys issued at run time. Only the SHA-256 of a key is kept; the
+        -- plaintext was shown once. A rotated key names its successor's
+        -- predecessor (`rotated_from` on the successor) and keeps working until
+        -- `overlap_until_ms`; a revoked one stops at `revoked_ms`. Rows are
+        -- never deleted, so the audit log's key ids always resolve.
+        CREATE TABLE api_keys (
+            id               TEXT    PRIMARY KEY NOT NULL,
+            tenant           TEXT    NOT NULL,
+            role             TEXT    NOT NULL,
+            sha256           BLOB    NOT NULL UNIQUE CHECK (length(sha256) = 32),
+            created_ms       INTEGER NOT NULL,
+            expires_ms       INTEGER,
+            revoked_ms       INTEGER,
+            rotated_from     TEXT    REFERENCES api_keys (id),
+            overlap_until_ms INTEGER,
+            last_used_ms     INTEGER,
+            CHECK (expires_ms IS NULL OR expires_ms > created_ms)
+        ) STRICT;
+        CREATE INDEX api_keys_tenant ON api_keys (tenant, created_ms);
+        CREATE UNIQUE INDEX api_keys_successor ON api_keys (rotated_from) WHERE rotated_from IS NOT NULL;
+    ",
 }];
 
 /// The newest schema version this build knows.
