@@ -16,8 +16,8 @@ use gauntlet::evidence::{
     ShutdownEvidence, audit,
 };
 use gauntlet::load::{
-    ATTACKER_ADDRESS, AUTH_LOCKED, Credential, HSTS_HEADER, Op, OpKind, Outcome, SECURITY_HEADERS,
-    probe_address,
+    ATTACKER_ADDRESS, AUTH_LOCKED, Credential, HSTS_HEADER, Op, OpKind, Outcome,
+    ROTATED_KEY_ADDRESS, ROTATOR_ADDRESS, SECURITY_HEADERS, SUCCESSOR_KEY_ADDRESS, probe_address,
 };
 use gauntlet::mock_llm::{CallRecord, Usage};
 use gauntlet::scenario::{
@@ -2461,6 +2461,131 @@ fn lockout_effective() {
         "no probe after the lockout",
         &invariant(inv, &audited(healthy()[..7].to_vec(), &all_entries)),
         &["no valid key was sent after a lockout ended"],
+    );
+}
+
+#[test]
+fn rotation_seamless() {
+    let inv = Invariant::RotationSeamless;
+    // The contract's overlap is 1 s: the key issued at 0 ms is rotated by a
+    // request sent at 500 ms and answered at 505 ms, so it surely works
+    // until 1480 ms and surely not from 1525 ms.
+    let at = |index: u64, t_ms: f64, kind: OpKind, credential: Credential, status: u16| {
+        let client = match credential {
+            Credential::Rotating => ROTATED_KEY_ADDRESS,
+            Credential::Successor => SUCCESSOR_KEY_ADDRESS,
+            _ => ROTATOR_ADDRESS,
+        };
+        Op {
+            credential,
+            client,
+            resource_id: match kind {
+                OpKind::CreateKey => Some("k1".to_owned()),
+                OpKind::RotateKey => Some("k2".to_owned()),
+                _ => None,
+            },
+            ..op(index, kind, "a", t_ms, 5.0, Outcome::Status(status))
+        }
+    };
+    let healthy = || {
+        vec![
+            at(1, 0.0, OpKind::CreateKey, Credential::Tenant, 201),
+            at(2, 100.0, OpKind::ReadRoles, Credential::Rotating, 200),
+            at(3, 500.0, OpKind::RotateKey, Credential::Tenant, 201),
+            at(4, 1000.0, OpKind::ReadRoles, Credential::Rotating, 200),
+            at(5, 1100.0, OpKind::ReadRoles, Credential::Successor, 200),
+            at(6, 1600.0, OpKind::ReadRoles, Credential::Rotating, 401),
+            at(7, 1700.0, OpKind::ReadRoles, Credential::Successor, 200),
+        ]
+    };
+    let audited = |history: Vec<Op>, entries: &[&str]| {
+        let mut e = evidence(history);
+        let db = e.database.as_mut().expect("the hand-made database");
+        for (seq, action) in (11..).zip(entries) {
+            db.audit.push(AuditRow {
+                seq,
+                ts_ms: 1_700_000_000_000 + seq,
+                actor: b"admin".to_vec(),
+                action: action.as_bytes().to_vec(),
+                subject: b"k1".to_vec(),
+                details: b"{}".to_vec(),
+                prev_hash: Vec::new(),
+                hash: Vec::new(),
+            });
+        }
+        e
+    };
+    let both = ["key.created", "key.rotated"];
+    let r = invariant(inv.clone(), &audited(healthy(), &both));
+    check("a seamless rotation", &r, true, &[]);
+    assert_eq!(r.exercised, 4, "{}", r.observed);
+    // At the overlap's end either answer may be right.
+    for status in [200, 401] {
+        let mut edge = healthy();
+        edge.push(at(
+            8,
+            1490.0,
+            OpKind::ReadRoles,
+            Credential::Rotating,
+            status,
+        ));
+        check(
+            "a probe at the overlap's end",
+            &invariant(inv.clone(), &audited(edge, &both)),
+            true,
+            &[],
+        );
+    }
+    let cases = [
+        (
+            "the old key refused in the overlap",
+            at(9, 1200.0, OpKind::ReadRoles, Credential::Rotating, 401),
+            "the rotated key in the overlap answered 401, 200 due",
+        ),
+        (
+            "the old key served after the overlap",
+            at(9, 1800.0, OpKind::ReadRoles, Credential::Rotating, 200),
+            "the rotated key after the overlap answered 200, 401 due",
+        ),
+        (
+            "the old key locked after the overlap",
+            at(9, 1800.0, OpKind::ReadRoles, Credential::Rotating, 429),
+            "the rotated key after the overlap answered 429, 401 due",
+        ),
+        (
+            "the successor refused",
+            at(9, 1800.0, OpKind::ReadRoles, Credential::Successor, 401),
+            "the successor answered 401, 200 due",
+        ),
+    ];
+    for (case, extra, line) in cases {
+        let mut history = healthy();
+        history.push(extra);
+        check(
+            case,
+            &invariant(inv.clone(), &audited(history, &both)),
+            false,
+            &[line, "req-9"],
+        );
+    }
+    check(
+        "the rotation not audited",
+        &invariant(inv.clone(), &audited(healthy(), &both[..1])),
+        false,
+        &["no `key.rotated` audit entry for the rotator's key k1"],
+    );
+    let mut refused = healthy();
+    refused[2] = at(3, 500.0, OpKind::RotateKey, Credential::Tenant, 403);
+    check(
+        "the rotation refused",
+        &invariant(inv.clone(), &audited(refused, &both)),
+        false,
+        &["the rotator could not rotate its key"],
+    );
+    check_vacuous(
+        "no rotation",
+        &invariant(inv, &audited(healthy()[..2].to_vec(), &both[..1])),
+        &["no rotation was answered"],
     );
 }
 

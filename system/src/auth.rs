@@ -380,7 +380,7 @@ impl Auth {
         }
         overdue.sort();
         due.sort();
-        let report = RotationReport {
+        RotationReport {
             due: due.len() as u64,
             overdue: overdue.len() as u64,
             ids: overdue
@@ -388,8 +388,7 @@ impl Auth {
                 .chain(due)
                 .take(MAX_REPORTED_KEYS)
                 .collect(),
-        };
-        report
+        }
     }
 
     /// The bootstrap keys, for `GET /v1/keys`: id, tenant, role, expiry.
@@ -485,4 +484,103 @@ pub fn route_permission(method: &str, route: &str) -> Option<Permission> {
         .iter()
         .find(|(m, r, _)| *m == method && *r == route)
         .map(|(_, _, p)| *p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(interval_s: u64, warning_s: u64) -> Auth {
+        let mut security = crate::config::validate(b"llm:\n  providers:\n    - {name: p, base_url: 'http://127.0.0.1:1/v1', model: m}\nstorage:\n  sqlite: {path: x.db}\n", &Default::default())
+            .config
+            .map(|c| c.security)
+            .unwrap_or_else(|| panic!("the minimal config is valid"));
+        security.keys.rotation_interval = Duration::from_secs(interval_s);
+        security.keys.warning_before = Duration::from_secs(warning_s);
+        Auth::new(&security)
+    }
+
+    fn record(id: &str, created_ms: i64) -> (KeyRecord, String) {
+        let (id, plaintext, sha256) = generate_key(Some(id));
+        let record = KeyRecord {
+            id,
+            tenant: "acme".into(),
+            role: "viewer".into(),
+            sha256,
+            created_ms,
+            expires_ms: None,
+            revoked_ms: None,
+            rotated_from: None,
+            overlap_until_ms: None,
+            last_used_ms: None,
+        };
+        (record, plaintext)
+    }
+
+    fn bearer(key: &str) -> String {
+        format!("Bearer {key}")
+    }
+
+    #[test]
+    fn issued_keys_work_until_revoked_or_past_their_overlap() {
+        let now = SystemTime::now();
+        let now_ms = unix_ms(now);
+        let a = auth(3600, 60);
+        let (live, live_key) = record("live", now_ms - 1000);
+        let (mut rotated, rotated_key) = record("rotated", now_ms - 1000);
+        rotated.overlap_until_ms = Some(now_ms + 500);
+        a.load([live.clone(), rotated.clone()], now);
+        let principal = a.authenticate(Some(&bearer(&live_key)), now);
+        assert_eq!(
+            principal.map(|p| p.tenant.to_string()),
+            Ok("acme".to_owned())
+        );
+        assert!(a.authenticate(Some(&bearer(&rotated_key)), now).is_ok());
+        let later = now + Duration::from_secs(1);
+        assert_eq!(
+            a.authenticate(Some(&bearer(&rotated_key)), later)
+                .map(|_| ()),
+            Err(AuthError::Rotated)
+        );
+        let wrong_secret = format!("gk.live.{}", "0".repeat(64));
+        assert_eq!(
+            a.authenticate(Some(&bearer(&wrong_secret)), now)
+                .map(|_| ()),
+            Err(AuthError::Unknown)
+        );
+        let revoked = KeyRecord {
+            revoked_ms: Some(now_ms),
+            ..live
+        };
+        a.load([revoked], now);
+        assert_eq!(
+            a.authenticate(Some(&bearer(&live_key)), now).map(|_| ()),
+            Err(AuthError::Unknown),
+            "a revoked key leaves the cache"
+        );
+    }
+
+    #[test]
+    fn keys_near_their_rotation_interval_are_reported_overdue_first() {
+        let now = SystemTime::now();
+        let now_ms = unix_ms(now);
+        let a = auth(10, 3);
+        let (fresh, _) = record("fresh", now_ms - 1000);
+        let (due, _) = record("due", now_ms - 8000);
+        let (overdue, _) = record("overdue", now_ms - 11_000);
+        let (mut handled, _) = record("handled", now_ms - 11_000);
+        handled.overlap_until_ms = Some(now_ms + 60_000);
+        let (mut expiring, _) = record("expiring", now_ms - 1000);
+        expiring.expires_ms = Some(now_ms + 2000);
+        a.load([fresh, due, overdue, handled, expiring], now);
+        let report = a.rotation_report(now);
+        assert_eq!(
+            report,
+            RotationReport {
+                due: 2,
+                overdue: 1,
+                ids: vec!["overdue".into(), "due".into(), "expiring".into()],
+            }
+        );
+    }
 }

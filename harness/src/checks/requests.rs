@@ -657,13 +657,13 @@ pub(super) fn rotation_seamless(evidence: &Evidence) -> CheckResult {
             Some(false) if status == 401 => after += 1,
             Some(served) => {
                 violations += 1;
+                let whose = if op.credential == Credential::Successor {
+                    "the successor".to_owned()
+                } else {
+                    format!("the rotated key {phase}")
+                };
                 r.violation(format!(
-                    "{} key {phase} answered {status}, {} due: {}",
-                    if op.credential == Credential::Successor {
-                        "the successor"
-                    } else {
-                        "the rotated"
-                    },
+                    "{whose} answered {status}, {} due: {}",
                     if served { "200" } else { "401" },
                     describe(op)
                 ));

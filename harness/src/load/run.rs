@@ -490,7 +490,7 @@ async fn rotation_run(
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep_until(at) => {}
         }
-        let old_turn = n % 2 == 0 && old_after < rotator.old_after_overlap;
+        let old_turn = n.is_multiple_of(2) && old_after < rotator.old_after_overlap;
         n += 1;
         if old_turn {
             if Instant::now() >= old_may_fail {
