@@ -78,7 +78,7 @@ fn tasks(c: &mut Criterion) {
         config,
         AppOptions {
             seed: Some(1),
-            env: Vec::new(),
+            ..AppOptions::default()
         },
     )
     .unwrap();

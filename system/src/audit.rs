@@ -71,14 +71,6 @@ impl NewEntry {
     }
 }
 
-/// Removes personal data from an entry's details before it is stored. This is
-/// the one place every entry passes through on its way into the log; the
-/// security work plugs PII redaction in here. Today it keeps everything, and
-/// callers keep prompts and model output out of details in the first place.
-pub fn redact_details(details: Value) -> Value {
-    details
-}
-
 /// `details` as stored: compact JSON with object keys sorted at every level.
 pub fn canonical_details(details: &Value) -> String {
     fn sorted(value: &Value) -> Value {

@@ -196,7 +196,20 @@ pub fn serve(args: ServeArgs, err: &mut dyn Write) -> io::Result<Exit> {
         writeln!(err, "error: {name} is invalid; not starting")?;
         return Ok(Exit::BadInput);
     };
-    init_logging(config.observability.log_format);
+    let lookup = |var: &str| {
+        args.env
+            .iter()
+            .find(|(k, _)| k == var)
+            .map(|(_, v)| v.clone())
+    };
+    let redactor = match crate::pii::Redactor::new(&config.security.pii_redaction, lookup) {
+        Ok(r) => std::sync::Arc::new(r),
+        Err(e) => {
+            writeln!(err, "error: {e}; not starting")?;
+            return Ok(Exit::BadInput);
+        }
+    };
+    init_logging(config.observability.log_format, redactor.clone());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -212,6 +225,7 @@ pub fn serve(args: ServeArgs, err: &mut dyn Write) -> io::Result<Exit> {
         app: crate::AppOptions {
             seed: args.seed,
             env: args.env,
+            redactor: Some(redactor),
         },
     };
     let result = runtime.block_on(crate::serve(
@@ -232,13 +246,15 @@ pub fn serve(args: ServeArgs, err: &mut dyn Write) -> io::Result<Exit> {
 }
 
 /// Logs go to stderr (stdout carries only the `listening on` line), as JSON
-/// or text, filtered by `RUST_LOG` (default `info`).
-fn init_logging(format: config::LogFormat) {
+/// or text, filtered by `RUST_LOG` (default `info`), every line through the
+/// PII redactor. Colour codes are off so that they cannot split a value.
+fn init_logging(format: config::LogFormat, redactor: std::sync::Arc<crate::pii::Redactor>) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(io::stderr);
+        .with_ansi(false)
+        .with_writer(crate::pii::RedactedStderr(redactor));
     // A second initialisation (tests) keeps the first subscriber.
     let _ = match format {
         config::LogFormat::Json => builder.json().with_current_span(true).try_init(),

@@ -11,7 +11,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{DEV_KEY, Provider, Reply, client, eventually, repo_root, start};
+use support::{
+    DEV_KEY, Provider, Reply, client, eventually, repo_root, start, start_logging_to, temp_dir,
+};
 
 async fn post_task(base: &str, key: Option<&str>) -> reqwest::Response {
     let mut request = client()
@@ -311,4 +313,65 @@ async fn keys_are_issued_rotated_with_an_overlap_revoked_and_guessing_locks_out(
 
     let (code, _) = running.terminate().await;
     assert_eq!(code, Some(0));
+}
+
+/// Issue 18's acceptance: a task whose prompt holds an email address, a
+/// Luhn-valid card number and an SSN leaves none of the three in the log or
+/// the audit table. The values also ride where clients really put them and
+/// the service does write: the request id (in every request's log line) and
+/// the idempotency key (in the audit details), so the redaction on both
+/// paths is seen at work, not merely not needed.
+#[tokio::test]
+async fn personal_data_in_a_task_leaves_no_trace_in_the_log_or_the_audit_table() {
+    let provider = Provider::start().await;
+    let log = temp_dir("pii-log").join("orchestrator.log");
+    let running = start_logging_to(&provider, &log, &[("RUST_LOG", "info")]).await;
+    let (email, card, ssn) = (
+        "ada.lovelace@example.com",
+        "4111 1111 1111 1111",
+        "123-45-6789",
+    );
+    let response = client()
+        .post(format!("{}/v1/tasks", running.base))
+        .bearer_auth(DEV_KEY)
+        .header("idempotency-key", format!("refund/{email}/{ssn}"))
+        .header("x-request-id", format!("refund:{email}"))
+        .json(&json!({
+            "prompt": format!("Refund {email} on card {card}, SSN {ssn}, and confirm."),
+            "max_tokens": 100,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let db = running.db.clone();
+    let (code, _) = running.terminate().await;
+    assert_eq!(code, Some(0));
+
+    let log = std::fs::read_to_string(&log).unwrap();
+    let conn =
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let audit: String = conn
+        .query_row(
+            "SELECT group_concat(actor || ' ' || subject || ' ' || details, char(10)) FROM audit",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    for value in [email, card, &card.replace(' ', ""), ssn] {
+        assert!(!log.contains(value), "{value} is in the log:\n{log}");
+        assert!(
+            !audit.contains(value),
+            "{value} is in the audit table:\n{audit}"
+        );
+    }
+    assert!(
+        log.contains("refund:[REDACTED:email]"),
+        "the request id was logged, redacted:\n{log}"
+    );
+    assert!(
+        audit.contains("refund/[REDACTED:email]/[REDACTED:ssn]"),
+        "the idempotency key was audited, redacted:\n{audit}"
+    );
 }

@@ -252,6 +252,17 @@ impl<'a> Arbitrary<'a> for Config {
                 pii_redaction: PiiRedactionConfig {
                     enabled: u.arbitrary()?,
                     types: subset(u, &PiiType::ALL)?,
+                    strategy: *u.choose(&[
+                        PiiStrategy::Mask,
+                        PiiStrategy::Hash,
+                        PiiStrategy::Remove,
+                    ])?,
+                    min_confidence_percent: u.int_in_range(0..=100)?,
+                    hash_key_env: if u.arbitrary()? {
+                        Some("PII_HASH_KEY".to_string())
+                    } else {
+                        None
+                    },
                 },
                 outbound_url_allowlist,
                 lockout: LockoutConfig {

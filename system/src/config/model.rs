@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use url::Url;
 
-pub use super::raw::{Jitter, LogFormat, Permission, PiiType};
+pub use super::raw::{Jitter, LogFormat, Permission, PiiStrategy, PiiType};
 
 /// The whole validated configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -268,6 +268,25 @@ pub struct PiiRedactionConfig {
     pub enabled: bool,
     /// What to redact, without repeats.
     pub types: Vec<PiiType>,
+    /// What a detected value becomes.
+    pub strategy: PiiStrategy,
+    /// Detections below this confidence, 0 to 100, are left alone.
+    pub min_confidence_percent: u8,
+    /// The environment variable holding the `hash` strategy's key.
+    pub hash_key_env: Option<String>,
+}
+
+impl Default for PiiRedactionConfig {
+    /// Every type masked at 50 percent confidence, with a random hash key.
+    fn default() -> Self {
+        PiiRedactionConfig {
+            enabled: true,
+            types: PiiType::ALL.to_vec(),
+            strategy: PiiStrategy::Mask,
+            min_confidence_percent: 50,
+            hash_key_env: None,
+        }
+    }
 }
 
 /// Task limits.
@@ -420,6 +439,9 @@ pub(super) fn to_raw(c: &Config) -> super::raw::RawConfig {
             pii_redaction: Some(RawPiiRedaction {
                 enabled: Some(s.pii_redaction.enabled),
                 types: Some(s.pii_redaction.types.clone()),
+                strategy: Some(s.pii_redaction.strategy),
+                min_confidence_percent: Some(s.pii_redaction.min_confidence_percent),
+                hash_key_env: s.pii_redaction.hash_key_env.clone(),
             }),
             outbound_url_allowlist: Some(
                 s.outbound_url_allowlist

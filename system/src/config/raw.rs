@@ -553,7 +553,7 @@ pub struct RawRateLimit {
     pub burst: Option<u32>,
 }
 
-/// PII redaction.
+/// PII redaction: see the README's "Personal data" section.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPiiRedaction {
@@ -563,9 +563,21 @@ pub struct RawPiiRedaction {
     /// What to redact. Default all types.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub types: Option<Vec<PiiType>>,
+    /// What a detected value becomes. Default `mask`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<PiiStrategy>,
+    /// Detections below this confidence (0 to 100) are left alone. Default 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_confidence_percent: Option<u8>,
+    /// The environment variable holding the key of the `hash` strategy (at least 16
+    /// bytes). Without it each start draws a random key, so hashes correlate only
+    /// within one run of the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_key_env: Option<String>,
 }
 
-/// A kind of personal data.
+/// A kind of personal data or secret. The detectors are in `pii.rs`, one per
+/// type or more.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
 )]
@@ -573,28 +585,95 @@ pub struct RawPiiRedaction {
 pub enum PiiType {
     /// Email addresses.
     Email,
-    /// Phone numbers.
+    /// Phone numbers, international (E.164, `+` and 8 to 15 digits) and national formats.
     Phone,
-    /// Payment card numbers.
-    CreditCard,
     /// US social security numbers.
     Ssn,
-    /// IPv4 and IPv6 addresses.
-    IpAddress,
-    /// Strings that look like API keys or bearer tokens.
+    /// Payment card numbers of 13 to 19 digits, Luhn-checked.
+    CreditCard,
+    /// International bank account numbers, checksum-checked.
+    Iban,
+    /// IPv4 addresses.
+    Ipv4,
+    /// IPv6 addresses.
+    Ipv6,
+    /// MAC addresses.
+    MacAddress,
+    /// Dates of birth after a label such as `DOB:` or `born on`.
+    DateOfBirth,
+    /// Passport numbers after a label.
+    Passport,
+    /// National identity numbers after a label.
+    NationalId,
+    /// API keys and secret tokens of well-known formats, and values after `api_key=`,
+    /// `secret:`, `password=` and the like.
     ApiKey,
+    /// JSON web tokens.
+    Jwt,
+    /// Bearer tokens in text (`Bearer ...`, `Authorization: Basic ...`).
+    BearerToken,
+    /// URLs with credentials in them (`https://user:pass@host/`).
+    UrlCredentials,
+    /// PEM private keys.
+    PrivateKey,
 }
 
 impl PiiType {
     /// Every type, in declaration order.
-    pub const ALL: [PiiType; 6] = [
+    pub const ALL: [PiiType; 16] = [
         PiiType::Email,
         PiiType::Phone,
-        PiiType::CreditCard,
         PiiType::Ssn,
-        PiiType::IpAddress,
+        PiiType::CreditCard,
+        PiiType::Iban,
+        PiiType::Ipv4,
+        PiiType::Ipv6,
+        PiiType::MacAddress,
+        PiiType::DateOfBirth,
+        PiiType::Passport,
+        PiiType::NationalId,
         PiiType::ApiKey,
+        PiiType::Jwt,
+        PiiType::BearerToken,
+        PiiType::UrlCredentials,
+        PiiType::PrivateKey,
     ];
+
+    /// The name in configuration and in masks, like `credit_card`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PiiType::Email => "email",
+            PiiType::Phone => "phone",
+            PiiType::Ssn => "ssn",
+            PiiType::CreditCard => "credit_card",
+            PiiType::Iban => "iban",
+            PiiType::Ipv4 => "ipv4",
+            PiiType::Ipv6 => "ipv6",
+            PiiType::MacAddress => "mac_address",
+            PiiType::DateOfBirth => "date_of_birth",
+            PiiType::Passport => "passport",
+            PiiType::NationalId => "national_id",
+            PiiType::ApiKey => "api_key",
+            PiiType::Jwt => "jwt",
+            PiiType::BearerToken => "bearer_token",
+            PiiType::UrlCredentials => "url_credentials",
+            PiiType::PrivateKey => "private_key",
+        }
+    }
+}
+
+/// What a detected value becomes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PiiStrategy {
+    /// `[REDACTED:email]`: the type survives, nothing of the value.
+    #[default]
+    Mask,
+    /// `[email:1f2e3d4c5b6a7988]`: a keyed hash (HMAC-SHA256, 64 bits shown), so
+    /// equal values correlate across entries without being reversible.
+    Hash,
+    /// Nothing: the value is cut out.
+    Remove,
 }
 
 /// Task limits.

@@ -169,6 +169,26 @@ impl<'a> Validator<'a> {
         }
     }
 
+    /// Reports `var` unless it is a portable environment variable name.
+    fn env_var_name(&mut self, path: &str, var: &str) {
+        let ok = var.len() <= 128
+            && var
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_uppercase() || b == b'_')
+            && var
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+        if !ok {
+            self.report(
+                Rule::Format,
+                Code::Format,
+                path,
+                format!("invalid environment variable name `{var}`: expected A-Z, 0-9 and `_`, not starting with a digit"),
+            );
+        }
+    }
+
     fn range<T: PartialOrd + Display + Copy>(
         &mut self,
         path: &str,
@@ -426,22 +446,7 @@ impl<'a> Validator<'a> {
             );
         }
         if let Some(var) = &raw.api_key_env {
-            let ok = var.len() <= 128
-                && var
-                    .bytes()
-                    .next()
-                    .is_some_and(|b| b.is_ascii_uppercase() || b == b'_')
-                && var
-                    .bytes()
-                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
-            if !ok {
-                self.report(
-                    Rule::Format,
-                    Code::Format,
-                    &child_path(path, "api_key_env"),
-                    format!("invalid environment variable name `{var}`: expected A-Z, 0-9 and `_`, not starting with a digit"),
-                );
-            }
+            self.env_var_name(&child_path(path, "api_key_env"), var);
         }
         let hour = Duration::from_secs(3600);
         let attempt_timeout = self.duration(
@@ -838,6 +843,16 @@ impl<'a> Validator<'a> {
                 .collect(),
             None => PiiType::ALL.to_vec(),
         };
+        let min_confidence_percent = self.range(
+            "security.pii_redaction.min_confidence_percent",
+            pii.min_confidence_percent,
+            0,
+            100,
+            50,
+        );
+        if let Some(var) = &pii.hash_key_env {
+            self.env_var_name("security.pii_redaction.hash_key_env", var);
+        }
         let lockout = self.lockout(raw.lockout.as_ref().unwrap_or(&RawLockout::default()));
         let keys = self.keys(raw.keys.as_ref().unwrap_or(&RawKeys::default()));
         SecurityConfig {
@@ -853,6 +868,9 @@ impl<'a> Validator<'a> {
             pii_redaction: PiiRedactionConfig {
                 enabled: pii.enabled.unwrap_or(true),
                 types,
+                strategy: pii.strategy.unwrap_or_default(),
+                min_confidence_percent,
+                hash_key_env: pii.hash_key_env,
             },
             outbound_url_allowlist,
         }

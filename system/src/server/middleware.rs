@@ -59,6 +59,10 @@ pub fn wrap(router: Router<Arc<AppState>>, state: &Arc<AppState>) -> Router<Arc<
                 }
             },
         ))
+        .layer(middleware::map_response_with_state(
+            state.clone(),
+            redact_problem,
+        ))
         .layer(cors(&state.config.security.cors_allowed_origins))
         .layer(middleware::map_response(
             move |mut response: Response| async move {
@@ -67,6 +71,34 @@ pub fn wrap(router: Router<Arc<AppState>>, state: &Arc<AppState>) -> Router<Arc<
             },
         ))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
+}
+
+/// The largest problem body redacted; ours are a few hundred bytes, and a
+/// larger one is replaced rather than passed through unread.
+const MAX_PROBLEM_BYTES: usize = 64 * 1024;
+
+/// Problem details can quote what the client sent (a bad URL, a field's
+/// value): they pass through the PII redactor like every other text that
+/// leaves the handler, so that one principal's data never reaches another's
+/// logs or screens by an error.
+async fn redact_problem(State(state): State<Arc<AppState>>, response: Response) -> Response {
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == crate::problem::CONTENT_TYPE.as_bytes());
+    if !is_problem {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let redacted = match axum::body::to_bytes(body, MAX_PROBLEM_BYTES).await {
+        Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(value) => state.redactor.redact_json(value).to_string(),
+            Err(_) => return Problem::internal().into_response(),
+        },
+        Err(_) => return Problem::internal().into_response(),
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(redacted))
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

@@ -26,6 +26,7 @@ use crate::config::{Config, StorageConfig};
 use crate::llm::{self, LlmClient, LlmOptions};
 use crate::lockout::Lockout;
 use crate::metrics::Metrics;
+use crate::pii::{PiiError, Redactor};
 use crate::plan::PlanPolicy;
 use crate::store::{SYSTEM_ACTOR, Store, StoreError, StoreOptions};
 
@@ -52,6 +53,9 @@ pub struct AppState {
     pub seed: u64,
     /// Wakes an idle job worker when a job is submitted or replayed.
     pub job_wake: Arc<Notify>,
+    /// Takes personal data out of what leaves a request: problem details,
+    /// audit details and stored errors (through the store), logs.
+    pub redactor: Arc<Redactor>,
 }
 
 /// Options of a service instance beyond its configuration.
@@ -60,8 +64,11 @@ pub struct AppOptions {
     /// Seed of every random choice the service makes (retry jitter), so that a
     /// scenario replays. `None` draws one from the OS.
     pub seed: Option<u64>,
-    /// Environment variables, for `api_key_env`.
+    /// Environment variables, for `api_key_env` and `hash_key_env`.
     pub env: Vec<(String, String)>,
+    /// The redactor, when the caller built it already (the logger shares
+    /// it); else built from `security.pii_redaction`.
+    pub redactor: Option<Arc<Redactor>>,
 }
 
 /// Why the service could not start.
@@ -73,6 +80,9 @@ pub enum StartError {
     /// The LLM client could not be set up.
     #[error(transparent)]
     Llm(#[from] llm::SetupError),
+    /// The PII redactor's key is missing or too short.
+    #[error(transparent)]
+    Pii(#[from] PiiError),
     /// The configuration asks for a store this build cannot use yet.
     #[error("storage: {0}")]
     Unsupported(String),
@@ -102,7 +112,24 @@ impl AppState {
                 )));
             }
         };
-        let store = Store::open(&path, &StoreOptions::new(config.budget.clone()))?;
+        let lookup = |var: &str| {
+            options
+                .env
+                .iter()
+                .find(|(k, _)| k == var)
+                .map(|(_, v)| v.clone())
+        };
+        let redactor = match &options.redactor {
+            Some(r) => r.clone(),
+            None => Arc::new(Redactor::new(&config.security.pii_redaction, lookup)?),
+        };
+        let store = Store::open(
+            &path,
+            &StoreOptions {
+                redactor: redactor.clone(),
+                ..StoreOptions::new(config.budget.clone())
+            },
+        )?;
         let seed = options.seed.unwrap_or_else(rand::random);
         // Which configuration the service runs with, by digest: the audit log
         // then shows when it changed, without holding secrets or paths.
@@ -118,13 +145,7 @@ impl AppState {
                 "providers": config.llm.providers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
             }),
         ))?;
-        let api_keys = llm::resolve_api_keys(&config.llm, |var| {
-            options
-                .env
-                .iter()
-                .find(|(k, _)| k == var)
-                .map(|(_, v)| v.clone())
-        })?;
+        let api_keys = llm::resolve_api_keys(&config.llm, lookup)?;
         let llm = LlmClient::new(
             &config.llm,
             LlmOptions {
@@ -149,6 +170,7 @@ impl AppState {
             metrics,
             seed,
             job_wake: Arc::new(Notify::new()),
+            redactor,
             config,
         }))
     }

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::{Store, StoreError, TxError, from_db, now_ms};
 use crate::audit::{self, ChainVerifier, NewEntry, StoredEntry, Verification};
+use crate::pii::Redactor;
 
 /// The most entries one read returns.
 pub const MAX_AUDIT_PAGE: u32 = 1000;
@@ -36,8 +37,15 @@ pub struct AuditEntry {
 
 /// Appends `entry` inside `tx`: the change it records and the entry commit
 /// together or not at all. Returns its seq.
-pub(super) fn append(tx: &Transaction<'_>, entry: NewEntry, now: i64) -> Result<u64, TxError> {
-    let details = audit::canonical_details(&audit::redact_details(entry.details));
+/// Details pass through `redactor` on the way in: the chain hashes what is
+/// stored, so personal data never enters it.
+pub(super) fn append(
+    tx: &Transaction<'_>,
+    redactor: &Redactor,
+    entry: NewEntry,
+    now: i64,
+) -> Result<u64, TxError> {
+    let details = audit::canonical_details(&redactor.redact_json(entry.details));
     let (last_seq, last_hash): (i64, Vec<u8>) = tx
         .prepare_cached("SELECT last_seq, last_hash FROM audit_head WHERE id = 1")?
         .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
@@ -76,7 +84,7 @@ impl Store {
     /// other state (an authorisation denied, the configuration loaded).
     pub fn record_audit(&self, entry: NewEntry) -> Result<u64, StoreError> {
         self.write("append audit entry", |tx| {
-            append(tx, entry.clone(), now_ms())
+            append(tx, self.redactor(), entry.clone(), now_ms())
         })
     }
 

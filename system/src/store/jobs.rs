@@ -26,6 +26,7 @@ use serde_json::json;
 use super::tasks::{audit_charge, charge_reservation, exec, load_reservation, release};
 use super::{Charge, IdempotencyClaim, ReservationId, Store, StoreError, TxError, audit, from_db};
 use crate::audit::NewEntry;
+use crate::pii::Redactor;
 
 /// The most jobs one listing returns.
 pub const MAX_JOB_PAGE: u32 = 1000;
@@ -442,8 +443,7 @@ impl Store {
                     now
                 ],
             )?;
-            audit::append(
-                tx,
+            audit::append(tx, self.redactor(),
                 NewEntry::new(
                     job.actor.clone(),
                     "job.accepted",
@@ -507,6 +507,7 @@ impl Store {
                 })?;
             audit::append(
                 tx,
+                self.redactor(),
                 NewEntry::new(
                     worker,
                     "job.leased",
@@ -562,6 +563,7 @@ impl Store {
             )?;
             audit::append(
                 tx,
+                self.redactor(),
                 NewEntry::new(
                     done.actor.clone(),
                     "job.completed",
@@ -570,7 +572,7 @@ impl Store {
                 ),
                 now,
             )?;
-            audit_charge(tx, &done.actor, &held, &charge, now)?;
+            audit_charge(tx, self.redactor(), &done.actor, &held, &charge, now)?;
             Ok(Completion::Succeeded(charge))
         })
     }
@@ -579,6 +581,9 @@ impl Store {
     /// job again at `retry_at_ms`, or, when the failure is not retryable or
     /// this was the last attempt, moves it to the dead-letter queue.
     pub fn fail_job(&self, failed: &FailJob, now: i64) -> Result<Failure, StoreError> {
+        // A provider's error can quote the prompt; `last_error` is read by
+        // other principals (DLQ listings), so it is stored redacted.
+        let error = self.redactor().redact(&failed.error).into_owned();
         self.write("fail job", |tx| {
             if let Some(reservation) = failed.reservation {
                 release(tx, reservation, now)?;
@@ -589,28 +594,29 @@ impl Store {
             };
             let outcome = match failed.retry_at_ms {
                 Some(at) if attempts < max_attempts => {
-                    requeue(tx, &failed.id, Some(&failed.error), at, now)?;
+                    requeue(tx, &failed.id, Some(&error), at, now)?;
                     Failure::Retrying { at_ms: at }
                 }
                 _ => {
-                    bury(tx, &failed.id, &failed.error, now)?;
+                    bury(tx, &failed.id, &error, now)?;
                     Failure::Dead
                 }
             };
             let (action, details) = match outcome {
                 Failure::Retrying { at_ms } => (
                     "job.retrying",
-                    json!({"tenant": tenant, "attempt": attempts, "error": failed.error,
+                    json!({"tenant": tenant, "attempt": attempts, "error": error,
                            "retry_in_ms": at_ms.saturating_sub(now)}),
                 ),
                 _ => (
                     "job.dead",
-                    json!({"tenant": tenant, "attempt": attempts, "error": failed.error,
+                    json!({"tenant": tenant, "attempt": attempts, "error": error,
                            "retryable": failed.retry_at_ms.is_some()}),
                 ),
             };
             audit::append(
                 tx,
+                self.redactor(),
                 NewEntry::new(failed.actor.clone(), action, failed.id.clone(), details),
                 now,
             )?;
@@ -644,6 +650,7 @@ impl Store {
             )?;
             audit::append(
                 tx,
+                self.redactor(),
                 NewEntry::new(actor, "job.released", id, json!({"reason": "shutdown"})),
                 now,
             )?;
@@ -659,6 +666,7 @@ impl Store {
         self.write("reclaim expired jobs", |tx| {
             reclaim(
                 tx,
+                self.redactor(),
                 Some(now),
                 now,
                 limit,
@@ -673,6 +681,7 @@ impl Store {
         self.write("recover jobs", |tx| {
             reclaim(
                 tx,
+                self.redactor(),
                 None,
                 now,
                 u32::MAX,
@@ -777,6 +786,7 @@ impl Store {
             )?;
             audit::append(
                 tx,
+                self.redactor(),
                 NewEntry::new(actor, "job.replayed", id, json!({"tenant": tenant})),
                 now,
             )?;
@@ -841,6 +851,7 @@ fn count_by_state(
 /// when `None`), at most `limit`.
 fn reclaim(
     tx: &Transaction<'_>,
+    redactor: &Redactor,
     expired_by: Option<i64>,
     now: i64,
     limit: u32,
@@ -878,6 +889,7 @@ fn reclaim(
         };
         audit::append(
             tx,
+            redactor,
             NewEntry::new(
                 SYSTEM_ACTOR,
                 action,

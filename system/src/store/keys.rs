@@ -240,6 +240,7 @@ impl Store {
             insert(tx, new, None, now)?;
             audit::append(
                 tx,
+                self.redactor(),
                 NewEntry::new(
                     actor,
                     "key.created",
@@ -294,6 +295,7 @@ impl Store {
             insert(tx, &new, Some(id), now)?;
             audit::append(
                 tx,
+                self.redactor(),
                 NewEntry::new(
                     actor,
                     "key.rotated",
@@ -330,6 +332,7 @@ impl Store {
             )?;
             audit::append(
                 tx,
+                self.redactor(),
                 NewEntry::new(
                     actor,
                     "key.revoked",

@@ -50,6 +50,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
 
 use crate::config::BudgetConfig;
+use crate::pii::Redactor;
 
 pub use audit::{
     AuditEntry, MAX_AUDIT_PAGE, verify_connection as verify_audit_connection,
@@ -69,7 +70,7 @@ pub const MAX_PENDING_RELEASES: usize = 10_000;
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// How the store opens and behaves.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct StoreOptions {
     /// Token limits; applied to existing tenants at open and to new tenants on
     /// first use.
@@ -90,6 +91,9 @@ pub struct StoreOptions {
     /// does; an administration tool that has no budgets to apply (like
     /// `orchestrator keys`) keeps the limits the database holds.
     pub apply_limits: bool,
+    /// What takes personal data out of audit details and `last_error`
+    /// before they are written.
+    pub redactor: Arc<Redactor>,
 }
 
 impl StoreOptions {
@@ -103,6 +107,7 @@ impl StoreOptions {
             busy_backoff: Duration::from_millis(10),
             in_flight_expiry: Duration::from_secs(600),
             apply_limits: true,
+            redactor: crate::pii::default_redactor(),
         }
     }
 
@@ -346,6 +351,11 @@ fn is_busy(error: &rusqlite::Error) -> bool {
 }
 
 impl Store {
+    /// The redactor every audit entry and stored error passes through.
+    pub(crate) fn redactor(&self) -> &Redactor {
+        &self.inner.options.redactor
+    }
+
     /// Opens (creating if needed) the database at `path`: creates parent
     /// directories, locks `<path>.lock`, configures SQLite, migrates the schema,
     /// releases what the previous process left held (see [`Store::recovery`])

@@ -20,6 +20,7 @@ use super::{
     Store, StoreError, TxError, from_db, millis, now_ms, to_db,
 };
 use crate::audit::NewEntry;
+use crate::pii::Redactor;
 
 /// A reservation as stored.
 pub(super) struct Reservation {
@@ -191,6 +192,7 @@ impl Store {
             };
             audit::append(
                 tx,
+                self.redactor(),
                 NewEntry::new(
                     finish.actor.clone(),
                     "task.completed",
@@ -203,7 +205,7 @@ impl Store {
                 ),
                 now,
             )?;
-            audit_charge(tx, &finish.actor, &held, &charge, now)?;
+            audit_charge(tx, self.redactor(), &finish.actor, &held, &charge, now)?;
             Ok(charge)
         })
     }
@@ -482,6 +484,7 @@ pub(super) fn charge_reservation(
 /// The audit entry of a committed charge.
 pub(super) fn audit_charge(
     tx: &Transaction<'_>,
+    redactor: &Redactor,
     actor: &str,
     held: &Reservation,
     charge: &Charge,
@@ -489,6 +492,7 @@ pub(super) fn audit_charge(
 ) -> Result<u64, TxError> {
     audit::append(
         tx,
+        redactor,
         NewEntry::new(
             actor,
             "budget.charged",

@@ -304,7 +304,7 @@ impl Service {
             config,
             AppOptions {
                 seed: Some(1),
-                env: Vec::new(),
+                ..AppOptions::default()
             },
         )
         .unwrap();
@@ -408,6 +408,31 @@ pub async fn start_on_db(
     db: &std::path::Path,
     extra_env: &[(&str, &str)],
 ) -> Running {
+    spawn(provider, db, extra_env, std::process::Stdio::inherit()).await
+}
+
+/// [`start`] with the service's log (its stderr) written to `log`.
+pub async fn start_logging_to(
+    provider: &Provider,
+    log: &std::path::Path,
+    extra_env: &[(&str, &str)],
+) -> Running {
+    let file = std::fs::File::create(log).unwrap();
+    spawn(
+        provider,
+        &temp_dir("serve").join("orchestrator.db"),
+        extra_env,
+        file.into(),
+    )
+    .await
+}
+
+async fn spawn(
+    provider: &Provider,
+    db: &std::path::Path,
+    extra_env: &[(&str, &str)],
+    stderr: std::process::Stdio,
+) -> Running {
     use tokio::io::AsyncBufReadExt;
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"));
     command
@@ -422,7 +447,7 @@ pub async fn start_on_db(
         .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
+        .stderr(stderr)
         .kill_on_drop(true);
     for (k, v) in extra_env {
         command.env(k, v);
