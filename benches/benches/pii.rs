@@ -13,7 +13,7 @@ use orchestrator::pii::Redactor;
 const PLANTED: &[&str] = &[
     "Refund ada.lovelace@example.com on card 4111 1111 1111 1111, SSN 123-45-6789.",
     "Call +44 20 7946 0958 or (555) 234-5678 about DE89 3704 0044 0532 0130 00.",
-    "Client 203.0.113.7 (fe80::1ff:fe23:4567:890a, 00:1a:2b:3c:4d:5e) retried.",
+    "Client 93.184.215.14 (2606:4700:4700::1111, 00:1a:2b:3c:4d:5e) retried.",
     "DOB: 1984-03-12, passport no. X1234567, national id: 123-456-789.",
     "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjMifQ.c2lnbmF0dXJlLXRlc3Q",
     "Connect to postgres://app:s3cretpw@db.internal:5432/orders with AKIAIOSFODNN7EXAMPLE.",

@@ -20,3 +20,4 @@ pub mod proxy;
 pub mod report;
 pub mod scenario;
 pub mod seed;
+pub mod sink;

@@ -301,7 +301,7 @@ fn a_schema_version_the_harness_does_not_know_is_refused() {
     assert!(matches!(error, DbError::UnknownSchema { version: 99, .. }));
     insta::assert_snapshot!(
         error.to_string().replace(&path.display().to_string(), "DB"),
-        @"DB: schema version 99 is not one this harness knows (version 2, version 3); update the harness with the orchestrator"
+        @"DB: schema version 99 is not one this harness knows (version 2, version 3, version 4); update the harness with the orchestrator"
     );
 }
 

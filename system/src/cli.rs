@@ -226,6 +226,7 @@ pub fn serve(args: ServeArgs, err: &mut dyn Write) -> io::Result<Exit> {
             seed: args.seed,
             env: args.env,
             redactor: Some(redactor),
+            resolver: None,
         },
     };
     let result = runtime.block_on(crate::serve(

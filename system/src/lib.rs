@@ -11,6 +11,7 @@ pub mod exit;
 pub mod llm;
 pub mod lockout;
 pub mod metrics;
+pub mod outbound;
 pub mod pii;
 pub mod plan;
 pub mod problem;

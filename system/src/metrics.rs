@@ -73,6 +73,9 @@ pub struct Metrics {
     pub job_lease_reclaims: IntCounter,
     /// `job_duration_seconds`: from submission to success.
     pub job_duration: Histogram,
+    /// `webhook_deliveries_total{outcome}`: webhook attempts (`delivered`,
+    /// `retried`, `failed`, `refused`).
+    pub webhook_deliveries: IntCounterVec,
 }
 
 /// Job latency buckets in seconds: jobs queue and retry, so they span minutes.
@@ -165,6 +168,11 @@ impl Metrics {
                 "Job leases taken back after they expired (a worker crashed or stalled).",
             ),
             job_duration,
+            webhook_deliveries: counter(
+                "webhook_deliveries_total",
+                "Webhook delivery attempts by outcome: delivered, retried, failed (the last attempt), refused (the outbound policy).",
+                &["outcome"],
+            ),
             http_requests: counter(
                 "http_requests_total",
                 "Requests by route, method and status.",

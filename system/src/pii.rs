@@ -105,9 +105,10 @@ const DETECTORS: &[Detector] = &[
         kind: PiiType::Ipv4,
         pattern: r"\b(?:[0-9]{1,3}\.){3}[0-9]{1,3}\b",
         judge: |v| {
-            std::net::Ipv4Addr::from_str(v)
-                .ok()
-                .and_then(|_| sure(v, 85))
+            let ip = std::net::Ipv4Addr::from_str(v).ok()?;
+            public(std::net::IpAddr::V4(ip))
+                .then(|| sure(v, 85))
+                .flatten()
         },
     },
     Detector {
@@ -267,9 +268,18 @@ fn iban(v: &str) -> Option<Verdict> {
 /// At least two groups of hex digits: `e::` in `Note::` and `::` parse, but
 /// are not addresses anyone wrote.
 fn ipv6(v: &str) -> Option<Verdict> {
-    std::net::Ipv6Addr::from_str(v).ok()?;
+    let ip = std::net::Ipv6Addr::from_str(v).ok()?;
     let groups = v.split([':', '.']).filter(|g| !g.is_empty()).count();
-    (groups >= 2).then(|| sure(v, 85)).flatten()
+    (groups >= 2 && public(std::net::IpAddr::V6(ip)))
+        .then(|| sure(v, 85))
+        .flatten()
+}
+
+/// Only public addresses can point at a person: loopback, private,
+/// link-local, documentation and the other special ranges name machines
+/// (and are the evidence in an SSRF refusal), so they are left alone.
+fn public(ip: std::net::IpAddr) -> bool {
+    crate::outbound::forbidden_range(ip).is_none()
 }
 
 fn date_of_birth(v: &str) -> Option<Verdict> {
@@ -678,6 +688,7 @@ mod tests {
             "ssn 000-12-3456",
             "iban DE00370400440532013000",
             "addr 256.1.1.1",
+            "bind 127.0.0.1 or 10.1.2.3, not fe80::1",
             "see std::io::Error and Note:: here",
             "at 12:30:45",
             "password: required",

@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::sync::OnceLock;
 
 use orchestrator::config::{PiiRedactionConfig, PiiStrategy, PiiType};
+use orchestrator::outbound::forbidden_range;
 use orchestrator::pii::Redactor;
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -145,12 +146,17 @@ fn planted(kind: PiiType) -> BoxedStrategy<Planted> {
                 plain(kind, if print { grouped(&iban, " ", 4) } else { iban })
             })
             .boxed(),
+        // Public addresses: the special ranges name machines, not people.
         PiiType::Ipv4 => any::<[u8; 4]>()
-            .prop_map(move |o| plain(kind, std::net::Ipv4Addr::from(o).to_string()))
+            .prop_map(std::net::Ipv4Addr::from)
+            .prop_filter("public", |ip| forbidden_range((*ip).into()).is_none())
+            .prop_map(move |ip| plain(kind, ip.to_string()))
             .boxed(),
         PiiType::Ipv6 => any::<[u16; 8]>()
             .prop_filter("two groups at least", |g| g.iter().filter(|&&x| x != 0).count() >= 3)
-            .prop_map(move |g| plain(kind, std::net::Ipv6Addr::from(g).to_string()))
+            .prop_map(std::net::Ipv6Addr::from)
+            .prop_filter("public", |ip| forbidden_range((*ip).into()).is_none())
+            .prop_map(move |ip| plain(kind, ip.to_string()))
             .boxed(),
         PiiType::MacAddress => (any::<[u8; 6]>(), select(&[":", "-"][..]), any::<bool>())
             .prop_map(move |(b, sep, upper)| {

@@ -14,7 +14,7 @@ use thiserror::Error;
 
 /// The schema versions (`PRAGMA user_version`) this reader knows. A later
 /// version may give a column or a state a new meaning, so it is refused.
-pub const KNOWN_SCHEMA_VERSIONS: &[u32] = &[2, 3];
+pub const KNOWN_SCHEMA_VERSIONS: &[u32] = &[2, 3, 4];
 
 /// The most rows read from one table: a run plans at most 200,000 requests,
 /// each writing a handful of rows, so more means something else wrote the file.

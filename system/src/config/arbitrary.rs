@@ -304,6 +304,28 @@ impl<'a> Arbitrary<'a> for Config {
                 unhealthy_error_rate: f64::from(unhealthy) / 100.0,
                 window: millis(u, 1, 3_600_000)?,
             },
+            webhooks: {
+                let backoff = millis(u, 1, 3_600_000)?;
+                let secret = u.arbitrary::<bool>()?;
+                WebhooksConfig {
+                    secret_env: secret.then(|| "WEBHOOK_SECRET".to_owned()),
+                    previous_secret_env: (secret && u.arbitrary::<bool>()?)
+                        .then(|| "WEBHOOK_SECRET_PREVIOUS".to_owned()),
+                    max_attempts: u.int_in_range(1..=20)?,
+                    backoff,
+                    max_backoff: backoff.max(millis(u, 1, 86_400_000)?),
+                    connect_timeout: millis(u, 1, 30_000)?,
+                    timeout: millis(u, 1, 60_000)?,
+                    resolve: if u.arbitrary()? {
+                        BTreeMap::from([(
+                            "hooks.test".to_owned(),
+                            vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+                        )])
+                    } else {
+                        BTreeMap::new()
+                    },
+                }
+            },
         })
     }
 }

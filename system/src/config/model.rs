@@ -32,6 +32,45 @@ pub struct Config {
     pub observability: ObservabilityConfig,
     /// Health thresholds.
     pub degradation: DegradationConfig,
+    /// Delivery of job webhooks.
+    pub webhooks: WebhooksConfig,
+}
+
+/// Delivery of job webhooks: see [`crate::server`]'s deliverer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WebhooksConfig {
+    /// The variable holding the signing secret; unsigned without it.
+    pub secret_env: Option<String>,
+    /// The variable holding the previous secret, during a rotation.
+    pub previous_secret_env: Option<String>,
+    /// Attempts per delivery, 1 to 20.
+    pub max_attempts: u32,
+    /// The first retry's pause, doubling after each.
+    pub backoff: Duration,
+    /// The longest pause, at least `backoff`.
+    pub max_backoff: Duration,
+    /// To connect.
+    pub connect_timeout: Duration,
+    /// For a whole delivery.
+    pub timeout: Duration,
+    /// Fixed answers for host names.
+    pub resolve: BTreeMap<String, Vec<std::net::IpAddr>>,
+}
+
+impl Default for WebhooksConfig {
+    /// Unsigned, 5 attempts from 1s up to 5m apart, 2s to connect, 10s in all.
+    fn default() -> Self {
+        WebhooksConfig {
+            secret_env: None,
+            previous_secret_env: None,
+            max_attempts: 5,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(10),
+            resolve: BTreeMap::new(),
+        }
+    }
 }
 
 /// The HTTP server.
@@ -482,6 +521,22 @@ pub(super) fn to_raw(c: &Config) -> super::raw::RawConfig {
             degraded_error_rate: Some(c.degradation.degraded_error_rate),
             unhealthy_error_rate: Some(c.degradation.unhealthy_error_rate),
             window: duration(c.degradation.window),
+        }),
+        webhooks: Some(RawWebhooks {
+            secret_env: c.webhooks.secret_env.clone(),
+            previous_secret_env: c.webhooks.previous_secret_env.clone(),
+            max_attempts: Some(c.webhooks.max_attempts),
+            backoff: duration(c.webhooks.backoff),
+            max_backoff: duration(c.webhooks.max_backoff),
+            connect_timeout: duration(c.webhooks.connect_timeout),
+            timeout: duration(c.webhooks.timeout),
+            resolve: Some(
+                c.webhooks
+                    .resolve
+                    .iter()
+                    .map(|(h, ips)| (h.clone(), ips.iter().map(ToString::to_string).collect()))
+                    .collect(),
+            ),
         }),
     }
 }

@@ -79,6 +79,43 @@ pub struct RawConfig {
     /// When the service reports itself degraded or unhealthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degradation: Option<RawDegradation>,
+    /// Delivery of job webhooks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<RawWebhooks>,
+}
+
+/// Delivery of job webhooks: see the README's "Webhooks" section.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhooks {
+    /// The environment variable holding the signing secret (at least 16 bytes). Without it,
+    /// deliveries carry no signature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_env: Option<String>,
+    /// The environment variable holding the previous secret while receivers move to the new
+    /// one: deliveries then carry a signature by each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret_env: Option<String>,
+    /// Attempts per delivery: 1 to 20. Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// The pause before the first retry, doubling after each: at most 1h. Default `1s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<DurationText>,
+    /// The longest pause between attempts: at most 24h, at least `backoff`. Default `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_backoff: Option<DurationText>,
+    /// To connect to a receiver: at most 30s. Default `2s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<DurationText>,
+    /// For a whole delivery: at most 60s. Default `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationText>,
+    /// Fixed answers for host names, instead of the system resolver (like curl's
+    /// `--resolve`): up to 64 names, each to 1 to 16 addresses. The address rule applies to
+    /// them like to any answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolve: Option<BTreeMap<String, Vec<String>>>,
 }
 
 /// The HTTP server.
@@ -290,10 +327,13 @@ pub struct RawSecurity {
     /// TLS-terminating proxy fronts the service. Default false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hsts: Option<bool>,
-    /// Redaction of personal data in logs and audit details.
+    /// Redaction of personal data in logs, audit details, stored errors and problem bodies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pii_redaction: Option<RawPiiRedaction>,
-    /// URL prefixes outbound webhooks may call, like `https://hooks.example.com/`. Default none.
+    /// What outbound webhooks may call: entries of scheme, host, optional port and path
+    /// prefix (matched by segment), like `https://hooks.example.com/jobs/`. Hosts must resolve
+    /// to public addresses, unless an entry names the address itself (`http://10.0.0.7:9000/`).
+    /// Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbound_url_allowlist: Option<Vec<String>>,
     /// Brute-force lockout: failed authentications counted per client address and per

@@ -169,6 +169,138 @@ impl<'a> Validator<'a> {
         }
     }
 
+    fn webhooks(&mut self, raw: &RawWebhooks) -> WebhooksConfig {
+        const MAX_RESOLVE_HOSTS: usize = 64;
+        const MAX_RESOLVE_ADDRESSES: usize = 16;
+        let defaults = WebhooksConfig::default();
+        let path = "webhooks";
+        for (field, var) in [
+            ("secret_env", &raw.secret_env),
+            ("previous_secret_env", &raw.previous_secret_env),
+        ] {
+            if let Some(var) = var {
+                self.env_var_name(&child_path(path, field), var);
+            }
+        }
+        if raw.previous_secret_env.is_some() && raw.secret_env.is_none() {
+            self.report(
+                Rule::Constraint,
+                Code::Conflict,
+                &child_path(path, "previous_secret_env"),
+                "a previous secret needs a current one: set secret_env too",
+            );
+        }
+        let max_attempts = self.range(
+            &child_path(path, "max_attempts"),
+            raw.max_attempts,
+            1,
+            20,
+            defaults.max_attempts,
+        );
+        let backoff = self.duration(
+            &child_path(path, "backoff"),
+            raw.backoff.as_ref(),
+            defaults.backoff,
+            Duration::from_secs(3600),
+        );
+        let max_backoff = self.duration(
+            &child_path(path, "max_backoff"),
+            raw.max_backoff.as_ref(),
+            defaults.max_backoff.max(backoff),
+            Duration::from_secs(86_400),
+        );
+        if max_backoff < backoff {
+            self.report(
+                Rule::Constraint,
+                Code::Conflict,
+                &child_path(path, "max_backoff"),
+                format!(
+                    "max_backoff {} is less than backoff {}",
+                    format_duration(max_backoff),
+                    format_duration(backoff)
+                ),
+            );
+        }
+        let connect_timeout = self.duration(
+            &child_path(path, "connect_timeout"),
+            raw.connect_timeout.as_ref(),
+            defaults.connect_timeout,
+            Duration::from_secs(30),
+        );
+        let timeout = self.duration(
+            &child_path(path, "timeout"),
+            raw.timeout.as_ref(),
+            defaults.timeout,
+            Duration::from_secs(60),
+        );
+        let entries = raw.resolve.clone().unwrap_or_default();
+        let resolve_path = child_path(path, "resolve");
+        if entries.len() > MAX_RESOLVE_HOSTS {
+            self.report(
+                Rule::Constraint,
+                Code::Range,
+                &resolve_path,
+                format!(
+                    "{} names listed, at most {MAX_RESOLVE_HOSTS} are allowed",
+                    entries.len()
+                ),
+            );
+        }
+        let mut resolve = BTreeMap::new();
+        for (host, texts) in entries.iter().take(MAX_RESOLVE_HOSTS) {
+            let host_path = child_path(&resolve_path, host);
+            let valid_host = !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            if !valid_host {
+                self.report(
+                    Rule::Format,
+                    Code::Format,
+                    &host_path,
+                    format!("`{host}` is not a host name (letters, digits, `-` and `.`)"),
+                );
+                continue;
+            }
+            if texts.is_empty() || texts.len() > MAX_RESOLVE_ADDRESSES {
+                self.report(
+                    Rule::Constraint,
+                    Code::Range,
+                    &host_path,
+                    format!(
+                        "{} addresses listed, expected 1 to {MAX_RESOLVE_ADDRESSES}",
+                        texts.len()
+                    ),
+                );
+                continue;
+            }
+            let mut addresses = Vec::new();
+            for (i, text) in texts.iter().enumerate() {
+                match text.parse::<std::net::IpAddr>() {
+                    Ok(ip) => addresses.push(ip),
+                    Err(_) => self.report(
+                        Rule::Format,
+                        Code::Format,
+                        &index_path(&host_path, i),
+                        format!("`{text}` is not an IP address"),
+                    ),
+                }
+            }
+            resolve.insert(host.to_ascii_lowercase(), addresses);
+        }
+        WebhooksConfig {
+            secret_env: raw.secret_env.clone(),
+            previous_secret_env: raw.previous_secret_env.clone(),
+            max_attempts,
+            backoff,
+            max_backoff,
+            connect_timeout,
+            timeout,
+            resolve,
+        }
+    }
+
     /// Reports `var` unless it is a portable environment variable name.
     fn env_var_name(&mut self, path: &str, var: &str) {
         let ok = var.len() <= 128
@@ -309,6 +441,7 @@ impl<'a> Validator<'a> {
                     .as_ref()
                     .unwrap_or(&RawDegradation::default()),
             ),
+            webhooks: self.webhooks(raw.webhooks.as_ref().unwrap_or(&RawWebhooks::default())),
         }
     }
 
@@ -827,11 +960,38 @@ impl<'a> Validator<'a> {
                 }
             }
         }
+        // Every outbound call scans the entries; a bound keeps that cheap.
+        const MAX_ALLOWLIST_ENTRIES: usize = 64;
+        let allowlist = raw.outbound_url_allowlist.as_deref().unwrap_or_default();
+        if allowlist.len() > MAX_ALLOWLIST_ENTRIES {
+            self.report(
+                Rule::Constraint,
+                Code::Range,
+                "security.outbound_url_allowlist",
+                format!(
+                    "{} allowlist entries listed, at most {MAX_ALLOWLIST_ENTRIES} are allowed",
+                    allowlist.len()
+                ),
+            );
+        }
         let mut outbound_url_allowlist = Vec::new();
-        for (i, prefix) in raw.outbound_url_allowlist.iter().flatten().enumerate() {
+        for (i, prefix) in allowlist.iter().enumerate().take(MAX_ALLOWLIST_ENTRIES) {
             let path = index_path("security.outbound_url_allowlist", i);
             if let Some(url) = self.url(&path, prefix, &["http", "https"]) {
-                outbound_url_allowlist.push(url);
+                if !url.username().is_empty()
+                    || url.password().is_some()
+                    || url.query().is_some()
+                    || url.fragment().is_some()
+                {
+                    self.report(
+                        Rule::Format,
+                        Code::Format,
+                        &path,
+                        format!("allowlist entry `{prefix}` must be scheme, host, optional port and path: no credentials, query or fragment"),
+                    );
+                } else {
+                    outbound_url_allowlist.push(url);
+                }
             }
         }
         let pii = raw.pii_redaction.clone().unwrap_or_default();

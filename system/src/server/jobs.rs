@@ -131,8 +131,10 @@ fn accepted(id: &str, job_state: JobState, replayed: bool) -> Response {
     response
 }
 
-/// A webhook must be an `http(s)` URL under one of the configured outbound
-/// prefixes; with none configured, no webhook is accepted.
+/// A webhook must be an `http(s)` URL admitted by the outbound policy (an
+/// entry of `security.outbound_url_allowlist` by scheme, host, port and path
+/// prefix, and no credentials); with no entry, no webhook is accepted. Where
+/// it resolves is checked at delivery, connection by connection.
 fn check_webhook(state: &AppState, text: &str) -> Result<String, Problem> {
     let invalid = |message: String| {
         Problem::new(
@@ -157,16 +159,11 @@ fn check_webhook(state: &AppState, text: &str) -> Result<String, Problem> {
             url.scheme()
         )));
     }
-    let allowlist = &state.config.security.outbound_url_allowlist;
-    if !allowlist
-        .iter()
-        .any(|p| url.as_str().starts_with(p.as_str()))
-    {
-        return Err(invalid(
-            "webhook: the URL is not under any prefix of security.outbound_url_allowlist"
-                .to_owned(),
-        ));
-    }
+    state
+        .outbound
+        .admit(&url)
+        .and_then(|()| state.outbound.check_literal(&url))
+        .map_err(|r| invalid(format!("webhook: {r}")))?;
     Ok(url.to_string())
 }
 
@@ -226,13 +223,31 @@ pub async fn get(
     q: Result<Query<TenantQuery>, QueryRejection>,
 ) -> Result<Json<Value>, Problem> {
     let tenant = acting_tenant(&principal, query(q)?.tenant, Permission::JobsReadAll)?;
-    let job = state
+    let found = state
         .store
-        .run(move |s| s.job(&tenant, &id))
+        .run(move |s| {
+            let Some(job) = s.job(&tenant, &id)? else {
+                return Ok(None);
+            };
+            let deliveries = if job.webhook.is_some() {
+                s.job_deliveries(&job.id)?
+            } else {
+                Vec::new()
+            };
+            Ok(Some((job, deliveries)))
+        })
         .await
         .map_err(store_problem)?;
-    match job {
-        Some(job) => Ok(Json(job_json(&job))),
+    match found {
+        Some((job, deliveries)) => {
+            let mut body = job_json(&job);
+            // A job with a webhook shows where its deliveries are, newest
+            // first: what a client checks when a notification did not come.
+            if job.webhook.is_some() {
+                body["deliveries"] = json!(deliveries);
+            }
+            Ok(Json(body))
+        }
         None => Err(Problem::not_found("no such job")),
     }
 }

@@ -6,7 +6,10 @@ mod keys;
 mod middleware;
 mod ops;
 mod tasks;
+mod webhooks;
 pub mod worker;
+
+pub use webhooks::{ConfiguredResolver, SecretError, Secrets};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,6 +29,7 @@ use crate::config::{Config, StorageConfig};
 use crate::llm::{self, LlmClient, LlmOptions};
 use crate::lockout::Lockout;
 use crate::metrics::Metrics;
+use crate::outbound::{Policy, Resolver};
 use crate::pii::{PiiError, Redactor};
 use crate::plan::PlanPolicy;
 use crate::store::{SYSTEM_ACTOR, Store, StoreError, StoreOptions};
@@ -56,10 +60,18 @@ pub struct AppState {
     /// Takes personal data out of what leaves a request: problem details,
     /// audit details and stored errors (through the store), logs.
     pub redactor: Arc<Redactor>,
+    /// What client-supplied URLs may reach: `security.outbound_url_allowlist`
+    /// and the address rule.
+    pub outbound: Arc<Policy>,
+    /// The HTTP client of webhook deliveries: guarded resolver, no
+    /// redirects, no proxies, bounded time.
+    pub webhook_client: reqwest::Client,
+    /// The webhook signing secrets.
+    pub webhook_secrets: Secrets,
 }
 
 /// Options of a service instance beyond its configuration.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct AppOptions {
     /// Seed of every random choice the service makes (retry jitter), so that a
     /// scenario replays. `None` draws one from the OS.
@@ -69,6 +81,20 @@ pub struct AppOptions {
     /// The redactor, when the caller built it already (the logger shares
     /// it); else built from `security.pii_redaction`.
     pub redactor: Option<Arc<Redactor>>,
+    /// The resolver of webhook hosts; `webhooks.resolve`, then the system's,
+    /// when `None`. Tests pass one they control.
+    pub resolver: Option<Arc<dyn Resolver>>,
+}
+
+impl std::fmt::Debug for AppOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppOptions")
+            .field("seed", &self.seed)
+            .field("env", &self.env.len())
+            .field("redactor", &self.redactor)
+            .field("resolver", &self.resolver.is_some())
+            .finish()
+    }
 }
 
 /// Why the service could not start.
@@ -83,6 +109,12 @@ pub enum StartError {
     /// The PII redactor's key is missing or too short.
     #[error(transparent)]
     Pii(#[from] PiiError),
+    /// A webhook secret is missing or too short.
+    #[error(transparent)]
+    WebhookSecret(#[from] SecretError),
+    /// The webhook HTTP client could not be set up.
+    #[error("cannot build the webhook client: {0}")]
+    WebhookClient(reqwest::Error),
     /// The configuration asks for a store this build cannot use yet.
     #[error("storage: {0}")]
     Unsupported(String),
@@ -155,6 +187,21 @@ impl AppState {
             },
             metrics.clone(),
         )?;
+        let outbound = Arc::new(Policy::new(&config.security.outbound_url_allowlist));
+        let resolver = match &options.resolver {
+            Some(r) => r.clone(),
+            None => Arc::new(ConfiguredResolver::new(&config.webhooks)),
+        };
+        let webhook_client = crate::outbound::client(
+            outbound.clone(),
+            resolver,
+            crate::outbound::Limits {
+                connect_timeout: config.webhooks.connect_timeout,
+                timeout: config.webhooks.timeout,
+            },
+        )
+        .map_err(StartError::WebhookClient)?;
+        let webhook_secrets = Secrets::new(&config.webhooks, lookup)?;
         let auth = Auth::new(&config.security);
         let now = std::time::SystemTime::now();
         auth.load(
@@ -171,6 +218,9 @@ impl AppState {
             seed,
             job_wake: Arc::new(Notify::new()),
             redactor,
+            outbound,
+            webhook_client,
+            webhook_secrets,
             config,
         }))
     }

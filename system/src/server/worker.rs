@@ -33,7 +33,7 @@ const ABANDON_BOUND: Duration = Duration::from_secs(2);
 
 /// Where the pool is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Phase {
+pub(super) enum Phase {
     Run,
     Drain,
     Abandon,
@@ -61,6 +61,10 @@ pub fn spawn(state: Arc<AppState>) -> Workers {
         };
         handles.push(tokio::spawn(worker.run()));
     }
+    handles.push(tokio::spawn(super::webhooks::deliverer(
+        state.clone(),
+        phase.subscribe(),
+    )));
     handles.push(tokio::spawn(reaper(state, phase.subscribe())));
     Workers { phase, handles }
 }
@@ -103,7 +107,7 @@ impl Workers {
 
 /// Completes once the phase reaches `target` (never if the pool is gone
 /// without reaching it).
-async fn reached(phase: &mut watch::Receiver<Phase>, target: Phase) {
+pub(super) async fn reached(phase: &mut watch::Receiver<Phase>, target: Phase) {
     loop {
         if *phase.borrow_and_update() >= target {
             return;

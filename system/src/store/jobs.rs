@@ -24,7 +24,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::tasks::{audit_charge, charge_reservation, exec, load_reservation, release};
-use super::{Charge, IdempotencyClaim, ReservationId, Store, StoreError, TxError, audit, from_db};
+use super::{
+    Charge, IdempotencyClaim, ReservationId, Store, StoreError, TxError, audit, from_db, webhooks,
+};
 use crate::audit::NewEntry;
 use crate::pii::Redactor;
 
@@ -306,10 +308,11 @@ impl JobCounts {
     }
 }
 
-const JOB_COLUMNS: &str = "id, tenant, state, attempts, max_attempts, last_error, output,
+pub(super) const JOB_COLUMNS: &str =
+    "id, tenant, state, attempts, max_attempts, last_error, output,
     charged_tokens, idempotency_key, webhook, created_ms, updated_ms, finished_ms, run_after_ms";
 
-fn read_job(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
+pub(super) fn read_job(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
     let state: String = row.get(2)?;
     Ok(Job {
         id: row.get(0)?,
@@ -561,6 +564,7 @@ impl Store {
                  WHERE id = ?1",
                 params![done.id, done.output, super::to_db(charge.charged), now],
             )?;
+            webhooks::enqueue(tx, self.redactor(), &done.id, now)?;
             audit::append(
                 tx,
                 self.redactor(),
@@ -599,6 +603,7 @@ impl Store {
                 }
                 _ => {
                     bury(tx, &failed.id, &error, now)?;
+                    webhooks::enqueue(tx, self.redactor(), &failed.id, now)?;
                     Failure::Dead
                 }
             };
@@ -878,6 +883,7 @@ fn reclaim(
         let error = format!("attempt {attempts}: {why}");
         let now_state = if attempts >= max_attempts {
             bury(tx, &id, &error, now)?;
+            webhooks::enqueue(tx, redactor, &id, now)?;
             JobState::Dead
         } else {
             requeue(tx, &id, Some(&error), now, now)?;

@@ -38,6 +38,7 @@ mod jobs;
 mod keys;
 mod schema;
 mod tasks;
+mod webhooks;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -59,6 +60,7 @@ pub use audit::{
 pub use error::StoreError;
 pub use jobs::*;
 pub use keys::*;
+pub use webhooks::*;
 
 /// The most failed releases a store keeps to retry. Beyond it a failed
 /// release is only logged, and left to crash recovery at the next start: a

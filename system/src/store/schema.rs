@@ -165,6 +165,34 @@ Migration {
         CREATE INDEX api_keys_tenant ON api_keys (tenant, created_ms);
         CREATE UNIQUE INDEX api_keys_successor ON api_keys (rotated_from) WHERE rotated_from IS NOT NULL;
     ",
+},
+Migration {
+    version: 4,
+    sql: "
+        -- The webhook outbox: one row per terminal transition of a job with a
+        -- webhook, inserted in that transition's transaction. `id` is the
+        -- delivery id receivers deduplicate by; rows are never deleted.
+        CREATE TABLE webhook_deliveries (
+            id              TEXT    PRIMARY KEY NOT NULL,
+            job_id          TEXT    NOT NULL REFERENCES jobs (id),
+            tenant          TEXT    NOT NULL,
+            url             TEXT    NOT NULL,
+            event           TEXT    NOT NULL,
+            payload         TEXT    NOT NULL,
+            state           TEXT    NOT NULL
+                            CHECK (state IN ('pending', 'delivered', 'failed', 'refused')),
+            attempts        INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+            next_attempt_ms INTEGER,
+            last_status     INTEGER,
+            last_error      TEXT,
+            created_ms      INTEGER NOT NULL,
+            delivered_ms    INTEGER,
+            CHECK ((state = 'pending') = (next_attempt_ms IS NOT NULL))
+        ) STRICT;
+        CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_ms)
+            WHERE state = 'pending';
+        CREATE INDEX webhook_deliveries_job ON webhook_deliveries (job_id, created_ms);
+    ",
 }];
 
 /// The newest schema version this build knows.

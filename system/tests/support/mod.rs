@@ -300,10 +300,16 @@ impl Answer {
 impl Service {
     /// Starts a service with this configuration and a fixed seed.
     pub fn start(config: Config) -> Service {
+        Service::start_with(config, Vec::new())
+    }
+
+    /// [`Service::start`] with these environment variables (secrets).
+    pub fn start_with(config: Config, env: Vec<(String, String)>) -> Service {
         let state = AppState::new(
             config,
             AppOptions {
                 seed: Some(1),
+                env,
                 ..AppOptions::default()
             },
         )

@@ -1,0 +1,318 @@
+//! The webhook outbox. A job's terminal transition (succeeded, or dead)
+//! queues its delivery in the same transaction, so a crash between the state
+//! change and the delivery cannot lose it: the row is there at the next start,
+//! and the deliverer sends it, again if need be, under the same delivery id
+//! (at least once; receivers deduplicate by the id).
+
+use rusqlite::{OptionalExtension, Row, Transaction, params};
+use serde::Serialize;
+use serde_json::json;
+
+use super::tasks::exec;
+use super::{Store, StoreError, TxError, audit};
+use crate::audit::NewEntry;
+use crate::pii::Redactor;
+
+/// The most deliveries one [`Store::due_deliveries`] call returns.
+pub const MAX_DELIVERY_BATCH: u32 = 64;
+
+/// The most deliveries a job view lists (a job is replayed a bounded number
+/// of times in practice; the newest are shown).
+pub const MAX_JOB_DELIVERIES: u32 = 20;
+
+/// Where a delivery is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Not yet delivered; due at `next_attempt_ms`.
+    Pending,
+    /// A 2xx answer was received.
+    Delivered,
+    /// Every attempt failed.
+    Failed,
+    /// The outbound policy refused the URL or its addresses; not retried.
+    Refused,
+}
+
+impl DeliveryState {
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Failed => "failed",
+            DeliveryState::Refused => "refused",
+        }
+    }
+
+    fn parse(name: &str) -> DeliveryState {
+        match name {
+            "pending" => DeliveryState::Pending,
+            "delivered" => DeliveryState::Delivered,
+            "refused" => DeliveryState::Refused,
+            // The schema's CHECK admits only the four names.
+            _ => DeliveryState::Failed,
+        }
+    }
+}
+
+/// One delivery of one job event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Delivery {
+    /// The delivery id, sent as `Gauntlet-Delivery`: the same on every
+    /// attempt.
+    pub id: String,
+    /// The job.
+    pub job_id: String,
+    /// The job's tenant.
+    pub tenant: String,
+    /// Where to.
+    pub url: String,
+    /// `job.succeeded` or `job.dead`.
+    pub event: String,
+    /// The JSON body, redacted.
+    #[serde(skip)]
+    pub payload: String,
+    /// Where it is.
+    pub state: DeliveryState,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When the next attempt is due (pending only), Unix milliseconds.
+    pub next_attempt_ms: Option<i64>,
+    /// The last answer's status.
+    pub last_status: Option<u16>,
+    /// Why the last attempt failed or was refused.
+    pub last_error: Option<String>,
+    /// When queued.
+    pub created_ms: i64,
+    /// When delivered.
+    pub delivered_ms: Option<i64>,
+}
+
+const DELIVERY_COLUMNS: &str = "id, job_id, tenant, url, event, payload, state, attempts,
+    next_attempt_ms, last_status, last_error, created_ms, delivered_ms";
+
+fn read_delivery(row: &Row<'_>) -> rusqlite::Result<Delivery> {
+    let state: String = row.get(6)?;
+    Ok(Delivery {
+        id: row.get(0)?,
+        job_id: row.get(1)?,
+        tenant: row.get(2)?,
+        url: row.get(3)?,
+        event: row.get(4)?,
+        payload: row.get(5)?,
+        state: DeliveryState::parse(&state),
+        attempts: u32::try_from(row.get::<_, i64>(7)?).unwrap_or(u32::MAX),
+        next_attempt_ms: row.get(8)?,
+        last_status: row
+            .get::<_, Option<i64>>(9)?
+            .and_then(|s| u16::try_from(s).ok()),
+        last_error: row.get(10)?,
+        created_ms: row.get(11)?,
+        delivered_ms: row.get(12)?,
+    })
+}
+
+/// Queues the delivery of `job_id`'s terminal state if it has a webhook;
+/// called inside the transaction that made the state terminal.
+pub(super) fn enqueue(
+    tx: &Transaction<'_>,
+    redactor: &Redactor,
+    job_id: &str,
+    now: i64,
+) -> Result<(), TxError> {
+    let job = tx
+        .prepare_cached(&format!(
+            "SELECT {} FROM jobs WHERE id = ?1",
+            super::jobs::JOB_COLUMNS
+        ))?
+        .query_row(params![job_id], super::jobs::read_job)
+        .optional()?;
+    let Some(job) = job else {
+        return Ok(());
+    };
+    let Some(url) = job.webhook else {
+        return Ok(());
+    };
+    let (tenant, state, attempts, last_error, finished_ms) = (
+        job.tenant,
+        job.state.as_str(),
+        job.attempts,
+        job.last_error,
+        job.finished_ms,
+    );
+    let id = uuid::Uuid::new_v4().to_string();
+    let event = format!("job.{state}");
+    let payload = redactor.redact_json(json!({
+        "delivery_id": id,
+        "event": event,
+        "job": {
+            "id": job_id,
+            "tenant": tenant,
+            "state": state,
+            "attempts": attempts,
+            "last_error": last_error,
+            "finished_ms": finished_ms,
+        },
+    }));
+    exec(
+        tx,
+        "INSERT INTO webhook_deliveries (id, job_id, tenant, url, event, payload, state, attempts,
+                                         next_attempt_ms, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?7)",
+        params![id, job_id, tenant, url, event, payload.to_string(), now],
+    )?;
+    Ok(())
+}
+
+/// What became of one attempt, for [`Store::record_delivery`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// A 2xx answer.
+    Delivered {
+        /// The status.
+        status: u16,
+    },
+    /// The policy refused it; final.
+    Refused {
+        /// The refusal's stable code, like `forbidden-address`.
+        code: &'static str,
+        /// Its message.
+        reason: String,
+    },
+    /// It failed; tried again at `retry_at_ms`, or final when `None`.
+    Failed {
+        /// The status, if an answer came.
+        status: Option<u16>,
+        /// Why.
+        error: String,
+        /// When to try again.
+        retry_at_ms: Option<i64>,
+    },
+}
+
+impl Store {
+    /// Pending deliveries due by `now`, oldest due first, at most `limit`
+    /// (capped at [`MAX_DELIVERY_BATCH`]).
+    pub fn due_deliveries(&self, now: i64, limit: u32) -> Result<Vec<Delivery>, StoreError> {
+        let limit = limit.min(MAX_DELIVERY_BATCH);
+        self.read("due deliveries", |conn| {
+            let sql = format!(
+                "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries
+                 WHERE state = 'pending' AND next_attempt_ms <= ?1
+                 ORDER BY next_attempt_ms, id LIMIT ?2"
+            );
+            let mut statement = conn.prepare_cached(&sql)?;
+            let rows = statement.query_map(params![now, limit], read_delivery)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// When the next pending delivery is due, if any.
+    pub fn next_delivery_due(&self) -> Result<Option<i64>, StoreError> {
+        self.read("next delivery due", |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT min(next_attempt_ms) FROM webhook_deliveries WHERE state = 'pending'",
+                )?
+                .query_row([], |row| row.get(0))?)
+        })
+    }
+
+    /// A job's deliveries, newest first, at most [`MAX_JOB_DELIVERIES`].
+    pub fn job_deliveries(&self, job_id: &str) -> Result<Vec<Delivery>, StoreError> {
+        self.read("job deliveries", |conn| {
+            let sql = format!(
+                "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE job_id = ?1
+                 ORDER BY created_ms DESC, id LIMIT ?2"
+            );
+            let mut statement = conn.prepare_cached(&sql)?;
+            let rows = statement.query_map(params![job_id, MAX_JOB_DELIVERIES], read_delivery)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// Records an attempt of pending delivery `id`, audited
+    /// (`webhook.delivered`, `webhook.retrying`, `webhook.failed`,
+    /// `webhook.refused`). Returns the new state, or `None` when the
+    /// delivery is not pending (recorded already).
+    pub fn record_delivery(
+        &self,
+        id: &str,
+        outcome: &DeliveryOutcome,
+        now: i64,
+    ) -> Result<Option<DeliveryState>, StoreError> {
+        let error = match outcome {
+            DeliveryOutcome::Refused { reason, .. } => {
+                Some(self.redactor().redact(reason).into_owned())
+            }
+            DeliveryOutcome::Failed { error, .. } => {
+                Some(self.redactor().redact(error).into_owned())
+            }
+            DeliveryOutcome::Delivered { .. } => None,
+        };
+        self.write("record delivery", |tx| {
+            let found: Option<(String, String, i64)> = tx
+                .prepare_cached(
+                    "SELECT job_id, tenant, attempts FROM webhook_deliveries
+                     WHERE id = ?1 AND state = 'pending'",
+                )?
+                .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            let Some((job_id, tenant, attempts)) = found else {
+                return Ok(None);
+            };
+            let attempts = attempts + 1;
+            let (state, status, next, action) = match outcome {
+                DeliveryOutcome::Delivered { status } => (
+                    DeliveryState::Delivered,
+                    Some(*status),
+                    None,
+                    "webhook.delivered",
+                ),
+                DeliveryOutcome::Refused { .. } => {
+                    (DeliveryState::Refused, None, None, "webhook.refused")
+                }
+                DeliveryOutcome::Failed {
+                    status,
+                    retry_at_ms: Some(at),
+                    ..
+                } => (
+                    DeliveryState::Pending,
+                    *status,
+                    Some(*at),
+                    "webhook.retrying",
+                ),
+                DeliveryOutcome::Failed { status, .. } => {
+                    (DeliveryState::Failed, *status, None, "webhook.failed")
+                }
+            };
+            exec(
+                tx,
+                "UPDATE webhook_deliveries
+                 SET state = ?2, attempts = ?3, next_attempt_ms = ?4, last_status = ?5,
+                     last_error = coalesce(?6, last_error),
+                     delivered_ms = CASE WHEN ?2 = 'delivered' THEN ?7 ELSE delivered_ms END
+                 WHERE id = ?1",
+                params![id, state.as_str(), attempts, next, status, error, now],
+            )?;
+            let mut details = json!({"tenant": tenant, "job_id": job_id, "attempt": attempts});
+            if let Some(status) = status {
+                details["status"] = json!(status);
+            }
+            if let DeliveryOutcome::Refused { code, .. } = outcome {
+                details["reason"] = json!(code);
+            }
+            if let Some(error) = &error {
+                details["error"] = json!(error);
+            }
+            audit::append(
+                tx,
+                self.redactor(),
+                NewEntry::new(crate::store::SYSTEM_ACTOR, action, id.to_owned(), details),
+                now,
+            )?;
+            Ok(Some(state))
+        })
+    }
+}
