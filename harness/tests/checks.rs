@@ -149,12 +149,13 @@ fn evidence(history: Vec<Op>) -> Evidence {
         dlq_listing: Ok(BTreeMap::new()),
         log: Ok(LogEvidence {
             lines: 100,
-            panics: Vec::new(),
+            ..LogEvidence::default()
         }),
         shutdown: Ok(ShutdownEvidence {
             graceful: true,
             exit: "exit code 0".to_owned(),
         }),
+        webhooks: None,
     }
 }
 
@@ -267,6 +268,8 @@ fn scenario(slos: Vec<Slo>, invariants: Vec<Invariant>) -> Scenario {
             max_tokens: 64,
             attack: None,
             rotation: None,
+            webhooks: None,
+            personal_data: 0.0,
         },
         faults: Vec::new(),
         slos,

@@ -118,12 +118,13 @@ fn evidence(history: Vec<Op>, database: Result<db::Database, String>) -> Evidenc
         dlq_listing: Ok(BTreeMap::new()),
         log: Ok(LogEvidence {
             lines: 1,
-            panics: Vec::new(),
+            ..LogEvidence::default()
         }),
         shutdown: Ok(ShutdownEvidence {
             graceful: true,
             exit: "exit code 0".to_owned(),
         }),
+        webhooks: None,
     }
 }
 

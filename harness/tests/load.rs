@@ -68,6 +68,8 @@ fn spec(stages: Vec<Stage>) -> LoadSpec {
         max_tokens: 64,
         attack: None,
         rotation: None,
+        webhooks: None,
+        personal_data: 0.0,
     }
 }
 
@@ -306,6 +308,7 @@ fn an_unusable_spec_or_target_is_refused() {
         lockout_duration: Duration::from_secs(1),
         lockout_max_failures: 10,
         rotation_overlap: Duration::from_secs(1),
+        webhooks: None,
     };
     assert!(matches!(
         target.validate(&plan),
@@ -579,6 +582,7 @@ fn target(addr: SocketAddr) -> LoadTarget {
         lockout_duration: Duration::from_secs(1),
         lockout_max_failures: 10,
         rotation_overlap: Duration::from_secs(1),
+        webhooks: None,
     }
 }
 

@@ -231,7 +231,7 @@ fn valid_fixtures_cover_every_part() {
         .iter()
         .flat_map(|s| s.faults.iter().map(|f| f.action.class()))
         .collect();
-    assert_eq!(classes.len(), 5, "every fault class: {classes:?}");
+    assert_eq!(classes.len(), 6, "every fault class: {classes:?}");
     let kinds: BTreeSet<&str> = scenarios
         .iter()
         .flat_map(|s| s.faults.iter().map(|f| f.action.kind()))
@@ -254,7 +254,7 @@ fn valid_fixtures_cover_every_part() {
         .iter()
         .flat_map(|s| s.invariants.iter().map(Invariant::name))
         .collect();
-    assert_eq!(invariants.len(), 9, "every invariant: {invariants:?}");
+    assert_eq!(invariants.len(), 12, "every invariant: {invariants:?}");
     let stages = scenarios.iter().flat_map(|s| s.load.stages.iter());
     let (ramps, constant): (Vec<_>, Vec<_>) = stages.partition(|s| s.start_rps != s.end_rps);
     assert!(!ramps.is_empty() && !constant.is_empty());

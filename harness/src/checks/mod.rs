@@ -7,6 +7,7 @@
 //! have failed, so it proves nothing: its verdict is [`Verdict::Vacuous`],
 //! which fails the run like a violation does.
 
+mod data;
 mod invariants;
 mod output;
 mod provider;
@@ -193,5 +194,8 @@ pub fn check_invariant(invariant: &Invariant, evidence: &Evidence) -> CheckResul
         Invariant::LockoutEffective => requests::lockout_effective(evidence),
         Invariant::RotationSeamless => requests::rotation_seamless(evidence),
         Invariant::SecurityHeaders => requests::security_headers(evidence),
+        Invariant::NoPiiLeaked => data::no_pii_leaked(evidence),
+        Invariant::WebhooksDelivered => data::webhooks_delivered(evidence),
+        Invariant::SsrfRefused => data::ssrf_refused(evidence),
     }
 }

@@ -13,7 +13,7 @@ use super::drive::Driven;
 use super::rig::Rig;
 use super::system::Mock;
 use super::{DEFAULT_SETTLE, config, observe};
-use crate::evidence::{Evidence, LogEvidence, ShutdownEvidence, db};
+use crate::evidence::{Evidence, LogEvidence, ShutdownEvidence, WebhookEvidence, db};
 use crate::load::LoadOutcome;
 use crate::local::ProcessEvent;
 use crate::mock_llm::{DEFAULT_INJECTION, Effect, Program};
@@ -82,6 +82,7 @@ pub async fn collect(
         mock,
         proxy,
         run_config,
+        webhooks,
         ..
     } = rig;
     let system = Arc::try_unwrap(system)
@@ -98,6 +99,16 @@ pub async fn collect(
     if let Some(proxy) = proxy {
         proxy.shutdown().await;
     }
+    // Read after the orchestrator stopped: nothing more can arrive.
+    let webhooks = webhooks.map(|w| {
+        w.sink.stop();
+        let (records, dropped) = w.sink.records();
+        WebhookEvidence {
+            records,
+            dropped,
+            trap_connections: w.trap.connections(),
+        }
+    });
     if let Mock::Local(mock) = mock
         && let Ok(mock) = Arc::try_unwrap(mock)
     {
@@ -136,6 +147,7 @@ pub async fn collect(
         dlq_listing,
         log,
         shutdown,
+        webhooks,
     };
     Ok(Collected {
         evidence,

@@ -33,6 +33,51 @@ const TRUSTED_PROXIES: [&str; 5] = [
     "192.168.0.0/16",
 ];
 
+/// The names a run's webhooks use: both resolve to loopback through
+/// `webhooks.resolve`, the resolver the harness controls. The sink's
+/// address is named by an allowlist entry on the sink's port; the trap's
+/// is not, so the SSRF guard must refuse it.
+pub const SINK_HOST: &str = "sink.gauntlet.test";
+/// See [`SINK_HOST`].
+pub const TRAP_HOST: &str = "trap.gauntlet.test";
+
+/// The variables holding the webhook secrets the child signs with.
+pub const WEBHOOK_SECRET_ENVS: [&str; 2] = [
+    "GAUNTLET_WEBHOOK_SECRET",
+    "GAUNTLET_WEBHOOK_SECRET_PREVIOUS",
+];
+
+/// Where a run's webhooks go: the ports of the sink and the trap, both on
+/// loopback.
+#[derive(Clone, Copy, Debug)]
+pub struct WebhookTargets {
+    /// The sink's port.
+    pub sink_port: u16,
+    /// The trap's port.
+    pub trap_port: u16,
+}
+
+impl WebhookTargets {
+    /// The URL jobs aimed at the sink carry.
+    pub fn sink_url(&self) -> String {
+        format!("http://{SINK_HOST}:{}/hooks/jobs", self.sink_port)
+    }
+
+    /// The URL jobs aimed at the trap carry.
+    pub fn trap_url(&self) -> String {
+        format!("http://{TRAP_HOST}:{}/hooks/jobs", self.trap_port)
+    }
+}
+
+/// The run's webhook secrets (current, previous), derived from its seed.
+pub fn webhook_secrets(run_seed: u64) -> [String; 2] {
+    [b"current".as_slice(), b"previous"].map(|label| {
+        let a = seed::derive(run_seed, &[b"webhook-secret", label, b"0"]);
+        let b = seed::derive(run_seed, &[b"webhook-secret", label, b"1"]);
+        format!("{a:016x}{b:016x}")
+    })
+}
+
 /// The database path, relative to the run directory (the child's cwd).
 pub const DB_RELATIVE_PATH: &str = "data/orchestrator.db";
 
@@ -77,6 +122,7 @@ pub fn render(
     run_seed: u64,
     llm_base_url: &str,
     listen: Option<std::net::SocketAddr>,
+    webhooks: Option<WebhookTargets>,
 ) -> Result<RunConfig, String> {
     let outcome = config::validate(
         scenario.system.config_yaml.as_bytes(),
@@ -106,6 +152,28 @@ pub fn render(
     config.storage = StorageConfig::Sqlite {
         path: PathBuf::from(DB_RELATIVE_PATH),
     };
+    if let Some(targets) = webhooks {
+        let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+        let entries = [
+            format!("http://{SINK_HOST}:{}/hooks", targets.sink_port),
+            format!("http://127.0.0.1:{}/", targets.sink_port),
+            format!("http://{TRAP_HOST}:{}/hooks", targets.trap_port),
+        ];
+        for entry in entries {
+            let url = entry
+                .parse()
+                .map_err(|e| format!("bad allowlist entry {entry}: {e}"))?;
+            config.security.outbound_url_allowlist.push(url);
+        }
+        for host in [SINK_HOST, TRAP_HOST] {
+            config
+                .webhooks
+                .resolve
+                .insert(host.to_owned(), vec![loopback]);
+        }
+        config.webhooks.secret_env = Some(WEBHOOK_SECRET_ENVS[0].to_owned());
+        config.webhooks.previous_secret_env = Some(WEBHOOK_SECRET_ENVS[1].to_owned());
+    }
     let make_key = |tenant: &str| {
         let v = seed::derive(run_seed, &[b"api-key", tenant.as_bytes()]);
         format!("gauntlet-{tenant}-{v:016x}")

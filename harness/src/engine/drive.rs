@@ -13,7 +13,9 @@ use tokio::time::Instant;
 use super::rig::Rig;
 use super::{Cancel, DRAIN_TIMEOUT, MAX_REQUESTS, faults, observe};
 use crate::evidence::{BudgetSample, FaultRecord, HealthSample};
-use crate::load::{self, Credential, LoadLimits, LoadOutcome, LoadTarget, Progress, TargetKey};
+use crate::load::{
+    self, Credential, LoadLimits, LoadOutcome, LoadTarget, Progress, TargetKey, WebhookUrls,
+};
 use crate::report;
 use crate::scenario::{Fault, Scenario};
 
@@ -76,6 +78,13 @@ pub async fn drive(
         lockout_duration: scenario.system.contract.lockout.duration,
         lockout_max_failures: scenario.system.contract.lockout.max_failures,
         rotation_overlap: scenario.system.contract.rotation_overlap,
+        webhooks: rig.webhooks.as_ref().map(|w| {
+            let targets = w.targets();
+            WebhookUrls {
+                sink: targets.sink_url(),
+                trap: targets.trap_url(),
+            }
+        }),
     };
     target.validate(&plan).map_err(|e| e.to_string())?;
     let probe = observe::client()?;
@@ -86,6 +95,7 @@ pub async fn drive(
         mock: rig.mock.clone(),
         system: rig.system.clone(),
         standing: faults::standing_program(scenario),
+        sink: rig.webhooks.as_ref().map(|w| w.sink.clone()),
     });
     // Faults stop early when the run is cancelled; otherwise they keep their
     // own schedule, which ends within the load.

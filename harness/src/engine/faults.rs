@@ -12,6 +12,7 @@ use crate::mock_llm::{Effect, Match, Program, Rule};
 use crate::proxy::ProxyClient;
 use crate::proxy::Toxic;
 use crate::scenario::{Fault, FaultAction, Scenario};
+use crate::sink::{self, SinkProgram, WebhookSink};
 
 /// What the executor acts through.
 pub struct Hands {
@@ -24,6 +25,8 @@ pub struct Hands {
     /// The rules the mock provider keeps for the whole run
     /// ([`standing_program`]), ahead of any fault's.
     pub standing: Program,
+    /// The webhook sink, when the run has one.
+    pub sink: Option<Arc<WebhookSink>>,
 }
 
 /// How much longer than the service's request timeout the mock provider
@@ -55,6 +58,13 @@ fn with_standing(standing: &Program, program: Program) -> Program {
     let mut rules = standing.rules.clone();
     rules.extend(program.rules);
     Program { rules }
+}
+
+fn sink_of(hands: &Hands) -> Result<&WebhookSink, String> {
+    hands
+        .sink
+        .as_deref()
+        .ok_or_else(|| "the run has no webhook sink (`load.webhooks` is not given)".to_owned())
 }
 
 fn class_name(action: &FaultAction) -> String {
@@ -178,6 +188,11 @@ async fn apply(fault: &Fault, hands: &Hands) -> Result<(), String> {
                 .install(with_standing(&hands.standing, program))
                 .await
         }
+        FaultAction::SinkProgram { program } => {
+            let program = sink::program::parse(program).map_err(|e| e.to_string())?;
+            sink_of(hands)?.install(program);
+            Ok(())
+        }
         FaultAction::Kill => s.kill().await,
         FaultAction::Pause => s.pause().await,
         FaultAction::Restart => s.restart().await,
@@ -206,6 +221,10 @@ async fn revert(fault: &Fault, hands: &Hands) -> Result<(), String> {
                 .map_err(|e| e.to_string()),
         },
         FaultAction::LlmProgram { .. } => hands.mock.install(hands.standing.clone()).await,
+        FaultAction::SinkProgram { .. } => {
+            sink_of(hands)?.install(SinkProgram::default());
+            Ok(())
+        }
         FaultAction::Kill => s.start_again().await,
         FaultAction::Pause => s.resume().await,
         FaultAction::Restart => Ok(()),

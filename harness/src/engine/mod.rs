@@ -76,7 +76,8 @@ impl Backend {
 }
 
 /// Why `scenario` cannot run on `backend`, if it cannot: the Docker
-/// backend's static orchestrator cannot be preloaded with libfiu.
+/// backend's static orchestrator cannot be preloaded with libfiu, and its
+/// containers cannot reach the webhook sink on the harness's loopback.
 pub fn unsupported_on(backend: &Backend, scenario: &Scenario) -> Option<String> {
     if !matches!(backend, Backend::Docker(_)) {
         return None;
@@ -94,7 +95,20 @@ pub fn unsupported_on(backend: &Backend, scenario: &Scenario) -> Option<String> 
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    (!kinds.is_empty()).then(|| format!("its {} faults {DOCKER_NO_FIU}", kinds.join(" and ")))
+    if !kinds.is_empty() {
+        return Some(format!(
+            "its {} faults {DOCKER_NO_FIU}",
+            kinds.join(" and ")
+        ));
+    }
+    let sink_faults = scenario
+        .faults
+        .iter()
+        .any(|f| matches!(f.action, FaultAction::SinkProgram { .. }));
+    (scenario.load.webhooks.is_some() || sink_faults).then(|| {
+        "its webhooks go to the harness's own sink on loopback, which the containers cannot reach"
+            .to_owned()
+    })
 }
 
 /// Why a run could not be made (as opposed to a check that failed).

@@ -143,6 +143,14 @@ pub async fn budgets(
 #[derive(Deserialize)]
 struct JobList {
     counts: JobCountsAnswer,
+    // Absent before webhooks existed: nothing to wait for then.
+    #[serde(default)]
+    webhooks: WebhooksAnswer,
+}
+
+#[derive(Deserialize, Default)]
+struct WebhooksAnswer {
+    pending: u64,
 }
 
 #[derive(Deserialize)]
@@ -151,7 +159,8 @@ struct JobCountsAnswer {
     running: u64,
 }
 
-/// Waits until no tenant has a job queued or running, asking each tenant's
+/// Waits until no tenant has a job queued or running or a webhook delivery
+/// pending, asking each tenant's
 /// counts (`GET /v1/jobs?limit=1` with the tenant's ops key), or until
 /// `settle` runs out, and says which happened.
 pub async fn settle_jobs(
@@ -171,10 +180,12 @@ pub async fn settle_jobs(
                 .await;
             match answer {
                 Ok(a) if a.status().is_success() => match a.json::<JobList>().await {
-                    Ok(list) if list.counts.queued + list.counts.running == 0 => {}
+                    Ok(list)
+                        if list.counts.queued + list.counts.running + list.webhooks.pending
+                            == 0 => {}
                     Ok(list) => pending.push(format!(
-                        "{tenant}: {} queued, {} running",
-                        list.counts.queued, list.counts.running
+                        "{tenant}: {} queued, {} running, {} webhook deliveries pending",
+                        list.counts.queued, list.counts.running, list.webhooks.pending
                     )),
                     Err(e) => pending.push(format!("{tenant}: unreadable job counts: {e}")),
                 },

@@ -14,6 +14,7 @@ use crate::local::{self, Launcher, LocalConfig, LocalSystem, Needs};
 use crate::mock_llm::{MockClient, MockConfig, MockLlm};
 use crate::proxy::{ProxyClient, ProxyConfig, ProxyServer, ProxyServerConfig};
 use crate::scenario::Scenario;
+use crate::sink::{SinkConfig, SinkLimits, Trap, WebhookSink};
 
 /// Brings the system up for `scenario` on `backend`: the mock provider, the
 /// fault proxy with its `llm` and `client` links, and the orchestrator with
@@ -58,6 +59,9 @@ pub struct Rig {
     pub client_url: String,
     /// The orchestrator itself, for the harness's probes.
     pub direct: String,
+    /// The webhook sink and trap, when the load sends webhooks (local
+    /// backend only).
+    pub webhooks: Option<RigWebhooks>,
 }
 
 /// The local backend: the mock provider and the fault proxy in this
@@ -98,14 +102,27 @@ async fn bring_up_local(
         ))
         .await
         .map_err(|e| format!("cannot create the llm proxy: {e}"))?;
+    let webhooks = match scenario.load.webhooks {
+        None => None,
+        Some(_) => Some(start_webhooks(seed).await?),
+    };
     let run_config = config::render(
         scenario,
         seed,
         &format!("http://{}/v1", llm_proxy.listen),
         None,
+        webhooks.as_ref().map(RigWebhooks::targets),
     )?;
     let mut local_config =
         LocalConfig::new(run_id, run_dir, run_config.yaml.clone(), launcher.clone());
+    if webhooks.is_some() {
+        let secrets = config::webhook_secrets(seed);
+        local_config.env = config::WEBHOOK_SECRET_ENVS
+            .iter()
+            .zip(secrets)
+            .map(|(k, v)| ((*k).to_owned(), v))
+            .collect();
+    }
     local_config.seed = seed;
     local_config.needs = needs;
     local_config.ready_timeout = READY_TIMEOUT;
@@ -129,7 +146,48 @@ async fn bring_up_local(
         proxy: Some(proxy),
         run_config,
         client_url: format!("http://{}", client_proxy.listen),
+        webhooks,
     })
+}
+
+/// The webhook sink (verifying with both of the run's secrets) and the trap.
+async fn start_webhooks(seed: u64) -> Result<RigWebhooks, String> {
+    let secrets = config::webhook_secrets(seed)
+        .into_iter()
+        .map(String::into_bytes)
+        .collect();
+    let sink = WebhookSink::start(SinkConfig {
+        secrets,
+        seed,
+        limits: SinkLimits::default(),
+    })
+    .await
+    .map_err(|e| format!("cannot start the webhook sink: {e}"))?;
+    let trap = Trap::start()
+        .await
+        .map_err(|e| format!("cannot start the webhook trap: {e}"))?;
+    Ok(RigWebhooks {
+        sink: Arc::new(sink),
+        trap,
+    })
+}
+
+/// A run's webhook receivers, in this process.
+pub struct RigWebhooks {
+    /// Records and answers deliveries.
+    pub sink: Arc<WebhookSink>,
+    /// Counts connections that should never come.
+    pub trap: Trap,
+}
+
+impl RigWebhooks {
+    /// Their ports, for the configuration and the load.
+    pub fn targets(&self) -> config::WebhookTargets {
+        config::WebhookTargets {
+            sink_port: self.sink.addr().port(),
+            trap_port: self.trap.addr().port(),
+        }
+    }
 }
 
 /// The Docker backend: every service in its own container on the run's
@@ -148,6 +206,7 @@ async fn bring_up_docker(
         seed,
         &crate::docker::llm_base_url(run_id),
         Some(listen),
+        None,
     )?;
     let system = DockerSystem::start(DockerConfig {
         run_id: run_id.to_owned(),
@@ -174,6 +233,7 @@ async fn bring_up_docker(
         proxy_client,
         proxy: None,
         run_config,
+        webhooks: None,
     })
 }
 

@@ -238,6 +238,25 @@ pub struct JobRow {
     pub last_error: Option<String>,
 }
 
+/// A webhook delivery row (schema 4 on; SCHEMA.md, `webhook_deliveries`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeliveryRow {
+    /// The delivery id, sent as `Gauntlet-Delivery`.
+    pub id: String,
+    /// The job.
+    pub job_id: String,
+    /// `job.succeeded` or `job.dead`.
+    pub event: String,
+    /// The JSON body sent.
+    pub payload: String,
+    /// `pending`, `delivered`, `failed` or `refused`.
+    pub state: String,
+    /// Attempts made.
+    pub attempts: u64,
+    /// Why the last attempt failed or was refused.
+    pub last_error: Option<String>,
+}
+
 /// An audit entry, its fields as stored (bytes, which may have been
 /// tampered with).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -288,6 +307,8 @@ pub struct Database {
     pub audit: Vec<AuditRow>,
     /// The audit head (`None` when the row is missing).
     pub audit_head: Option<AuditHead>,
+    /// Webhook deliveries, oldest first (none before schema 4).
+    pub deliveries: Vec<DeliveryRow>,
 }
 
 impl Database {
@@ -445,8 +466,29 @@ impl Tables<'_> {
                 })
             },
         )?;
+        let deliveries = if schema_version >= 4 {
+            self.rows(
+                "webhook_deliveries",
+                "SELECT id, job_id, event, payload, state, attempts, last_error
+                 FROM webhook_deliveries ORDER BY created_ms, id",
+                |row| {
+                    Ok(DeliveryRow {
+                        id: row.get(0)?,
+                        job_id: row.get(1)?,
+                        event: row.get(2)?,
+                        payload: row.get(3)?,
+                        state: row.get(4)?,
+                        attempts: tokens(row, 5)?,
+                        last_error: row.get(6)?,
+                    })
+                },
+            )?
+        } else {
+            Vec::new()
+        };
         Ok(Database {
             schema_version,
+            deliveries,
             budgets,
             reservations,
             keys,

@@ -68,6 +68,19 @@ pub struct Evidence {
     pub log: Result<LogEvidence, String>,
     /// How the orchestrator's final stop went, or why it could not be made.
     pub shutdown: Result<ShutdownEvidence, String>,
+    /// What the webhook sink and the trap saw, when the run had them.
+    pub webhooks: Option<WebhookEvidence>,
+}
+
+/// What the webhook sink received and the trap counted.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WebhookEvidence {
+    /// Every delivery the sink kept, in arrival order.
+    pub records: Vec<crate::sink::SinkRecord>,
+    /// Deliveries past the sink's record limit, not kept.
+    pub dropped: u64,
+    /// Connections the trap accepted (each one an SSRF the guard let through).
+    pub trap_connections: u64,
 }
 
 impl Evidence {
@@ -195,6 +208,8 @@ pub struct LogEvidence {
     pub lines: u64,
     /// Lines holding a panic: (1-based line number, the line), at most 100.
     pub panics: Vec<(usize, String)>,
+    /// The whole text, for checks that look for what must not be there.
+    pub text: String,
 }
 
 impl LogEvidence {
@@ -211,6 +226,7 @@ impl LogEvidence {
                 .take(100)
                 .map(|(i, l)| (i + 1, l.chars().take(300).collect()))
                 .collect(),
+            text: text.to_owned(),
         }
     }
 }

@@ -105,6 +105,18 @@ impl OpKind {
     }
 }
 
+/// Where a job's webhook points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookTarget {
+    /// The harness's webhook sink, under a name the allowlist admits and an
+    /// address an entry names: delivered.
+    Sink,
+    /// The trap: a loopback port under a name the allowlist admits, but at an
+    /// address no entry names: refused.
+    Trap,
+}
+
 /// The key a request carries.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -280,6 +292,11 @@ pub struct Op {
     /// Which of [`SECURITY_HEADERS`] the answer carried as expected: bit
     /// `i` for entry `i` (present, with the fixed value where there is one).
     pub security_headers: u16,
+    /// Where the job's webhook pointed, for a job that carried one.
+    pub webhook: Option<WebhookTarget>,
+    /// The personal data planted in the request (its prompt, its
+    /// `Idempotency-Key`, its `X-Request-Id`), which must leave no trace.
+    pub planted: Vec<String>,
 }
 
 /// The response headers every answer is due (seed 004's seven, and the
@@ -366,6 +383,8 @@ impl Op {
             dlq_listed: Vec::new(),
             problem: None,
             security_headers: 0,
+            webhook: None,
+            planted: Vec::new(),
         }
     }
 

@@ -14,6 +14,7 @@
 //! stalls chaos testing is after.
 
 mod history;
+pub mod personal;
 mod plan;
 mod run;
 pub mod stats;
@@ -28,7 +29,7 @@ use tokio::sync::watch;
 pub use history::{
     ATTACKER_ADDRESS, AUTH_LOCKED, Credential, HSTS_HEADER, Op, OpKind, Outcome,
     ROTATED_KEY_ADDRESS, ROTATOR_ADDRESS, SECURITY_HEADERS, SLOW_MARKER, SUCCESSOR_KEY_ADDRESS,
-    VICTIM_KEY_ID, client_address, probe_address,
+    VICTIM_KEY_ID, WebhookTarget, client_address, probe_address,
 };
 pub use plan::{PlannedKind, PlannedOp, RoleRoute, schedule};
 pub use run::{MAX_ROTATION_PROBES, ROTATION_TAIL, run};
@@ -55,6 +56,17 @@ pub struct LoadTarget {
     /// `security.keys.rotation_overlap`: how long the rotator probes with
     /// its rotated key after rotating it.
     pub rotation_overlap: Duration,
+    /// The URLs of the webhook targets, when the plan has webhooks.
+    pub webhooks: Option<WebhookUrls>,
+}
+
+/// The URLs a job's `webhook` gets, by [`WebhookTarget`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookUrls {
+    /// For [`WebhookTarget::Sink`].
+    pub sink: String,
+    /// For [`WebhookTarget::Trap`].
+    pub trap: String,
 }
 
 /// How long an attacker keeps probing past the lockout's end.

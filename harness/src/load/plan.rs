@@ -9,7 +9,7 @@ use std::time::Duration;
 use rand::Rng;
 use serde_json::json;
 
-use super::history::{Credential, OpKind, SLOW_MARKER, client_address};
+use super::history::{Credential, OpKind, SLOW_MARKER, WebhookTarget, client_address};
 use super::{LoadError, LoadLimits};
 use crate::scenario::LoadSpec;
 use crate::seed;
@@ -85,6 +85,15 @@ pub struct PlannedOp {
     /// For a read: which of the tenant's accepted jobs to read (this modulo
     /// their number, in the order they were accepted).
     pub read_pick: u64,
+    /// For a job: where its webhook points, if it has one (the URL is the
+    /// run's, added to the body when it is sent).
+    pub webhook: Option<WebhookTarget>,
+    /// Personal data planted in the prompt, the key and the request id
+    /// ([`super::personal::planted`]), or none.
+    pub planted: Vec<String>,
+    /// The `X-Request-Id` to send, for a request with planted data (it
+    /// carries the card number); others let the service draw one.
+    pub request_id: Option<String>,
 }
 
 impl PlannedOp {
@@ -99,6 +108,8 @@ struct Original {
     index: u64,
     key: String,
     body: String,
+    webhook: Option<WebhookTarget>,
+    planted: Vec<String>,
 }
 
 /// Verbs and objects of the prompts: enough variety that prompts differ (and
@@ -310,8 +321,31 @@ pub fn schedule(
         } else {
             String::new()
         };
-        let (idempotency_key, body, reuse_of) = if !posts {
-            (None, None, None)
+        // Drawn from the seed by index, not from the stream above, so that
+        // adding webhooks or personal data to a scenario leaves every other
+        // draw of its schedule as it was.
+        let webhook = match spec.webhooks {
+            Some(w) if kind == PlannedKind::Job => {
+                let unit = |label: &[u8]| seed::unit(seed, &[b"load", label, &index_bytes]);
+                (unit(b"webhook") < w.share).then(|| {
+                    if unit(b"webhook-trap") < w.forbidden {
+                        WebhookTarget::Trap
+                    } else {
+                        WebhookTarget::Sink
+                    }
+                })
+            }
+            _ => None,
+        };
+        let planted = if matches!(kind, PlannedKind::Task | PlannedKind::Job)
+            && seed::unit(seed, &[b"load", b"personal", &index_bytes]) < spec.personal_data
+        {
+            super::personal::planted(seed, index).to_vec()
+        } else {
+            Vec::new()
+        };
+        let (idempotency_key, body, reuse_of, webhook, planted) = if !posts {
+            (None, None, None, None, Vec::new())
         } else {
             let earlier = originals.entry((kind, tenant_index)).or_default();
             if reusable && reuse_draw < spec.idempotency_reuse && !earlier.is_empty() {
@@ -324,14 +358,23 @@ pub fn schedule(
                     Some(original.key.clone()),
                     Some(original.body.clone()),
                     Some(original.index),
+                    original.webhook,
+                    original.planted.clone(),
                 )
             } else {
-                let key = format!(
+                let mut key = format!(
                     "k-{:016x}",
                     seed::derive(seed, &[b"load", b"key", &index_bytes])
                 );
+                let mut prompt = format!("{verb} {object} #{number}{marker}");
+                if let [email, card, ssn] = planted.as_slice() {
+                    // The key carries the email address, as a client naming
+                    // an order by its customer would.
+                    key = format!("{key}.{email}");
+                    prompt = format!("{prompt} for {email}, card {card}, SSN {ssn}");
+                }
                 let body = json!({
-                    "prompt": format!("{verb} {object} #{number}{marker}"),
+                    "prompt": prompt,
                     "max_tokens": spec.max_tokens,
                 })
                 .to_string();
@@ -340,10 +383,16 @@ pub fn schedule(
                         index,
                         key: key.clone(),
                         body: body.clone(),
+                        webhook,
+                        planted: planted.clone(),
                     });
                 }
-                (Some(key), Some(body), None)
+                (Some(key), Some(body), None, webhook, planted)
             }
+        };
+        let request_id = match planted.as_slice() {
+            [_, card, _] => Some(format!("r{index}.{card}")),
+            _ => None,
         };
         ops.push(PlannedOp {
             index,
@@ -356,6 +405,9 @@ pub fn schedule(
             reuse_of,
             body,
             read_pick,
+            webhook,
+            planted,
+            request_id,
         });
     }
     Ok(ops)

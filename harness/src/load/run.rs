@@ -16,11 +16,13 @@ use tokio::time::Instant;
 
 use super::history::{
     ATTACKER_ADDRESS, Credential, Op, OpKind, Outcome, ROTATED_KEY_ADDRESS, ROTATOR_ADDRESS,
-    SUCCESSOR_KEY_ADDRESS, probe_address,
+    SUCCESSOR_KEY_ADDRESS, WebhookTarget, probe_address,
 };
 use super::plan::{PlannedKind, PlannedOp};
 use super::stats::{per_second, summary_over};
-use super::{CancellationSignal, LoadError, LoadLimits, LoadOutcome, LoadTarget, Progress};
+use super::{
+    CancellationSignal, LoadError, LoadLimits, LoadOutcome, LoadTarget, Progress, WebhookUrls,
+};
 use crate::scenario::{Attack, KeyRotation, LoadSpec};
 
 /// The largest response body read, in bytes: the orchestrator's answers
@@ -85,6 +87,7 @@ struct Shared {
     progress: Progress,
     epoch: Instant,
     request_timeout: Duration,
+    webhooks: Option<WebhookUrls>,
 }
 
 /// A key issued during the run.
@@ -181,6 +184,7 @@ pub async fn run(
         progress: progress.clone(),
         epoch,
         request_timeout: spec.request_timeout,
+        webhooks: target.webhooks.clone(),
     });
     let (stop_sender, stop) = watch::channel(Stop::Running);
     let attacker = spec.attack.clone().map(|attack| {
@@ -357,6 +361,9 @@ async fn attack_run(
             reuse_of: None,
             body: None,
             read_pick: 0,
+            webhook: None,
+            planted: Vec::new(),
+            request_id: None,
         };
         index += 1;
         shared.progress.add_planned();
@@ -440,6 +447,9 @@ async fn rotation_run(
             reuse_of: None,
             body: (kind == OpKind::CreateKey).then(|| r#"{"role": "viewer"}"#.to_owned()),
             read_pick: 0,
+            webhook: None,
+            planted: Vec::new(),
+            request_id: None,
         };
         index += 1;
         shared.progress.add_planned();
@@ -566,6 +576,8 @@ fn kind_of(kind: PlannedKind) -> OpKind {
 
 fn skeleton(planned: &PlannedOp, kind: OpKind) -> Op {
     Op {
+        webhook: planned.webhook,
+        planted: planned.planted.clone(),
         credential: planned.credential.clone(),
         idempotency_key: planned.idempotency_key.clone(),
         reused_key: planned.reuse_of.is_some(),
@@ -925,14 +937,19 @@ async fn perform(
     if let Some(key) = &planned.idempotency_key {
         request = request.header("idempotency-key", key);
     }
+    if let Some(id) = &planned.request_id {
+        request = request.header("x-request-id", id);
+    }
     if kind == OpKind::OversizedTask {
         request = request
             .header(CONTENT_TYPE, "application/json")
             .body(shared.oversized.clone());
     } else if let Some(body) = &planned.body {
-        request = request
-            .header(CONTENT_TYPE, "application/json")
-            .body(body.clone());
+        let body = match (planned.webhook, &shared.webhooks) {
+            (Some(target), Some(urls)) => with_webhook(body, target, urls),
+            _ => body.clone(),
+        };
+        request = request.header(CONTENT_TYPE, "application/json").body(body);
     }
     let mut response = request.send().await.map_err(classify)?;
     let status = response.status().as_u16();
@@ -951,6 +968,22 @@ async fn perform(
         headers,
         body,
     })
+}
+
+/// `body` (a JSON object) with `"webhook"` set to `target`'s URL.
+fn with_webhook(body: &str, target: WebhookTarget, urls: &WebhookUrls) -> String {
+    let url = match target {
+        WebhookTarget::Sink => &urls.sink,
+        WebhookTarget::Trap => &urls.trap,
+    };
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(mut map)) => {
+            map.insert("webhook".into(), serde_json::Value::from(url.as_str()));
+            serde_json::Value::Object(map).to_string()
+        }
+        // The plan's bodies are objects; anything else goes as planned.
+        _ => body.to_owned(),
+    }
 }
 
 fn classify(error: reqwest::Error) -> Outcome {

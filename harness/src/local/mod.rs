@@ -151,6 +151,9 @@ pub struct LocalConfig {
     pub max_restarts: u32,
     /// Where the state record goes (see [`default_state_dir`]).
     pub state_dir: PathBuf,
+    /// Environment variables the orchestrator gets beside the harness's
+    /// own (secrets its configuration names, such as the webhook secret).
+    pub env: Vec<(String, String)>,
 }
 
 impl LocalConfig {
@@ -172,6 +175,7 @@ impl LocalConfig {
             ready_timeout: Duration::from_secs(30),
             max_restarts: 3,
             state_dir: default_state_dir(),
+            env: Vec::new(),
         }
     }
 }
@@ -395,6 +399,7 @@ struct Inner {
     hog_dir: PathBuf,
     launcher: Launcher,
     seed: u64,
+    env: Vec<(String, String)>,
     ready_timeout: Duration,
     max_restarts: u32,
     state_dir: PathBuf,
@@ -490,6 +495,7 @@ impl Inner {
         cmd.current_dir(&self.run_dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("GAUNTLET_RUN_ID", &self.run_id)
             // Its own process group: a Ctrl-C at the terminal reaches the
             // harness, which then shuts the orchestrator down in order.
@@ -823,6 +829,7 @@ impl LocalSystem {
             data_dir,
             launcher: config.launcher,
             seed: config.seed,
+            env: config.env,
             ready_timeout: config.ready_timeout,
             max_restarts: config.max_restarts,
             state_dir: config.state_dir,

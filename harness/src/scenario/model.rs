@@ -175,6 +175,23 @@ pub struct LoadSpec {
     pub attack: Option<Attack>,
     /// A client that rotates its key mid-run, if any.
     pub rotation: Option<KeyRotation>,
+    /// Jobs that carry a webhook, if any (FORMAT.md, "load.webhooks").
+    pub webhooks: Option<WebhookLoad>,
+    /// The share of tasks and jobs, in [0, 1], that carry planted personal
+    /// data (an email address, a card number, an SSN) in their prompt,
+    /// their `Idempotency-Key` and their `X-Request-Id`.
+    pub personal_data: f64,
+}
+
+/// Jobs with webhooks: a share of the jobs carries one, to the harness's
+/// webhook sink, or (a share of those) to its trap, a loopback port under a
+/// name the allowlist admits, which the SSRF guard must refuse.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WebhookLoad {
+    /// The share of jobs with a webhook, in (0, 1].
+    pub share: f64,
+    /// The share of those aimed at the trap, in [0, 1).
+    pub forbidden: f64,
 }
 
 /// A client that rotates its key (FORMAT.md, "load.rotation"): at the
@@ -330,6 +347,13 @@ pub enum FaultAction {
         /// The program, as the JSON the mock's admin API takes.
         program: serde_json::Value,
     },
+    /// A program installed on the harness's webhook sink (`target:
+    /// webhook_sink`), validated by the sink's own parser; removed when the
+    /// fault ends.
+    SinkProgram {
+        /// The program's JSON.
+        program: serde_json::Value,
+    },
     /// SIGKILL the orchestrator; it is started again when the fault ends
     /// (at once for an instant fault).
     Kill,
@@ -368,6 +392,8 @@ pub enum FaultClass {
     Disk,
     /// Memory limits and OOM kills.
     Memory,
+    /// Webhook sink programs.
+    Webhook,
 }
 
 impl FaultClass {
@@ -379,6 +405,7 @@ impl FaultClass {
             FaultClass::Process => "process",
             FaultClass::Disk => "disk",
             FaultClass::Memory => "memory",
+            FaultClass::Webhook => "webhook",
         }
     }
 }
@@ -389,7 +416,7 @@ impl FaultAction {
         match self {
             FaultAction::Toxic { toxic, .. } => toxic.type_name(),
             FaultAction::Partition { .. } => "partition",
-            FaultAction::LlmProgram { .. } => "program",
+            FaultAction::LlmProgram { .. } | FaultAction::SinkProgram { .. } => "program",
             FaultAction::Kill => "kill",
             FaultAction::Pause => "pause",
             FaultAction::Restart => "restart",
@@ -405,6 +432,7 @@ impl FaultAction {
         match self {
             FaultAction::Toxic { link, .. } | FaultAction::Partition { link } => link.as_str(),
             FaultAction::LlmProgram { .. } => "provider",
+            FaultAction::SinkProgram { .. } => "webhook_sink",
             _ => "orchestrator",
         }
     }
@@ -414,6 +442,7 @@ impl FaultAction {
         match self {
             FaultAction::Toxic { .. } | FaultAction::Partition { .. } => FaultClass::Network,
             FaultAction::LlmProgram { .. } => FaultClass::Llm,
+            FaultAction::SinkProgram { .. } => FaultClass::Webhook,
             FaultAction::Kill | FaultAction::Pause | FaultAction::Restart => FaultClass::Process,
             FaultAction::DiskFull | FaultAction::IoErrors { .. } | FaultAction::ReadOnly => {
                 FaultClass::Disk
@@ -582,12 +611,23 @@ pub enum Invariant {
     /// A rotated key works beside its successor until the overlap ends,
     /// then gets 401 and nothing else; the successor always works.
     RotationSeamless,
+    /// None of the personal data the load planted appears in the
+    /// orchestrator's log, its audit rows, any answer (a job's own
+    /// `idempotency_key` aside) or any webhook payload.
+    NoPiiLeaked,
+    /// Every terminal job with a webhook to the sink was delivered at least
+    /// once with a valid signature, and every delivery the sink received is
+    /// one the database holds for that job (redeliveries keep the id).
+    WebhooksDelivered,
+    /// The trap was never connected to, and every terminal job aimed at it
+    /// records a refusal naming a forbidden address.
+    SsrfRefused,
 }
 
 impl Invariant {
     /// Every invariant's name, as scenario files write them: the bare ones
     /// ([`Invariant::BARE`]) and those with parameters.
-    pub const NAMES: [&'static str; 19] = [
+    pub const NAMES: [&'static str; 22] = [
         "no_lost_jobs",
         "exactly_once_charge",
         "budget_never_overdrawn",
@@ -607,10 +647,13 @@ impl Invariant {
         "security_headers",
         "lockout_effective",
         "rotation_seamless",
+        "no_pii_leaked",
+        "webhooks_delivered",
+        "ssrf_refused",
     ];
 
     /// The invariants that take no parameters, written as a bare name.
-    pub const BARE: [Invariant; 16] = [
+    pub const BARE: [Invariant; 19] = [
         Invariant::ExactlyOnceCharge,
         Invariant::BudgetNeverOverdrawn,
         Invariant::BudgetConserved,
@@ -627,6 +670,9 @@ impl Invariant {
         Invariant::SecurityHeaders,
         Invariant::LockoutEffective,
         Invariant::RotationSeamless,
+        Invariant::NoPiiLeaked,
+        Invariant::WebhooksDelivered,
+        Invariant::SsrfRefused,
     ];
 
     /// The faults of the timeline it names (only `ready_reflects_faults`
@@ -660,6 +706,9 @@ impl Invariant {
             Invariant::SecurityHeaders => "security_headers",
             Invariant::LockoutEffective => "lockout_effective",
             Invariant::RotationSeamless => "rotation_seamless",
+            Invariant::NoPiiLeaked => "no_pii_leaked",
+            Invariant::WebhooksDelivered => "webhooks_delivered",
+            Invariant::SsrfRefused => "ssrf_refused",
         }
     }
 }

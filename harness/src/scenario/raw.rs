@@ -110,6 +110,20 @@ pub(crate) struct RawLoad {
     pub attack: Option<RawAttack>,
     #[serde(default)]
     pub rotation: Option<RawRotation>,
+    #[serde(default)]
+    pub webhooks: Option<RawWebhooks>,
+    #[serde(default)]
+    pub personal_data: Option<f64>,
+}
+
+/// `load.webhooks`: jobs that carry a webhook.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWebhooks {
+    #[serde(default)]
+    pub share: Option<f64>,
+    #[serde(default)]
+    pub forbidden: Option<f64>,
 }
 
 /// `load.rotation`: a client that rotates its key mid-run.

@@ -53,6 +53,20 @@ struct LoadOut {
     attack: Option<AttackOut>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rotation: Option<RotationOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhooks: Option<WebhooksOut>,
+    #[serde(skip_serializing_if = "is_zero")]
+    personal_data: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+
+#[derive(Serialize)]
+struct WebhooksOut {
+    share: f64,
+    forbidden: f64,
 }
 
 #[derive(Serialize)]
@@ -202,6 +216,11 @@ fn load(load: &LoadSpec) -> LoadOut {
             at: duration(r.at),
             probe_every: duration(r.probe_every),
         }),
+        webhooks: load.webhooks.map(|w| WebhooksOut {
+            share: w.share,
+            forbidden: w.forbidden,
+        }),
+        personal_data: load.personal_data,
     }
 }
 
@@ -225,7 +244,9 @@ fn fault(f: &Fault) -> FaultOut {
             params.insert("toxicity".into(), Value::from(toxicity));
             Some(Value::Object(params))
         }
-        FaultAction::LlmProgram { program } => Some(program.clone()),
+        FaultAction::LlmProgram { program } | FaultAction::SinkProgram { program } => {
+            Some(program.clone())
+        }
         FaultAction::IoErrors { probability } => Some(json!({"probability": probability})),
         FaultAction::Oom { limit_bytes } => Some(json!({"limit": format_size(*limit_bytes)})),
         FaultAction::Partition { .. }

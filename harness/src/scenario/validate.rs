@@ -71,7 +71,7 @@ const ORCHESTRATOR_KINDS: [&str; 7] = [
 /// Faults that may be instant (no `for`).
 pub(crate) const INSTANT_KINDS: [&str; 2] = ["kill", "restart"];
 /// Every `target`.
-const TARGETS: [&str; 4] = ["client", "llm", "provider", "orchestrator"];
+const TARGETS: [&str; 5] = ["client", "llm", "provider", "webhook_sink", "orchestrator"];
 /// The targets of network kinds.
 const LINK_TARGETS: [&str; 2] = ["client", "llm"];
 
@@ -124,7 +124,7 @@ fn targets_of(kind: &str) -> Option<&'static [&'static str]> {
     if TOXIC_TYPES.contains(&kind) || kind == PARTITION {
         Some(&LINK_TARGETS)
     } else if kind == PROGRAM {
-        Some(&["provider"])
+        Some(&["provider", "webhook_sink"])
     } else if ORCHESTRATOR_KINDS.contains(&kind) {
         Some(&["orchestrator"])
     } else {
@@ -486,6 +486,17 @@ impl<'a> Validator<'a> {
         let raw_invariants = raw.invariants.as_deref().unwrap_or_default();
         let mix = load.mix;
         let posts = mix.tasks > 0 || mix.jobs > 0;
+        if load.webhooks.is_none() {
+            for (i, fault) in faults.iter().enumerate() {
+                if matches!(fault.action, FaultAction::SinkProgram { .. }) {
+                    self.error(
+                        Code::Vacuous,
+                        &format!("faults[{i}].target"),
+                        "a webhook sink fault needs webhooks in the load (`load.webhooks`): no delivery would meet it",
+                    );
+                }
+            }
+        }
         for invariant in invariants {
             let name = invariant.name();
             let Some(index) = raw_invariants.iter().position(|r| r.name == name) else {
@@ -551,6 +562,28 @@ impl<'a> Validator<'a> {
                     Some(_) => None,
                 },
                 Invariant::RotationSeamless => Self::rotation_impossible(load, config),
+                Invariant::NoPiiLeaked if load.personal_data == 0.0 => Some(
+                    "no request carries personal data (`load.personal_data` is 0)".to_owned(),
+                ),
+                Invariant::NoPiiLeaked if !posts => Some(
+                    "the mix sends no tasks or jobs, which are what carry personal data"
+                        .to_owned(),
+                ),
+                Invariant::WebhooksDelivered | Invariant::SsrfRefused if mix.jobs == 0 => Some(
+                    "the mix sends no jobs, which are what carry webhooks (`load.mix.jobs` is 0)"
+                        .to_owned(),
+                ),
+                Invariant::WebhooksDelivered | Invariant::SsrfRefused
+                    if load.webhooks.is_none() =>
+                {
+                    Some("no job carries a webhook (`load.webhooks` is not given)".to_owned())
+                }
+                Invariant::SsrfRefused if load.webhooks.is_some_and(|w| w.forbidden == 0.0) => {
+                    Some(
+                        "no webhook aims at a forbidden target (`load.webhooks.forbidden` is 0)"
+                            .to_owned(),
+                    )
+                }
                 _ => None,
             };
             if let Some(why) = why {
@@ -738,6 +771,40 @@ impl<'a> Validator<'a> {
             None => Some(None),
             Some(rotation) => self.rotation(rotation, total).map(Some),
         };
+        let webhooks = raw.webhooks.as_ref().map(|w| {
+            let share = match w.share {
+                None => Some(1.0),
+                Some(v) => self.number("load.webhooks.share", v, 0.0, 1.0),
+            };
+            if share == Some(0.0) {
+                self.error(
+                    Code::Range,
+                    "load.webhooks.share",
+                    "no job would carry a webhook: give a share above 0, or leave `load.webhooks` out",
+                );
+            }
+            let forbidden = match w.forbidden {
+                None => Some(0.0),
+                Some(v) => self.number("load.webhooks.forbidden", v, 0.0, 1.0),
+            };
+            if forbidden == Some(1.0) {
+                self.error(
+                    Code::Range,
+                    "load.webhooks.forbidden",
+                    "every webhook would aim at the trap and none would be delivered: give a share under 1",
+                );
+            }
+            WebhookLoad {
+                share: share.unwrap_or(1.0),
+                forbidden: forbidden.unwrap_or(0.0),
+            }
+        });
+        let personal_data = match raw.personal_data {
+            None => 0.0,
+            Some(v) => self
+                .number("load.personal_data", v, 0.0, 1.0)
+                .unwrap_or(0.0),
+        };
         Some(LoadSpec {
             stages: stages?,
             mix: mix?,
@@ -748,6 +815,8 @@ impl<'a> Validator<'a> {
             max_tokens,
             attack: attack?,
             rotation: rotation?,
+            webhooks,
+            personal_data,
         })
     }
 
@@ -1189,6 +1258,9 @@ impl<'a> Validator<'a> {
             _ => None,
         };
         let action = kind.and_then(|kind| {
+            if kind == PROGRAM && target == Some("webhook_sink") {
+                return self.sink_program(&child_path(path, "params"), raw.params.as_ref());
+            }
             self.action(
                 &child_path(path, "params"),
                 kind,
@@ -1437,6 +1509,31 @@ impl<'a> Validator<'a> {
             stream: stream?,
             toxicity: toxicity?,
         })
+    }
+
+    /// A webhook sink program, checked by the sink's own parser.
+    fn sink_program(&mut self, path: &str, params: Option<&Value>) -> Option<FaultAction> {
+        let Some(program) = params.filter(|p| !p.is_null()) else {
+            self.error(
+                Code::MissingField,
+                path,
+                "missing `params` of a webhook sink `program` fault: the sink program, like `{rules: [{effect: {status: 503}}]}`",
+            );
+            return None;
+        };
+        match crate::sink::program::parse(program) {
+            Ok(_) => Some(FaultAction::SinkProgram {
+                program: program.clone(),
+            }),
+            Err(e) => {
+                self.error(
+                    Code::Format,
+                    &format!("{path}.{}", e.path),
+                    format!("invalid webhook sink program: {}", e.message),
+                );
+                None
+            }
+        }
     }
 
     /// A mock LLM program, checked by the mock's own parser.

@@ -300,8 +300,8 @@ pub(super) fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, Pro
         .map_err(|e| Problem::bad_request(format!("invalid query: {}", e.body_text())))
 }
 
-/// `GET /v1/jobs?state=&limit=`: the tenant's job ids (oldest first) and
-/// its counts by state.
+/// `GET /v1/jobs?state=&limit=`: the tenant's job ids (oldest first), its
+/// counts by state, and its webhook deliveries still pending.
 pub async fn list(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
@@ -319,12 +319,17 @@ pub async fn list(
     };
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
     let tenant = acting_tenant(&principal, q.tenant, Permission::JobsReadAll)?;
-    let (ids, counts) = state
+    let (ids, counts, pending) = state
         .store
-        .run(move |s| s.list_jobs(&tenant, filter, limit))
+        .run(move |s| {
+            let (ids, counts) = s.list_jobs(&tenant, filter, limit)?;
+            Ok((ids, counts, s.pending_deliveries(&tenant)?))
+        })
         .await
         .map_err(store_problem)?;
-    Ok(Json(json!({"ids": ids, "counts": counts})))
+    Ok(Json(
+        json!({"ids": ids, "counts": counts, "webhooks": {"pending": pending}}),
+    ))
 }
 
 /// The query of `GET /v1/dlq`.

@@ -208,14 +208,16 @@ impl Store {
         })
     }
 
-    /// When the next pending delivery is due, if any.
-    pub fn next_delivery_due(&self) -> Result<Option<i64>, StoreError> {
-        self.read("next delivery due", |conn| {
-            Ok(conn
+    /// How many of `tenant`'s deliveries are pending: what a client waits
+    /// on to know that every notification has gone out.
+    pub fn pending_deliveries(&self, tenant: &str) -> Result<u64, StoreError> {
+        self.read("pending deliveries", |conn| {
+            let n: i64 = conn
                 .prepare_cached(
-                    "SELECT min(next_attempt_ms) FROM webhook_deliveries WHERE state = 'pending'",
+                    "SELECT count(*) FROM webhook_deliveries WHERE state = 'pending' AND tenant = ?1",
                 )?
-                .query_row([], |row| row.get(0))?)
+                .query_row(params![tenant], |row| row.get(0))?;
+            Ok(u64::try_from(n).unwrap_or(0))
         })
     }
 
