@@ -8,22 +8,24 @@ use std::time::Duration;
 
 use gauntlet::checks::{self, CheckKind, CheckResult, MAX_EVIDENCE_LINES, Verdict};
 use gauntlet::evidence::db::{
-    AuditHead, AuditRow, BudgetRow, ChargeRow, Database, JobRow, JobState, KeyRow, KeyState,
-    ReservationRow, ReservationState,
+    AuditHead, AuditRow, BudgetRow, ChargeRow, Database, DeliveryRow, JobRow, JobState, KeyRow,
+    KeyState, ReservationRow, ReservationState,
 };
 use gauntlet::evidence::{
     AuditAnswer, BudgetSample, Evidence, FaultRecord, HealthSample, LogEvidence, Settle,
-    ShutdownEvidence, audit,
+    ShutdownEvidence, WebhookEvidence, audit,
 };
 use gauntlet::load::{
     ATTACKER_ADDRESS, AUTH_LOCKED, Credential, HSTS_HEADER, Op, OpKind, Outcome,
-    ROTATED_KEY_ADDRESS, ROTATOR_ADDRESS, SECURITY_HEADERS, SUCCESSOR_KEY_ADDRESS, probe_address,
+    ROTATED_KEY_ADDRESS, ROTATOR_ADDRESS, SECURITY_HEADERS, SUCCESSOR_KEY_ADDRESS, WebhookTarget,
+    probe_address,
 };
 use gauntlet::mock_llm::{CallRecord, Usage};
 use gauntlet::scenario::{
     Contract, Invariant, LoadSpec, Lockout, Mix, Objective, Scenario, Slo, Stage, StoreKind,
     SystemSpec, Tenant, Window,
 };
+use gauntlet::sink::{Signature, SinkRecord};
 
 // ---------------------------------------------------------------- builders
 
@@ -2665,5 +2667,240 @@ fn security_headers_on_every_answer() {
         "nothing answered",
         &invariant(Invariant::SecurityHeaders, &e),
         &["no request was answered"],
+    );
+}
+
+// ------------------------------------------------------- data protection
+
+/// A job of tenant `a`, acknowledged, with a webhook to `target`.
+fn hooked_job(index: u64, id: &str, target: WebhookTarget) -> Op {
+    Op {
+        webhook: Some(target),
+        ..job(index, id)
+    }
+}
+
+fn delivery_row(id: &str, job_id: &str, state: &str, last_error: Option<&str>) -> DeliveryRow {
+    DeliveryRow {
+        id: id.to_owned(),
+        job_id: job_id.to_owned(),
+        event: "job.succeeded".to_owned(),
+        payload: format!(r#"{{"delivery_id":"{id}","job":{{"id":"{job_id}"}}}}"#),
+        state: state.to_owned(),
+        attempts: 1,
+        last_error: last_error.map(str::to_owned),
+    }
+}
+
+fn sink_record(seq: u64, row: &DeliveryRow, answered: u16, signature: Signature) -> SinkRecord {
+    SinkRecord {
+        seq,
+        path: "/hooks/jobs".to_owned(),
+        delivery_id: Some(row.id.clone()),
+        event: Some(row.event.clone()),
+        job_id: Some(row.job_id.clone()),
+        body: row.payload.clone(),
+        signature,
+        answered,
+    }
+}
+
+/// Two succeeded jobs aimed at the sink (`j1` sent twice, a stall then a
+/// 204, under one id) and one aimed at the trap, refused.
+fn webhooks() -> Evidence {
+    let mut e = evidence(vec![
+        hooked_job(1, "j1", WebhookTarget::Sink),
+        hooked_job(2, "j2", WebhookTarget::Sink),
+        hooked_job(3, "j3", WebhookTarget::Trap),
+    ]);
+    let d1 = delivery_row("d1", "j1", "delivered", None);
+    let d2 = delivery_row("d2", "j2", "delivered", None);
+    let d3 = delivery_row(
+        "d3",
+        "j3",
+        "refused",
+        Some("trap.gauntlet.test resolves to 127.0.0.1, a loopback address"),
+    );
+    e.webhooks = Some(WebhookEvidence {
+        records: vec![
+            sink_record(1, &d1, 0, Signature::Valid),
+            sink_record(2, &d1, 204, Signature::Valid),
+            sink_record(3, &d2, 204, Signature::Valid),
+        ],
+        dropped: 0,
+        trap_connections: 0,
+    });
+    let db = db(&mut e);
+    for id in ["j1", "j2", "j3"] {
+        db.jobs.push(job_row(id, JobState::Succeeded));
+    }
+    db.deliveries = vec![d1, d2, d3];
+    e
+}
+
+#[test]
+fn webhooks_delivered() {
+    let inv = Invariant::WebhooksDelivered;
+    let ok = webhooks();
+    let r = invariant(inv.clone(), &ok);
+    check("delivered", &r, true, &[]);
+    assert_eq!(r.exercised, 2);
+    assert!(
+        r.observed.contains("1 of them sent again"),
+        "{}",
+        r.observed
+    );
+
+    let mut lost = ok.clone();
+    db(&mut lost).deliveries.retain(|d| d.id != "d2");
+    lost.webhooks.as_mut().unwrap().records.pop();
+    check(
+        "no delivery row",
+        &invariant(inv.clone(), &lost),
+        false,
+        &["job j2 ended succeeded but the database holds no delivery for it"],
+    );
+
+    let mut unsigned = ok.clone();
+    unsigned.webhooks.as_mut().unwrap().records[2].signature = Signature::Invalid;
+    check(
+        "a bad signature",
+        &invariant(inv.clone(), &unsigned),
+        false,
+        &[
+            "delivery d2 (sink record #3) arrived with a invalid signature",
+            "delivery d2 of job j2 is delivered in the database, but the sink never took it signed",
+        ],
+    );
+
+    let mut renamed = ok.clone();
+    renamed.webhooks.as_mut().unwrap().records[1].delivery_id = Some("d9".to_owned());
+    check(
+        "a new id on redelivery",
+        &invariant(inv.clone(), &renamed),
+        false,
+        &["the sink received delivery d9 (sink record #2), which the database does not hold"],
+    );
+
+    let mut failed = ok.clone();
+    db(&mut failed).deliveries[1].state = "failed".to_owned();
+    db(&mut failed).deliveries[1].last_error = Some("status 503".to_owned());
+    check(
+        "failed after its attempts",
+        &invariant(inv.clone(), &failed),
+        false,
+        &["delivery d2 of job j2 is failed after 1 attempts (last error: status 503)"],
+    );
+
+    let mut none = ok.clone();
+    none.history
+        .retain(|op| op.webhook != Some(WebhookTarget::Sink));
+    check_vacuous(
+        "no job aimed at the sink",
+        &invariant(inv, &none),
+        &["no job with a webhook to the sink ended"],
+    );
+}
+
+#[test]
+fn ssrf_refused() {
+    let inv = Invariant::SsrfRefused;
+    let ok = webhooks();
+    let r = invariant(inv.clone(), &ok);
+    check("refused", &r, true, &[]);
+    assert_eq!(r.exercised, 1);
+
+    let mut reached = ok.clone();
+    reached.webhooks.as_mut().unwrap().trap_connections = 2;
+    db(&mut reached).deliveries[2].state = "failed".to_owned();
+    db(&mut reached).deliveries[2].last_error = Some("connection closed".to_owned());
+    check(
+        "the trap was reached",
+        &invariant(inv.clone(), &reached),
+        false,
+        &[
+            "the forbidden target accepted 2 connections",
+            "delivery d3 of job j3 is failed after 1 attempts, not refused for a loopback address (last error: connection closed)",
+        ],
+    );
+
+    let mut none = ok.clone();
+    none.history
+        .retain(|op| op.webhook != Some(WebhookTarget::Trap));
+    check_vacuous(
+        "no job aimed at the trap",
+        &invariant(inv, &none),
+        &["no job with a webhook to the forbidden target ended"],
+    );
+}
+
+#[test]
+fn no_pii_leaked() {
+    let inv = Invariant::NoPiiLeaked;
+    let planted = ["ada.ken1234@example.org", "4111111111111111", "123-45-6789"];
+    let mut ok = webhooks();
+    ok.history[0].planted = planted.map(str::to_owned).to_vec();
+    // A job view gives the job's own key back: not a leak.
+    ok.history.push(Op {
+        body: Some(format!(
+            r#"{{"id":"j1","idempotency_key":"k-1.{}","state":"succeeded"}}"#,
+            planted[0]
+        )),
+        ..op(9, OpKind::ReadJob, "a", 900.0, 10.0, Outcome::Status(200))
+    });
+    ok.log = Ok(LogEvidence::from_text(
+        "{\"request_id\":\"r1.[REDACTED:credit_card]\"}\n{\"msg\":\"listening\"}\n",
+    ));
+    let r = invariant(inv.clone(), &ok);
+    check("redacted everywhere", &r, true, &[]);
+    assert_eq!(r.exercised, 3);
+
+    let mut logged = ok.clone();
+    logged.log = Ok(LogEvidence::from_text(&format!(
+        "{{\"msg\":\"ok\"}}\n{{\"request_id\":\"r1.{}\"}}\n",
+        planted[1]
+    )));
+    check(
+        "in the log",
+        &invariant(inv.clone(), &logged),
+        false,
+        &["the orchestrator's log, line 2, holds 4111111111111111"],
+    );
+
+    let mut audited = ok.clone();
+    db(&mut audited).audit[4].details =
+        format!(r#"{{"idempotency_key":"k-1.{}"}}"#, planted[0]).into_bytes();
+    check(
+        "in the audit log",
+        &invariant(inv.clone(), &audited),
+        false,
+        &["audit entry 5 holds ada.ken1234@example.org"],
+    );
+
+    let mut answered = ok.clone();
+    answered.history.last_mut().unwrap().body = Some(format!(
+        r#"{{"id":"j1","last_error":"card {}"}}"#,
+        planted[1]
+    ));
+    check(
+        "in an answer",
+        &invariant(inv.clone(), &answered),
+        false,
+        &["the answer to request 9 (ReadJob) holds 4111111111111111"],
+    );
+
+    let mut hooked = ok.clone();
+    hooked.webhooks.as_mut().unwrap().records[2].body = format!("SSN {}", planted[2]);
+    check(
+        "in a webhook",
+        &invariant(inv.clone(), &hooked),
+        false,
+        &["webhook delivery #3 holds 123-45-6789"],
+    );
+
+    check_vacuous(
+        "nothing planted",
+        &invariant(inv, &webhooks()),
+        &["no request carrying personal data was sent"],
     );
 }
