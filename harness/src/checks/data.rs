@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 use super::{CheckResult, Evidence};
-use crate::evidence::db::{Database, DeliveryRow};
+use crate::evidence::db::{Database, DeliveryRow, JobState};
 use crate::load::{Op, Outcome, WebhookTarget};
 use crate::sink::Signature;
 
@@ -136,12 +136,27 @@ fn jobs_aimed_at(history: &[Op], target: WebhookTarget) -> BTreeMap<&str, &str> 
         .collect()
 }
 
-fn deliveries_by_job(db: &Database) -> BTreeMap<&str, Vec<&DeliveryRow>> {
+/// The jobs aimed at `target` that ended (succeeded or dead; `no_lost_jobs`
+/// judges the others), each with its state and its deliveries in the
+/// database, oldest first.
+fn ended_jobs<'e>(
+    history: &'e [Op],
+    db: &'e Database,
+    target: WebhookTarget,
+) -> Vec<(&'e str, JobState, Vec<&'e DeliveryRow>)> {
     let mut by_job: BTreeMap<&str, Vec<&DeliveryRow>> = BTreeMap::new();
     for d in &db.deliveries {
         by_job.entry(d.job_id.as_str()).or_default().push(d);
     }
-    by_job
+    jobs_aimed_at(history, target)
+        .into_keys()
+        .filter_map(|id| {
+            let job = db.job(id)?;
+            job.state
+                .is_final()
+                .then(|| (id, job.state, by_job.remove(id).unwrap_or_default()))
+        })
+        .collect()
 }
 
 /// Every terminal job aimed at the sink has deliveries in the database, each
@@ -173,7 +188,6 @@ pub(super) fn webhooks_delivered(evidence: &Evidence) -> CheckResult {
             webhooks.dropped
         ));
     }
-    let by_job = deliveries_by_job(db);
     let rows: BTreeMap<&str, &DeliveryRow> =
         db.deliveries.iter().map(|d| (d.id.as_str(), d)).collect();
     let mut taken: BTreeMap<&str, u64> = BTreeMap::new();
@@ -222,23 +236,16 @@ pub(super) fn webhooks_delivered(evidence: &Evidence) -> CheckResult {
             }
         }
     }
-    let aimed = jobs_aimed_at(&evidence.history, WebhookTarget::Sink);
-    let mut judged = 0u64;
-    for id in aimed.keys() {
-        let Some(job) = db.job(id) else { continue };
-        if !job.state.is_final() {
-            // no_lost_jobs judges jobs that never ended.
-            continue;
-        }
-        judged += 1;
-        let Some(deliveries) = by_job.get(id) else {
+    let ended = ended_jobs(&evidence.history, db, WebhookTarget::Sink);
+    let judged = ended.len() as u64;
+    for (id, state, deliveries) in ended {
+        if deliveries.is_empty() {
             violations += 1;
             r.violation(format!(
                 "job {id} ended {} but the database holds no delivery for it",
-                job.state.as_str()
+                state.as_str()
             ));
-            continue;
-        };
+        }
         for d in deliveries {
             if d.state != "delivered" {
                 violations += 1;
@@ -298,22 +305,16 @@ pub(super) fn ssrf_refused(evidence: &Evidence) -> CheckResult {
             return r.finish(violations + 1).exercised(0, missing);
         }
     };
-    let by_job = deliveries_by_job(db);
-    let mut judged = 0u64;
-    for id in jobs_aimed_at(&evidence.history, WebhookTarget::Trap).keys() {
-        let Some(job) = db.job(id) else { continue };
-        if !job.state.is_final() {
-            continue;
-        }
-        judged += 1;
-        let Some(deliveries) = by_job.get(id) else {
+    let ended = ended_jobs(&evidence.history, db, WebhookTarget::Trap);
+    let judged = ended.len() as u64;
+    for (id, state, deliveries) in ended {
+        if deliveries.is_empty() {
             violations += 1;
             r.violation(format!(
                 "job {id} ended {} but records no delivery, so no refusal",
-                job.state.as_str()
+                state.as_str()
             ));
-            continue;
-        };
+        }
         for d in deliveries {
             let reason = d.last_error.as_deref().unwrap_or_default();
             if d.state != "refused" || !reason.contains("loopback") {
