@@ -219,16 +219,19 @@ fn ssn(v: &str, confidence_percent: u8) -> Option<Verdict> {
     valid.then(|| sure(v, confidence_percent)).flatten()
 }
 
-/// The longest prefix of `v` ending before a space or dash (or `v` itself)
-/// that `valid` accepts: a greedy pattern can run into a following group of
-/// digits or letters.
+/// The longest prefix of `v` (or `v` itself) that `valid` accepts, cut
+/// where a group of letters or digits ends (before a space, a dash, a
+/// bracket...): a greedy pattern can run into a following group, through
+/// any separator its pattern allows (`+1 555 0100) 2026` for a phone).
 fn longest_valid_prefix(v: &str, valid: impl Fn(&str) -> bool) -> Option<usize> {
     if valid(v) {
         return Some(v.len());
     }
     v.char_indices()
         .rev()
-        .filter(|(_, c)| *c == ' ' || *c == '-')
+        .filter(|&(i, c)| {
+            !c.is_ascii_alphanumeric() && v[..i].ends_with(|p: char| p.is_ascii_alphanumeric())
+        })
         .map(|(i, _)| i)
         .find(|&i| valid(&v[..i]))
 }
@@ -678,6 +681,17 @@ mod tests {
             b"another key of thirty-two bytes!".to_vec(),
         );
         assert_ne!(other_key.redact("ada@example.com"), again);
+    }
+
+    #[test]
+    fn a_greedy_match_is_cut_back_at_any_separator() {
+        // The phone pattern runs through `) ` into the date, past 15 digits;
+        // the cut must come at the bracket, not only at a space or dash.
+        let r = redactor(PiiStrategy::Mask);
+        assert_eq!(
+            r.redact(" +100000000000) 2026-12-03"),
+            " [REDACTED:phone]) 2026-12-03"
+        );
     }
 
     #[test]
