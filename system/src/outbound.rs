@@ -311,9 +311,9 @@ impl Resolver for SystemResolver {
     }
 }
 
-/// The HTTP client's resolver: asks `inner`, then keeps only addresses the
-/// policy allows. The client connects only to what this returns, so the
-/// check and the connection see the same addresses.
+/// The HTTP client's resolver: asks `inner`, then refuses the name unless
+/// the policy allows every address. The client connects only to what this
+/// returns, so the check and the connection see the same addresses.
 struct Guarded {
     policy: Arc<Policy>,
     inner: Arc<dyn Resolver>,

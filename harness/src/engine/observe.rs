@@ -160,9 +160,8 @@ struct JobCountsAnswer {
 }
 
 /// Waits until no tenant has a job queued or running or a webhook delivery
-/// pending, asking each tenant's
-/// counts (`GET /v1/jobs?limit=1` with the tenant's ops key), or until
-/// `settle` runs out, and says which happened.
+/// pending, asking each tenant's counts (`GET /v1/jobs?limit=1` with the
+/// tenant's ops key), or until `settle` runs out, and says which happened.
 pub async fn settle_jobs(
     client: &Client,
     base: &str,

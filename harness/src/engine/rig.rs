@@ -102,9 +102,10 @@ async fn bring_up_local(
         ))
         .await
         .map_err(|e| format!("cannot create the llm proxy: {e}"))?;
+    let secrets = config::webhook_secrets(seed);
     let webhooks = match scenario.load.webhooks {
         None => None,
-        Some(_) => Some(start_webhooks(seed).await?),
+        Some(_) => Some(start_webhooks(&secrets, seed).await?),
     };
     let run_config = config::render(
         scenario,
@@ -116,7 +117,6 @@ async fn bring_up_local(
     let mut local_config =
         LocalConfig::new(run_id, run_dir, run_config.yaml.clone(), launcher.clone());
     if webhooks.is_some() {
-        let secrets = config::webhook_secrets(seed);
         local_config.env = config::WEBHOOK_SECRET_ENVS
             .iter()
             .zip(secrets)
@@ -151,13 +151,9 @@ async fn bring_up_local(
 }
 
 /// The webhook sink (verifying with both of the run's secrets) and the trap.
-async fn start_webhooks(seed: u64) -> Result<RigWebhooks, String> {
-    let secrets = config::webhook_secrets(seed)
-        .into_iter()
-        .map(String::into_bytes)
-        .collect();
+async fn start_webhooks(secrets: &[String], seed: u64) -> Result<RigWebhooks, String> {
     let sink = WebhookSink::start(SinkConfig {
-        secrets,
+        secrets: secrets.iter().map(|s| s.clone().into_bytes()).collect(),
         seed,
         limits: SinkLimits::default(),
     })

@@ -192,8 +192,9 @@ async fn receive(
     let effect = if oversized {
         Some(SinkEffect::Status(413))
     } else {
-        let program = lock(&shared.program).clone();
-        program.effect(seq, shared.config.seed).map(|(_, e)| e)
+        lock(&shared.program)
+            .effect(seq, shared.config.seed)
+            .map(|(_, e)| e)
     };
     let answered = match effect {
         None | Some(SinkEffect::Delay { .. }) => 204,

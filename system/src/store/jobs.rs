@@ -361,15 +361,23 @@ fn leased(
     .optional()
 }
 
-/// Moves the running job to `dead` with `error`.
-fn bury(tx: &Transaction<'_>, id: &str, error: &str, now: i64) -> rusqlite::Result<usize> {
+/// Moves the running job to `dead` with `error`, and queues its webhook
+/// delivery in the same transaction: every way a job dies goes through here.
+fn bury(
+    tx: &Transaction<'_>,
+    redactor: &Redactor,
+    id: &str,
+    error: &str,
+    now: i64,
+) -> Result<(), TxError> {
     exec(
         tx,
         "UPDATE jobs SET state = 'dead', last_error = ?2, lease_owner = NULL,
                          lease_expires_ms = NULL, updated_ms = ?3, finished_ms = ?3
          WHERE id = ?1",
         params![id, error, now],
-    )
+    )?;
+    webhooks::enqueue(tx, redactor, id, now)
 }
 
 /// Moves the job back to `queued`, to run at `at`.
@@ -602,8 +610,7 @@ impl Store {
                     Failure::Retrying { at_ms: at }
                 }
                 _ => {
-                    bury(tx, &failed.id, &error, now)?;
-                    webhooks::enqueue(tx, self.redactor(), &failed.id, now)?;
+                    bury(tx, self.redactor(), &failed.id, &error, now)?;
                     Failure::Dead
                 }
             };
@@ -882,8 +889,7 @@ fn reclaim(
     for (id, tenant, attempts, max_attempts) in expired {
         let error = format!("attempt {attempts}: {why}");
         let now_state = if attempts >= max_attempts {
-            bury(tx, &id, &error, now)?;
-            webhooks::enqueue(tx, redactor, &id, now)?;
+            bury(tx, redactor, &id, &error, now)?;
             JobState::Dead
         } else {
             requeue(tx, &id, Some(&error), now, now)?;
