@@ -143,7 +143,11 @@ pub(super) fn enqueue(
     );
     let id = uuid::Uuid::new_v4().to_string();
     let event = format!("job.{state}");
-    let payload = redactor.redact_json(json!({
+    // Only the error is free text; the ids are the service's own, and a
+    // redactor reading a UUID's digit groups as a phone number would make
+    // the payload name a job that does not exist.
+    let last_error = last_error.map(|e| redactor.redact(&e).into_owned());
+    let payload = json!({
         "delivery_id": id,
         "event": event,
         "job": {
@@ -154,7 +158,7 @@ pub(super) fn enqueue(
             "last_error": last_error,
             "finished_ms": finished_ms,
         },
-    }));
+    });
     exec(
         tx,
         "INSERT INTO webhook_deliveries (id, job_id, tenant, url, event, payload, state, attempts,
