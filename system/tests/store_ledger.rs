@@ -4,18 +4,23 @@
 //! after every step, the budgets and the ledger.
 
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use orchestrator::config::BudgetConfig;
 use orchestrator::store::{
-    Begin, BeginTask, Charge, FinishTask, IdempotencyClaim, ReservationId, Store, StoreOptions,
-    StoredResponse,
+    Begin, BeginTask, Charge, FinishTask, IdempotencyClaim, RedisStore, ReservationId, Store,
+    StoreOptions, StoredResponse,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
+use redis_support::RedisServer;
+
+mod redis_support;
 
 const TENANTS: [&str; 2] = ["alpha", "beta"];
 const KEYS: [&str; 3] = ["k1", "k2", "k3"];
@@ -298,19 +303,70 @@ impl ReferenceStateMachine for LedgerMachine {
     }
 }
 
-/// The store under test, on a fresh temporary file.
+/// Where the store under test keeps its state.
+enum Backend {
+    /// A fresh temporary SQLite file.
+    Sqlite { dir: PathBuf },
+    /// A fresh key prefix on the test binary's one Redis server.
+    Redis { url: String, prefix: String },
+}
+
+impl Backend {
+    fn open(&self, options: &StoreOptions) -> Store {
+        match self {
+            Backend::Sqlite { dir } => {
+                Store::open(&dir.join("ledger.db"), options).expect("open the sqlite store")
+            }
+            Backend::Redis { url, prefix } => {
+                Store::Redis(RedisStore::open(url, prefix, options).expect("open the redis store"))
+            }
+        }
+    }
+}
+
+/// Which backend a machine tests.
+trait Which {
+    fn backend(case: u64) -> Option<Backend>;
+}
+
+/// The SQLite store.
+struct Sqlite;
+
+impl Which for Sqlite {
+    fn backend(case: u64) -> Option<Backend> {
+        let dir =
+            std::env::temp_dir().join(format!("orch-store-ledger-{}-{case}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Some(Backend::Sqlite { dir })
+    }
+}
+
+/// The Redis store, on a real `redis-server`.
+struct Redis;
+
+impl Which for Redis {
+    fn backend(case: u64) -> Option<Backend> {
+        static SERVER: OnceLock<Option<RedisServer>> = OnceLock::new();
+        let server = SERVER.get_or_init(RedisServer::start).as_ref()?;
+        Some(Backend::Redis {
+            url: server.url(),
+            prefix: format!("ledger-{case}"),
+        })
+    }
+}
+
+/// The model test on one backend.
+struct On<W>(PhantomData<W>);
+
+/// The store under test.
 struct Sut {
-    dir: PathBuf,
+    backend: Backend,
     store: Option<Store>,
     /// The store's ids, in the order the model numbers reservations.
     ids: Vec<ReservationId>,
 }
 
 impl Sut {
-    fn path(&self) -> PathBuf {
-        self.dir.join("ledger.db")
-    }
-
     fn store(&self) -> &Store {
         self.store
             .as_ref()
@@ -321,7 +377,9 @@ impl Sut {
 impl Drop for Sut {
     fn drop(&mut self) {
         self.store = None;
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Backend::Sqlite { dir } = &self.backend {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -333,6 +391,9 @@ fn options(alpha_limit: usize) -> StoreOptions {
     });
     // No takeovers: expiry depends on the clock, which the model does not have.
     options.in_flight_expiry = Duration::from_secs(3600);
+    // No heartbeat during a case: a restart is the drop of the old store
+    // (which says it is gone) and the open of a new one.
+    options.instance_ttl = Duration::from_secs(3600);
     options
 }
 
@@ -340,27 +401,20 @@ fn fingerprint(value: u8) -> [u8; 32] {
     [value; 32]
 }
 
-impl StateMachineTest for LedgerMachine {
+impl<W: Which> StateMachineTest for On<W> {
     type SystemUnderTest = Sut;
     type Reference = LedgerMachine;
 
     fn init_test(model: &Model) -> Sut {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "orch-store-ledger-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut sut = Sut {
-            dir,
-            store: None,
+        let backend = W::backend(NEXT.fetch_add(1, Ordering::Relaxed))
+            .expect("a backend (the redis test returns early without a server)");
+        let store = backend.open(&options(model.alpha_limit));
+        Sut {
+            backend,
+            store: Some(store),
             ids: Vec::new(),
-        };
-        sut.store = Some(
-            Store::open(&sut.path(), &options(model.alpha_limit)).expect("open a fresh store"),
-        );
-        sut
+        }
     }
 
     fn apply(mut sut: Sut, model: &Model, transition: Transition) -> Sut {
@@ -439,8 +493,7 @@ impl StateMachineTest for LedgerMachine {
                         .expect("budget")
                         .reserved_tokens;
                 sut.store = None;
-                let store =
-                    Store::open(&sut.path(), &options(alpha_limit)).expect("reopen the store");
+                let store = sut.backend.open(&options(alpha_limit));
                 assert_eq!(store.recovery().released_tokens, held);
                 sut.store = Some(store);
             }
@@ -514,5 +567,26 @@ prop_state_machine! {
     })]
 
     #[test]
-    fn ledger_matches_the_model(sequential 1..40 => LedgerMachine);
+    fn ledger_matches_the_model(sequential 1..40 => On<Sqlite>);
+}
+
+prop_state_machine! {
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    fn redis_cases(sequential 1..40 => On<Redis>);
+}
+
+/// The same model, on Redis: every promise of the SQLite store holds there
+/// too, restarts included (a dropped replica's holds are released by the
+/// next one to open).
+#[test]
+fn redis_ledger_matches_the_model() {
+    if Redis::backend(u64::MAX).is_none() {
+        return;
+    }
+    redis_cases();
 }

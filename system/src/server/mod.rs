@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 use crate::outbound::{Policy, Resolver};
 use crate::pii::{PiiError, Redactor};
 use crate::plan::PlanPolicy;
-use crate::store::{SYSTEM_ACTOR, Store, StoreError, StoreOptions};
+use crate::store::{REDIS_PREFIX, RedisStore, SYSTEM_ACTOR, Store, StoreError, StoreOptions};
 
 pub use keys::MAX_EXPIRES_IN;
 pub use tasks::{DEFAULT_MAX_TOKENS, MAX_TOKENS_LIMIT};
@@ -136,14 +136,6 @@ impl AppState {
     /// call it before serving, or from `spawn_blocking`.
     pub fn new(config: Config, options: AppOptions) -> Result<Arc<AppState>, StartError> {
         let metrics = Arc::new(Metrics::new());
-        let path = match &config.storage {
-            StorageConfig::Sqlite { path } => path.clone(),
-            StorageConfig::Redis { url } => {
-                return Err(StartError::Unsupported(format!(
-                    "the redis store ({url}) is not implemented yet; use storage.sqlite"
-                )));
-            }
-        };
         let lookup = |var: &str| {
             options
                 .env
@@ -155,13 +147,25 @@ impl AppState {
             Some(r) => r.clone(),
             None => Arc::new(Redactor::new(&config.security.pii_redaction, lookup)?),
         };
-        let store = Store::open(
-            &path,
-            &StoreOptions {
-                redactor: redactor.clone(),
-                ..StoreOptions::new(config.budget.clone())
-            },
-        )?;
+        let store_options = StoreOptions {
+            redactor: redactor.clone(),
+            ..StoreOptions::new(config.budget.clone())
+        };
+        let store = match &config.storage {
+            StorageConfig::Sqlite { path } => Store::open(path, &store_options)?,
+            StorageConfig::Redis { url } => {
+                if url.scheme() == "rediss" {
+                    return Err(StartError::Unsupported(format!(
+                        "redis over tls ({url}) is not supported by this build; use redis://"
+                    )));
+                }
+                Store::Redis(RedisStore::open(
+                    url.as_str(),
+                    REDIS_PREFIX,
+                    &store_options,
+                )?)
+            }
+        };
         let seed = options.seed.unwrap_or_else(rand::random);
         // Which configuration the service runs with, by digest: the audit log
         // then shows when it changed, without holding secrets or paths.

@@ -426,7 +426,7 @@ impl ReservationGuard {
     {
         let Some(reservation) = self.reservation else {
             return Err(StoreError::Task {
-                path: self.store.path().to_path_buf(),
+                store: self.store.describe(),
                 message: "reservation already settled".to_owned(),
             });
         };
@@ -463,7 +463,14 @@ impl Drop for ReservationGuard {
 /// A store failure as a response: busy means try again, the rest is ours.
 pub fn store_problem(e: StoreError) -> Problem {
     tracing::error!(error = %e, "store failure");
-    if matches!(e, StoreError::Busy { .. }) {
+    if let StoreError::Unsupported { operation, .. } = &e {
+        Problem::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not-on-this-store",
+            "Not available on this store",
+            format!("{operation} is not available on the configured store yet"),
+        )
+    } else if matches!(e, StoreError::Busy { .. } | StoreError::Contended { .. }) {
         Problem::unavailable("store-busy", "the database is busy; retry shortly")
             .retry_after(Duration::from_secs(1))
     } else {

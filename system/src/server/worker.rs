@@ -52,7 +52,15 @@ pub fn spawn(state: Arc<AppState>) -> Workers {
         state.seed ^ 0x6a6f_6273, // "jobs": a stream apart from the LLM client's
     )));
     let mut handles = Vec::new();
-    for n in 1..=state.config.jobs.workers {
+    // A store without jobs (Redis, for now) runs no workers and no
+    // deliverer; the reaper still retries failed releases.
+    let workers = if state.store.holds_jobs() {
+        state.config.jobs.workers
+    } else {
+        tracing::warn!(store = %state.store.describe(), "this store holds no jobs yet: no job workers or webhook deliveries run");
+        0
+    };
+    for n in 1..=workers {
         let worker = Worker {
             state: state.clone(),
             name: format!("worker-{n}"),
@@ -61,10 +69,12 @@ pub fn spawn(state: Arc<AppState>) -> Workers {
         };
         handles.push(tokio::spawn(worker.run()));
     }
-    handles.push(tokio::spawn(super::webhooks::deliverer(
-        state.clone(),
-        phase.subscribe(),
-    )));
+    if workers > 0 {
+        handles.push(tokio::spawn(super::webhooks::deliverer(
+            state.clone(),
+            phase.subscribe(),
+        )));
+    }
     handles.push(tokio::spawn(reaper(state, phase.subscribe())));
     Workers { phase, handles }
 }
@@ -126,6 +136,10 @@ async fn reaper(state: Arc<AppState>, mut phase: watch::Receiver<Phase>) {
         tokio::select! {
             () = reached(&mut phase, Phase::Drain) => return,
             () = tokio::time::sleep(period) => {}
+        }
+        if !state.store.holds_jobs() {
+            retry_releases(&state).await;
+            continue;
         }
         match state
             .store

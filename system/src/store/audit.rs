@@ -7,7 +7,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 use serde::Serialize;
 
-use super::{Store, StoreError, TxError, from_db, now_ms};
+use super::{SqliteStore, StoreError, TxError, from_db, now_ms};
 use crate::audit::{self, ChainVerifier, NewEntry, StoredEntry, Verification};
 use crate::pii::Redactor;
 
@@ -79,7 +79,7 @@ pub(super) fn append(
     Ok(seq)
 }
 
-impl Store {
+impl SqliteStore {
     /// Appends one entry in its own transaction, for events that change no
     /// other state (an authorisation denied, the configuration loaded).
     pub fn record_audit(&self, entry: NewEntry) -> Result<u64, StoreError> {
@@ -205,7 +205,7 @@ fn bytes(value: ValueRef<'_>) -> Vec<u8> {
     }
 }
 
-fn shown(e: StoredEntry) -> AuditEntry {
+pub(super) fn shown(e: StoredEntry) -> AuditEntry {
     let ts = u64::try_from(e.ts_ms)
         .map(|ms| {
             humantime::format_rfc3339_millis(

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use super::ReservationId;
 
-/// An error of the SQLite store. Messages are lowercase and name the database
-/// file, so that a log line is enough to find the culprit.
+/// An error of the store. Messages are lowercase and name the database file
+/// or the Redis server, so that a log line is enough to find the culprit.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The directory that should hold the database could not be created.
@@ -32,7 +32,7 @@ pub enum StoreError {
         source: io::Error,
     },
 
-    /// Another process (or another `Store` in this one) owns the database.
+    /// Another process (or another `SqliteStore` in this one) owns the database.
     /// Crash recovery at open assumes a single owner, so a second one is refused.
     #[error(
         "database {} is locked by another orchestrator process (lock file {})",
@@ -124,11 +124,11 @@ pub enum StoreError {
         source: rusqlite::Error,
     },
 
-    /// The reservation id was never handed out by this database.
-    #[error("unknown reservation {reservation} in database {}", .path.display())]
+    /// The reservation id was never handed out by this store.
+    #[error("unknown reservation {reservation} in {store}")]
     UnknownReservation {
-        /// The database file.
-        path: PathBuf,
+        /// The store: `database PATH` or `redis URL`.
+        store: String,
         /// The id asked for.
         reservation: ReservationId,
     },
@@ -143,11 +143,57 @@ pub enum StoreError {
 
     /// A blocking store task did not complete (it panicked or the runtime is
     /// shutting down).
-    #[error("store task on database {} did not complete: {message}", .path.display())]
+    #[error("store task on {store} did not complete: {message}")]
     Task {
-        /// The database file.
-        path: PathBuf,
+        /// The store: `database PATH` or `redis URL`.
+        store: String,
         /// The join error.
         message: String,
+    },
+
+    /// The Redis server could not be reached, refused a command, or timed
+    /// out (every command has a deadline, so a lost link fails fast).
+    #[error("{operation} failed on redis {url}: {source}")]
+    Redis {
+        /// The server, without credentials.
+        url: String,
+        /// What was being done, e.g. `begin task`.
+        operation: &'static str,
+        /// Why.
+        source: redis::RedisError,
+    },
+
+    /// Other writers kept changing the keys an operation read, through every
+    /// optimistic retry.
+    #[error("{operation} on redis {url} was contended through {attempts} attempts")]
+    Contended {
+        /// The server, without credentials.
+        url: String,
+        /// What was being done.
+        operation: &'static str,
+        /// How many times it was tried.
+        attempts: u32,
+    },
+
+    /// A key holds something other than the documented layout: another
+    /// program wrote it, or the prefix is shared with one.
+    #[error("redis {url}: key {key} is malformed: {message}")]
+    Malformed {
+        /// The server, without credentials.
+        url: String,
+        /// The key.
+        key: String,
+        /// What was wrong.
+        message: String,
+    },
+
+    /// The Redis store does not hold this kind of state yet (jobs, API keys
+    /// and webhook deliveries live only in SQLite for now).
+    #[error("{operation} is not available on the redis store {url} yet; use storage.sqlite")]
+    Unsupported {
+        /// The server, without credentials.
+        url: String,
+        /// What was asked.
+        operation: &'static str,
     },
 }

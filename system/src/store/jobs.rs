@@ -13,7 +13,7 @@
 //! reaper takes an expired lease back, its worker may still finish: expiry
 //! makes a lease reclaimable, the reclaim is what revokes it.
 //!
-//! Crash recovery in [`Store::open`] is the one place that reads the wall
+//! Crash recovery in [`SqliteStore::open`] is the one place that reads the wall
 //! clock itself: jobs it requeues or buries get the wall-clock time.
 
 use std::collections::BTreeMap;
@@ -25,7 +25,8 @@ use serde_json::json;
 
 use super::tasks::{audit_charge, charge_reservation, exec, load_reservation, release};
 use super::{
-    Charge, IdempotencyClaim, ReservationId, Store, StoreError, TxError, audit, from_db, webhooks,
+    Charge, IdempotencyClaim, ReservationId, SqliteStore, StoreError, TxError, audit, from_db,
+    webhooks,
 };
 use crate::audit::NewEntry;
 use crate::pii::Redactor;
@@ -104,7 +105,7 @@ pub struct NewJob {
     pub queue_capacity: u32,
 }
 
-/// The outcome of [`Store::submit_job`].
+/// The outcome of [`SqliteStore::submit_job`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Submit {
     /// Committed: the job is queued.
@@ -205,7 +206,7 @@ pub struct CompleteJob {
     pub actor: String,
 }
 
-/// The outcome of [`Store::complete_job`].
+/// The outcome of [`SqliteStore::complete_job`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Completion {
     /// Stored and charged.
@@ -233,7 +234,7 @@ pub struct FailJob {
     pub actor: String,
 }
 
-/// The outcome of [`Store::fail_job`].
+/// The outcome of [`SqliteStore::fail_job`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failure {
     /// Queued again, to run at this time.
@@ -247,7 +248,7 @@ pub enum Failure {
     LeaseLost,
 }
 
-/// The outcome of [`Store::replay_job`].
+/// The outcome of [`SqliteStore::replay_job`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Replay {
     /// Queued again with its attempts reset.
@@ -398,7 +399,7 @@ fn requeue(
     )
 }
 
-impl Store {
+impl SqliteStore {
     /// Submits a job: replays or refuses its idempotency key, refuses it when
     /// the queue is full, else commits it as `queued` (with its
     /// `job.accepted` audit entry) before returning, so that an accepted job

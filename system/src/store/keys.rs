@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::tasks::exec;
-use super::{Store, StoreError, audit};
+use super::{SqliteStore, StoreError, audit};
 use crate::audit::NewEntry;
 
 /// The most keys one listing returns.
@@ -111,7 +111,7 @@ pub struct NewKey {
     pub expires_ms: Option<i64>,
 }
 
-/// The outcome of [`Store::create_key`].
+/// The outcome of [`SqliteStore::create_key`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Issue {
     /// Issued.
@@ -125,7 +125,7 @@ pub enum Issue {
     },
 }
 
-/// The outcome of [`Store::rotate_key`].
+/// The outcome of [`SqliteStore::rotate_key`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rotation {
     /// The old key as it is now (with its overlap) and its successor.
@@ -148,7 +148,7 @@ pub enum Rotation {
     },
 }
 
-/// The outcome of [`Store::revoke_key`].
+/// The outcome of [`SqliteStore::revoke_key`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Revocation {
     /// Revoked now.
@@ -220,7 +220,7 @@ fn insert(
     Ok(())
 }
 
-impl Store {
+impl SqliteStore {
     /// Issues a key (`key.created`, naming `actor`), unless its id is taken
     /// or `max_live` keys are live.
     pub fn create_key(

@@ -3,7 +3,7 @@
 //!
 //! # Ownership and crash recovery
 //!
-//! One process owns a database file: [`Store::open`] takes an exclusive
+//! One process owns a database file: [`SqliteStore::open`] takes an exclusive
 //! advisory lock on `<path>.lock` and keeps it while the store lives. That is
 //! what makes recovery at open correct: every reservation still held and every
 //! idempotency record still in flight belonged to a request of a previous
@@ -19,23 +19,25 @@
 //!
 //! # Threads
 //!
-//! [`Store`] is cheap to clone and holds one connection behind a mutex. Its
+//! [`SqliteStore`] is cheap to clone and holds one connection behind a mutex. Its
 //! methods block (SQLite I/O, busy retries), so async code calls them through
-//! [`Store::run`], which moves the work onto tokio's blocking pool.
+//! [`SqliteStore::run`], which moves the work onto tokio's blocking pool.
 //!
 //! # A task's life
 //!
 //! Each step is one `BEGIN IMMEDIATE` transaction:
-//! [`Store::begin_task`] (claim the idempotency key and reserve tokens), then
-//! either [`Store::finish_task`] (charge the reported usage, store the response)
-//! or [`Store::abort_task`] (release everything so the client may retry).
+//! [`SqliteStore::begin_task`] (claim the idempotency key and reserve tokens), then
+//! either [`SqliteStore::finish_task`] (charge the reported usage, store the response)
+//! or [`SqliteStore::abort_task`] (release everything so the client may retry).
 //! Settling a reservation twice does nothing the second time, so a drop guard
 //! may always call `abort_task`.
 
 mod audit;
+mod backend;
 mod error;
 mod jobs;
 mod keys;
+mod redis_store;
 mod schema;
 mod tasks;
 mod webhooks;
@@ -57,9 +59,11 @@ pub use audit::{
     AuditEntry, MAX_AUDIT_PAGE, verify_connection as verify_audit_connection,
     verify_file as verify_audit_file,
 };
+pub use backend::Store;
 pub use error::StoreError;
 pub use jobs::*;
 pub use keys::*;
+pub use redis_store::{REDIS_PREFIX, RedisStore};
 pub use webhooks::*;
 
 /// The most failed releases a store keeps to retry. Beyond it a failed
@@ -96,11 +100,18 @@ pub struct StoreOptions {
     /// What takes personal data out of audit details and `last_error`
     /// before they are written.
     pub redactor: Arc<Redactor>,
+    /// Redis only: how long connecting and each command may take. A lost
+    /// link fails a request after this, never hangs it.
+    pub redis_timeout: Duration,
+    /// Redis only: how long a replica counts as alive after its latest
+    /// heartbeat; past it, other replicas release what it held.
+    pub instance_ttl: Duration,
 }
 
 impl StoreOptions {
     /// Options with these budgets and the defaults: SQLite busy timeout 250 ms,
-    /// 5 attempts from 10 ms backoff, in-flight expiry 10 minutes.
+    /// 5 attempts from 10 ms backoff, in-flight expiry 10 minutes; Redis
+    /// timeout 1 s, replica liveness 5 s.
     pub fn new(budgets: BudgetConfig) -> Self {
         Self {
             budgets,
@@ -110,6 +121,8 @@ impl StoreOptions {
             in_flight_expiry: Duration::from_secs(600),
             apply_limits: true,
             redactor: crate::pii::default_redactor(),
+            redis_timeout: Duration::from_secs(1),
+            instance_ttl: Duration::from_secs(5),
         }
     }
 
@@ -123,7 +136,7 @@ impl StoreOptions {
     }
 }
 
-/// What [`Store::open`] cleaned up after the previous process.
+/// What [`SqliteStore::open`] cleaned up after the previous process.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Recovery {
     /// Reservations that were still held, now released.
@@ -142,7 +155,7 @@ pub struct Recovery {
     pub dead_jobs: u64,
 }
 
-/// A reservation's id, handed out by [`Store::begin_task`]. Ids are never
+/// A reservation's id, handed out by [`SqliteStore::begin_task`]. Ids are never
 /// reused within a database.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ReservationId(pub i64);
@@ -162,7 +175,7 @@ pub struct IdempotencyClaim {
     pub fingerprint: [u8; 32],
 }
 
-/// The start of a task: what [`Store::begin_task`] needs.
+/// The start of a task: what [`SqliteStore::begin_task`] needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BeginTask {
     /// Whose budget pays.
@@ -175,7 +188,7 @@ pub struct BeginTask {
     pub reserve_tokens: u64,
 }
 
-/// The outcome of [`Store::begin_task`].
+/// The outcome of [`SqliteStore::begin_task`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Begin {
     /// Tokens are reserved (and the key, if any, claimed): run the task, then
@@ -219,7 +232,7 @@ pub struct StoredResponse {
     pub body: Vec<u8>,
 }
 
-/// The end of a task: what [`Store::finish_task`] needs.
+/// The end of a task: what [`SqliteStore::finish_task`] needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FinishTask {
     /// The reservation from [`Begin::Started`].
@@ -233,7 +246,7 @@ pub struct FinishTask {
     pub response: Option<StoredResponse>,
 }
 
-/// What [`Store::finish_task`] charged.
+/// What [`SqliteStore::finish_task`] charged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Charge {
     /// Tokens added to the tenant's usage.
@@ -282,7 +295,7 @@ pub struct ChargeRecord {
 
 /// The SQLite store. Clones share one connection.
 #[derive(Clone)]
-pub struct Store {
+pub struct SqliteStore {
     inner: Arc<Inner>,
 }
 
@@ -294,9 +307,9 @@ struct Inner {
     recovery: OnceLock<Recovery>,
     busy_retries: AtomicU64,
     /// Reservations whose release failed (a disk error), retried by
-    /// [`Store::retry_releases`] until they go through.
-    pending_releases: Mutex<BTreeSet<ReservationId>>,
-    /// How the latest writes went, for readiness ([`Store::probe_writes`]).
+    /// [`SqliteStore::retry_releases`] until they go through.
+    pending_releases: PendingReleases,
+    /// How the latest writes went, for readiness ([`SqliteStore::probe_writes`]).
     writes: Mutex<WriteHealth>,
     /// Held for the store's lifetime: the advisory lock is released when the
     /// file is closed. Declared after `conn` so that the connection closes
@@ -304,16 +317,76 @@ struct Inner {
     _lock: File,
 }
 
-impl fmt::Debug for Store {
+impl fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store")
+        f.debug_struct("SqliteStore")
             .field("path", &self.inner.path)
             .field("recovery", &self.recovery())
             .finish_non_exhaustive()
     }
 }
 
-/// How long readiness trusts the latest write before [`Store::probe_writes`]
+/// Reservations whose release failed (the disk or the server refused the
+/// write), to retry until they go through: a release that is never retried
+/// would keep the tokens reserved and the idempotency key in flight
+/// (answering 409) until recovery. Bounded by [`MAX_PENDING_RELEASES`].
+#[derive(Debug, Default)]
+pub(crate) struct PendingReleases(Mutex<BTreeSet<ReservationId>>);
+
+impl PendingReleases {
+    fn set(&self) -> MutexGuard<'_, BTreeSet<ReservationId>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Releases `reservation` with `abort`; if that fails for a reason other
+    /// than the reservation being unknown, remembers it for [`Self::retry`].
+    pub(crate) fn release_or_retry_later(
+        &self,
+        reservation: ReservationId,
+        abort: impl FnOnce(ReservationId) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let result = abort(reservation);
+        if let Err(e) = &result
+            && !matches!(e, StoreError::UnknownReservation { .. })
+        {
+            let mut pending = self.set();
+            if pending.len() < MAX_PENDING_RELEASES {
+                pending.insert(reservation);
+            } else {
+                tracing::error!(%reservation, "too many failed releases to retry; this one is released at recovery");
+            }
+        }
+        result
+    }
+
+    /// Tries every remembered release again with `abort`; returns how many
+    /// are still pending.
+    pub(crate) fn retry(&self, abort: impl Fn(ReservationId) -> Result<(), StoreError>) -> usize {
+        let due: Vec<ReservationId> = self.set().iter().copied().collect();
+        for reservation in due {
+            let done = match abort(reservation) {
+                Ok(()) => true,
+                // Settled some other way, or gone: nothing left to release.
+                Err(StoreError::UnknownReservation { .. }) => true,
+                Err(e) => {
+                    tracing::warn!(%reservation, error = %e, "releasing a reservation failed again; retrying later");
+                    false
+                }
+            };
+            if done {
+                self.set().remove(&reservation);
+            }
+        }
+        self.len()
+    }
+
+    /// How many releases wait for a retry.
+    pub(crate) fn len(&self) -> usize {
+        self.set().len()
+    }
+}
+
+/// How long readiness trusts the latest write before [`SqliteStore::probe_writes`]
 /// makes one of its own.
 pub const WRITE_PROBE_AFTER: Duration = Duration::from_secs(2);
 
@@ -352,7 +425,7 @@ fn is_busy(error: &rusqlite::Error) -> bool {
     )
 }
 
-impl Store {
+impl SqliteStore {
     /// The redactor every audit entry and stored error passes through.
     pub(crate) fn redactor(&self) -> &Redactor {
         &self.inner.options.redactor
@@ -360,11 +433,11 @@ impl Store {
 
     /// Opens (creating if needed) the database at `path`: creates parent
     /// directories, locks `<path>.lock`, configures SQLite, migrates the schema,
-    /// releases what the previous process left held (see [`Store::recovery`])
+    /// releases what the previous process left held (see [`SqliteStore::recovery`])
     /// and applies the configured limits to existing tenants.
     ///
     /// Fails with [`StoreError::Locked`] if another store owns the file.
-    pub fn open(path: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
+    pub fn open(path: &Path, options: &StoreOptions) -> Result<SqliteStore, StoreError> {
         let path = path.to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
@@ -399,14 +472,14 @@ impl Store {
         // Room for every statement the store runs, so none is parsed twice.
         conn.set_prepared_statement_cache_capacity(64);
 
-        let store = Store {
+        let store = SqliteStore {
             inner: Arc::new(Inner {
                 path,
                 options: options.clone(),
                 conn: Mutex::new(conn),
                 recovery: OnceLock::new(),
                 busy_retries: AtomicU64::new(0),
-                pending_releases: Mutex::new(BTreeSet::new()),
+                pending_releases: PendingReleases::default(),
                 writes: Mutex::new(WriteHealth::default()),
                 _lock: lock,
             }),
@@ -457,31 +530,6 @@ impl Store {
             conn.query_row("PRAGMA user_version", [], |row| row.get::<_, i64>(0))?;
             Ok(())
         })
-    }
-
-    /// Runs `work` with this store on tokio's blocking pool, so that SQLite
-    /// I/O and busy retries never stall an async worker:
-    /// `store.run(move |s| s.begin_task(&begin)).await`.
-    ///
-    /// If `work` panics, the error is [`StoreError::Task`]; the connection
-    /// stays usable (an open transaction is rolled back when dropped).
-    ///
-    /// The future owns a clone of the store, so it may be spawned.
-    pub fn run<T, F>(&self, work: F) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
-    where
-        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-        T: Send + 'static,
-    {
-        let store = self.clone();
-        let path = self.inner.path.clone();
-        async move {
-            tokio::task::spawn_blocking(move || work(&store))
-                .await
-                .map_err(|error| StoreError::Task {
-                    path,
-                    message: error.to_string(),
-                })?
-        }
     }
 
     /// The connection. A panic while it was held poisons the mutex, but every
@@ -585,7 +633,7 @@ impl Store {
         self.probe_writes_older_than(WRITE_PROBE_AFTER)
     }
 
-    /// [`Store::probe_writes`], trusting the latest write for `max_age`.
+    /// [`SqliteStore::probe_writes`], trusting the latest write for `max_age`.
     fn probe_writes_older_than(&self, max_age: Duration) -> Result<(), StoreError> {
         let stale = {
             let writes = self
@@ -762,7 +810,7 @@ mod tests {
 
     #[test]
     fn readiness_sees_writes_fail_and_come_back() {
-        let store = Store::open(&temp_db("probe-writes"), &options()).unwrap();
+        let store = SqliteStore::open(&temp_db("probe-writes"), &options()).unwrap();
         assert!(store.probe_writes().is_ok());
         // SQLite refuses every write on a query-only connection, as it does
         // on a read-only or full disk; reads still work.
@@ -792,7 +840,7 @@ mod tests {
         let path = temp_db("retry");
         let mut opts = options();
         opts.busy_backoff = Duration::from_millis(1);
-        let store = Store::open(&path, &opts).unwrap();
+        let store = SqliteStore::open(&path, &opts).unwrap();
         let mut calls = 0;
         let error = store
             .retry::<()>("test op", || {
@@ -818,7 +866,7 @@ mod tests {
         let path = temp_db("retry-ok");
         let mut opts = options();
         opts.busy_backoff = Duration::from_millis(1);
-        let store = Store::open(&path, &opts).unwrap();
+        let store = SqliteStore::open(&path, &opts).unwrap();
         let mut calls = 0;
         let value = store
             .retry("test op", || {
@@ -854,7 +902,7 @@ mod tests {
     #[test]
     fn a_poisoned_connection_mutex_is_recovered() {
         let path = temp_db("poison");
-        let store = Store::open(&path, &options()).unwrap();
+        let store = SqliteStore::open(&path, &options()).unwrap();
         let clone = store.clone();
         let panicked = std::thread::spawn(move || {
             let _guard = clone.conn();
@@ -871,11 +919,11 @@ mod tests {
     #[test]
     fn a_newer_schema_is_refused() {
         let path = temp_db("newer");
-        drop(Store::open(&path, &options()).unwrap());
+        drop(SqliteStore::open(&path, &options()).unwrap());
         let conn = Connection::open(&path).unwrap();
         conn.pragma_update(None, "user_version", 99).unwrap();
         drop(conn);
-        let error = Store::open(&path, &options()).unwrap_err();
+        let error = SqliteStore::open(&path, &options()).unwrap_err();
         assert!(
             matches!(error, StoreError::SchemaTooNew { found: 99, .. }),
             "{error}"

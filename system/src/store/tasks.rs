@@ -9,15 +9,13 @@
 //! - an in-flight idempotency record points at a held reservation, and a held
 //!   reservation with a key has its in-flight record.
 
-use std::sync::PoisonError;
-
 use rusqlite::{OptionalExtension, Transaction, params};
 use serde_json::json;
 
 use super::audit;
 use super::{
     Begin, BeginTask, BudgetSnapshot, Charge, ChargeRecord, FinishTask, Recovery, ReservationId,
-    Store, StoreError, TxError, from_db, millis, now_ms, to_db,
+    SqliteStore, StoreError, TxError, from_db, millis, now_ms, to_db,
 };
 use crate::audit::NewEntry;
 use crate::pii::Redactor;
@@ -48,7 +46,7 @@ struct Record {
     body: Option<Vec<u8>>,
 }
 
-impl Store {
+impl SqliteStore {
     /// Starts a task: replays, refuses or claims its idempotency key, and
     /// reserves `reserve_tokens` from the tenant's budget (creating the tenant
     /// with its configured limit on first use).
@@ -227,69 +225,26 @@ impl Store {
         })
     }
 
-    /// Releases `reservation` as [`Store::abort_task`] does; if the release
+    /// Releases `reservation` as [`SqliteStore::abort_task`] does; if the release
     /// fails (the disk refused the write), remembers it, so that
-    /// [`Store::retry_releases`] tries again. A release that is never
+    /// [`SqliteStore::retry_releases`] tries again. A release that is never
     /// retried would keep the tokens reserved and the idempotency key in
     /// flight (answering 409) until the next restart.
     pub fn release_or_retry_later(&self, reservation: ReservationId) -> Result<(), StoreError> {
-        let result = self.abort_task(reservation);
-        if let Err(e) = &result
-            && !matches!(e, StoreError::UnknownReservation { .. })
-        {
-            let mut pending = self
-                .inner
-                .pending_releases
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if pending.len() < super::MAX_PENDING_RELEASES {
-                pending.insert(reservation);
-            } else {
-                tracing::error!(%reservation, "too many failed releases to retry; this one is released at the next restart");
-            }
-        }
-        result
+        self.inner
+            .pending_releases
+            .release_or_retry_later(reservation, |id| self.abort_task(id))
     }
 
     /// Tries again every release that failed. Returns what is still
     /// pending afterwards (0 when all went through).
     pub fn retry_releases(&self) -> usize {
-        let due: Vec<ReservationId> = self
-            .inner
-            .pending_releases
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .copied()
-            .collect();
-        for reservation in due {
-            let done = match self.abort_task(reservation) {
-                Ok(()) => true,
-                // Settled some other way, or gone: nothing left to release.
-                Err(StoreError::UnknownReservation { .. }) => true,
-                Err(e) => {
-                    tracing::warn!(%reservation, error = %e, "releasing a reservation failed again; retrying later");
-                    false
-                }
-            };
-            if done {
-                self.inner
-                    .pending_releases
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&reservation);
-            }
-        }
-        self.pending_releases()
+        self.inner.pending_releases.retry(|id| self.abort_task(id))
     }
 
-    /// How many failed releases wait for [`Store::retry_releases`].
+    /// How many failed releases wait for [`SqliteStore::retry_releases`].
     pub fn pending_releases(&self) -> usize {
-        self.inner
-            .pending_releases
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.inner.pending_releases.len()
     }
 
     /// A tenant's budget. A tenant not seen yet has its configured limit and
@@ -401,7 +356,7 @@ impl Store {
 
     pub(super) fn unknown(&self, reservation: ReservationId) -> StoreError {
         StoreError::UnknownReservation {
-            path: self.inner.path.clone(),
+            store: format!("database {}", self.inner.path.display()),
             reservation,
         }
     }

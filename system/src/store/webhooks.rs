@@ -9,11 +9,11 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::tasks::exec;
-use super::{Store, StoreError, TxError, audit};
+use super::{SqliteStore, StoreError, TxError, audit};
 use crate::audit::NewEntry;
 use crate::pii::Redactor;
 
-/// The most deliveries one [`Store::due_deliveries`] call returns.
+/// The most deliveries one [`SqliteStore::due_deliveries`] call returns.
 pub const MAX_DELIVERY_BATCH: u32 = 64;
 
 /// The most deliveries a job view lists (a job is replayed a bounded number
@@ -169,7 +169,7 @@ pub(super) fn enqueue(
     Ok(())
 }
 
-/// What became of one attempt, for [`Store::record_delivery`].
+/// What became of one attempt, for [`SqliteStore::record_delivery`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DeliveryOutcome {
     /// A 2xx answer.
@@ -195,7 +195,7 @@ pub enum DeliveryOutcome {
     },
 }
 
-impl Store {
+impl SqliteStore {
     /// Pending deliveries due by `now`, oldest due first, at most `limit`
     /// (capped at [`MAX_DELIVERY_BATCH`]).
     pub fn due_deliveries(&self, now: i64, limit: u32) -> Result<Vec<Delivery>, StoreError> {

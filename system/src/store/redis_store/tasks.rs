@@ -1,0 +1,598 @@
+//! Budgets and the task lifecycle on Redis, each operation one optimistic
+//! transaction keeping the SQLite store's invariants (see `store/tasks.rs`):
+//! `used + reserved <= limit`, `reserved` the sum of held reservations, one
+//! settlement per reservation and one charge per task.
+
+use redis::Connection;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{Attempt, Fault, Fields, RedisStore, int, text};
+use crate::audit::NewEntry;
+use crate::store::{
+    Begin, BeginTask, BudgetSnapshot, Charge, ChargeRecord, FinishTask, ReservationId, StoreError,
+    from_db, millis, now_ms,
+};
+
+/// A reservation as stored in `{prefix}:reservation:{id}`.
+struct Reservation {
+    tenant: String,
+    task_id: String,
+    key: Option<String>,
+    tokens: i64,
+    held: bool,
+    /// The instance that made it.
+    owner: String,
+}
+
+/// A tenant's budget, `{prefix}:budget:{tenant}`.
+struct Budget {
+    limit: i64,
+    used: i64,
+    reserved: i64,
+}
+
+/// One ledger entry as stored (JSON) in the `{prefix}:charges` list.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredCharge {
+    tenant: String,
+    reservation: i64,
+    task_id: String,
+    idempotency_key: Option<String>,
+    tokens: u64,
+    overage_tokens: u64,
+    charged_ms: i64,
+}
+
+/// What a release freed.
+pub(super) struct Released {
+    pub(super) tokens: u64,
+    pub(super) key_deleted: bool,
+}
+
+impl RedisStore {
+    /// Starts a task, as [`crate::store::SqliteStore::begin_task`] does.
+    pub fn begin_task(&self, request: &BeginTask) -> Result<Begin, StoreError> {
+        let keys = self.keys().clone();
+        let config_limit = self.configured_limit(&request.tenant);
+        let expiry = millis(self.inner.options.in_flight_expiry);
+        let budget_key = keys.budget(&request.tenant);
+        let idem_key = request
+            .idempotency
+            .as_ref()
+            .map(|claim| keys.idempotency(&request.tenant, &claim.key));
+        self.optimistic("begin task", |con| {
+            let now = now_ms();
+            let mut abandoned = None;
+            if let (Some(claim), Some(idem_key)) = (&request.idempotency, &idem_key) {
+                watch(con, idem_key)?;
+                let record: Fields = redis::cmd("HGETALL").arg(idem_key).query(con)?;
+                if !record.is_empty() {
+                    let same = record.get("fingerprint").map(Vec::as_slice)
+                        == Some(hex::encode(claim.fingerprint).as_bytes());
+                    let completed = record.get("state").map(Vec::as_slice) == Some(b"completed");
+                    if completed {
+                        return Ok(Attempt::Done(
+                            match (same, int(&record, "status"), record.get("body")) {
+                                (true, Some(status), Some(body)) => Begin::Replay {
+                                    status: u16::try_from(status).unwrap_or(500),
+                                    body: body.clone(),
+                                },
+                                _ => Begin::FingerprintMismatch,
+                            },
+                        ));
+                    }
+                    let created = int(&record, "created_ms").unwrap_or(0);
+                    if created.saturating_add(expiry) >= now {
+                        return Ok(Attempt::Done(if same {
+                            Begin::InFlight
+                        } else {
+                            Begin::FingerprintMismatch
+                        }));
+                    }
+                    abandoned = Some(int(&record, "reservation").ok_or_else(|| {
+                        self.malformed(idem_key, "an idempotency record without its reservation")
+                    })?);
+                }
+            }
+
+            // Check first, write after: an insufficient budget leaves no
+            // trace, not even the takeover of an abandoned key.
+            watch(con, &budget_key)?;
+            let stored = self.load_budget(con, &budget_key)?;
+            let budget = stored.as_ref().map_or(
+                Budget {
+                    limit: config_limit,
+                    used: 0,
+                    reserved: 0,
+                },
+                |b| Budget { ..*b },
+            );
+            let stale = match abandoned {
+                Some(id) => {
+                    watch(con, &keys.reservation(id))?;
+                    self.load_reservation(con, id)?.filter(|r| r.held)
+                }
+                None => None,
+            };
+            let stale_tokens = stale.as_ref().map_or(0, |r| r.tokens);
+            let available = budget.limit - budget.used - (budget.reserved - stale_tokens);
+            let requested = request.reserve_tokens;
+            if requested > from_db(available) {
+                return Ok(Attempt::Done(Begin::InsufficientBudget {
+                    limit: from_db(budget.limit),
+                    used: from_db(budget.used),
+                    reserved: from_db(budget.reserved),
+                    requested,
+                }));
+            }
+            let tokens = i64::try_from(requested).unwrap_or(i64::MAX);
+            // Ids are taken outside the transaction: one wasted by a retry is
+            // a gap, never a reuse.
+            let id: i64 = redis::cmd("INCR").arg(keys.reservation_seq()).query(con)?;
+
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            if let (Some(old), Some(reservation)) = (abandoned, &stale) {
+                pipe.cmd("HSET")
+                    .arg(keys.reservation(old))
+                    .arg("state")
+                    .arg("released")
+                    .arg("settled_ms")
+                    .arg(now)
+                    .ignore()
+                    .cmd("SREM")
+                    .arg(keys.held(&reservation.owner))
+                    .arg(old)
+                    .ignore();
+            }
+            if let Some(old) = abandoned {
+                tracing::warn!(
+                    tenant = %request.tenant,
+                    reservation = old,
+                    "took over an abandoned in-flight idempotency key"
+                );
+            }
+            if stored.is_none() {
+                pipe.cmd("HSET")
+                    .arg(&budget_key)
+                    .arg("limit")
+                    .arg(config_limit)
+                    .arg("used")
+                    .arg(0)
+                    .arg("reserved")
+                    .arg(0)
+                    .ignore()
+                    .cmd("SADD")
+                    .arg(keys.tenants())
+                    .arg(&request.tenant)
+                    .ignore();
+            }
+            pipe.cmd("HINCRBY")
+                .arg(&budget_key)
+                .arg("reserved")
+                .arg(tokens - stale_tokens)
+                .ignore();
+            let reservation_key = keys.reservation(id);
+            pipe.cmd("HSET")
+                .arg(&reservation_key)
+                .arg("tenant")
+                .arg(&request.tenant)
+                .arg("task_id")
+                .arg(&request.task_id)
+                .arg("tokens")
+                .arg(tokens)
+                .arg("state")
+                .arg("held")
+                .arg("created_ms")
+                .arg(now)
+                .arg("owner")
+                .arg(&self.inner.instance)
+                .ignore();
+            pipe.cmd("SADD")
+                .arg(keys.held(&self.inner.instance))
+                .arg(id)
+                .ignore()
+                .cmd("SADD")
+                .arg(keys.instances())
+                .arg(&self.inner.instance)
+                .ignore();
+            if let (Some(claim), Some(idem_key)) = (&request.idempotency, &idem_key) {
+                pipe.cmd("HSET")
+                    .arg(&reservation_key)
+                    .arg("key")
+                    .arg(&claim.key)
+                    .ignore()
+                    .cmd("DEL")
+                    .arg(idem_key)
+                    .ignore()
+                    .cmd("HSET")
+                    .arg(idem_key)
+                    .arg("fingerprint")
+                    .arg(hex::encode(claim.fingerprint))
+                    .arg("reservation")
+                    .arg(id)
+                    .arg("state")
+                    .arg("in_flight")
+                    .arg("created_ms")
+                    .arg(now)
+                    .ignore();
+            }
+            Ok(Attempt::Commit(
+                pipe,
+                Begin::Started {
+                    reservation: ReservationId(id),
+                },
+            ))
+        })
+    }
+
+    /// Settles a reservation with the reported usage, as
+    /// [`crate::store::SqliteStore::finish_task`] does, with its two audit
+    /// entries in the same transaction.
+    pub fn finish_task(&self, finish: &FinishTask) -> Result<Charge, StoreError> {
+        let keys = self.keys().clone();
+        let id = finish.reservation;
+        let _audit = self.audit_lock();
+        self.optimistic("finish task", |con| {
+            let now = now_ms();
+            let reservation_key = keys.reservation(id.0);
+            watch(con, &reservation_key)?;
+            let Some(held) = self.load_reservation(con, id.0)? else {
+                return Err(self.unknown(id).into());
+            };
+            if !held.held {
+                return Ok(Attempt::Done(Charge::default()));
+            }
+            let budget_key = keys.budget(&held.tenant);
+            watch(con, &budget_key)?;
+            watch(con, &keys.charged())?;
+            let budget = self.load_budget(con, &budget_key)?.ok_or_else(|| {
+                self.malformed(&budget_key, "a held reservation's tenant has no budget")
+            })?;
+            let charged_before: Option<i64> = redis::cmd("HGET")
+                .arg(keys.charged())
+                .arg(&held.task_id)
+                .query(con)?;
+            if let Some(other) = charged_before {
+                return Err(self
+                    .malformed(
+                        &keys.charged(),
+                        format!(
+                            "task {} was already charged by reservation {other}",
+                            held.task_id
+                        ),
+                    )
+                    .into());
+            }
+            let headroom = from_db(budget.limit - budget.used - (budget.reserved - held.tokens));
+            let charged = finish.charge_tokens.min(headroom);
+            let overage = finish.charge_tokens - charged;
+            let charged_db = i64::try_from(charged).unwrap_or(i64::MAX);
+            let remaining =
+                from_db(budget.limit - budget.used - charged_db - (budget.reserved - held.tokens));
+            let charge = Charge {
+                charged,
+                overage,
+                remaining,
+            };
+
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("HINCRBY")
+                .arg(&budget_key)
+                .arg("used")
+                .arg(charged_db)
+                .ignore()
+                .cmd("HINCRBY")
+                .arg(&budget_key)
+                .arg("reserved")
+                .arg(-held.tokens)
+                .ignore()
+                .cmd("HSET")
+                .arg(&reservation_key)
+                .arg("state")
+                .arg("charged")
+                .arg("settled_ms")
+                .arg(now)
+                .ignore()
+                .cmd("SREM")
+                .arg(keys.held(&held.owner))
+                .arg(id.0)
+                .ignore()
+                .cmd("HSET")
+                .arg(keys.charged())
+                .arg(&held.task_id)
+                .arg(id.0)
+                .ignore()
+                .cmd("RPUSH")
+                .arg(keys.charges())
+                .arg(
+                    serde_json::to_string(&StoredCharge {
+                        tenant: held.tenant.clone(),
+                        reservation: id.0,
+                        task_id: held.task_id.clone(),
+                        idempotency_key: held.key.clone(),
+                        tokens: charged,
+                        overage_tokens: overage,
+                        charged_ms: now,
+                    })
+                    .unwrap_or_default(),
+                )
+                .ignore();
+            if let Some(key) = &held.key {
+                let idem_key = keys.idempotency(&held.tenant, key);
+                watch(con, &idem_key)?;
+                if self.in_flight_for(con, &idem_key, id.0)? {
+                    match &finish.response {
+                        Some(response) => pipe
+                            .cmd("HSET")
+                            .arg(&idem_key)
+                            .arg("state")
+                            .arg("completed")
+                            .arg("completed_ms")
+                            .arg(now)
+                            .arg("status")
+                            .arg(response.status)
+                            .arg("body")
+                            .arg(&response.body)
+                            .ignore(),
+                        None => pipe.cmd("DEL").arg(&idem_key).ignore(),
+                    };
+                }
+            }
+            if overage > 0 {
+                tracing::warn!(
+                    tenant = %held.tenant,
+                    reservation = %id,
+                    charged,
+                    overage,
+                    "reported usage exceeds the tenant's budget; overage not charged"
+                );
+            }
+            self.append_audit(
+                con,
+                &mut pipe,
+                [
+                    NewEntry::new(
+                        finish.actor.clone(),
+                        "task.completed",
+                        held.task_id.clone(),
+                        json!({
+                            "tenant": held.tenant,
+                            "status": finish.response.as_ref().map(|r| r.status),
+                            "idempotency_key": held.key,
+                        }),
+                    ),
+                    NewEntry::new(
+                        finish.actor.clone(),
+                        "budget.charged",
+                        held.tenant.clone(),
+                        json!({
+                            "task_id": held.task_id,
+                            "tokens": charge.charged,
+                            "overage_tokens": charge.overage,
+                            "remaining_tokens": charge.remaining,
+                        }),
+                    ),
+                ],
+                now,
+            )?;
+            Ok(Attempt::Commit(pipe, charge))
+        })
+    }
+
+    /// Releases a reservation without charging, as
+    /// [`crate::store::SqliteStore::abort_task`] does.
+    pub fn abort_task(&self, reservation: ReservationId) -> Result<(), StoreError> {
+        match self.release(reservation)? {
+            Some(_) => Ok(()),
+            None => {
+                let exists: bool = self.with_connection("abort task", |con| {
+                    Ok(redis::cmd("EXISTS")
+                        .arg(self.keys().reservation(reservation.0))
+                        .query(con)?)
+                })?;
+                if exists {
+                    Ok(())
+                } else {
+                    Err(self.unknown(reservation))
+                }
+            }
+        }
+    }
+
+    /// Releases, or remembers to retry: see
+    /// [`crate::store::SqliteStore::release_or_retry_later`].
+    pub fn release_or_retry_later(&self, reservation: ReservationId) -> Result<(), StoreError> {
+        self.inner
+            .pending_releases
+            .release_or_retry_later(reservation, |id| self.abort_task(id))
+    }
+
+    /// Tries the failed releases again; returns how many are still pending.
+    pub fn retry_releases(&self) -> usize {
+        self.inner.pending_releases.retry(|id| self.abort_task(id))
+    }
+
+    /// How many failed releases wait for a retry.
+    pub fn pending_releases(&self) -> usize {
+        self.inner.pending_releases.len()
+    }
+
+    /// A tenant's budget; a tenant not seen yet has its configured limit.
+    pub fn budget(&self, tenant: &str) -> Result<BudgetSnapshot, StoreError> {
+        let key = self.keys().budget(tenant);
+        let budget = self
+            .with_connection("read budget", |con| self.load_budget(con, &key))?
+            .unwrap_or(Budget {
+                limit: self.configured_limit(tenant),
+                used: 0,
+                reserved: 0,
+            });
+        Ok(BudgetSnapshot {
+            tenant: tenant.to_owned(),
+            limit_tokens: from_db(budget.limit),
+            used_tokens: from_db(budget.used),
+            reserved_tokens: from_db(budget.reserved),
+            remaining_tokens: from_db(budget.limit - budget.used - budget.reserved),
+        })
+    }
+
+    /// A tenant's ledger, oldest charge first.
+    pub fn charges(&self, tenant: &str) -> Result<Vec<ChargeRecord>, StoreError> {
+        let key = self.keys().charges();
+        let rows: Vec<Vec<u8>> = self.with_connection("read charges", |con| {
+            Ok(redis::cmd("LRANGE").arg(&key).arg(0).arg(-1).query(con)?)
+        })?;
+        let mut out = Vec::new();
+        for (index, row) in rows.iter().enumerate() {
+            let charge: StoredCharge = serde_json::from_slice(row)
+                .map_err(|e| self.malformed(&key, format!("entry {index}: {e}")))?;
+            if charge.tenant == tenant {
+                out.push(ChargeRecord {
+                    tenant: charge.tenant,
+                    reservation: ReservationId(charge.reservation),
+                    task_id: charge.task_id,
+                    idempotency_key: charge.idempotency_key,
+                    tokens: charge.tokens,
+                    overage_tokens: charge.overage_tokens,
+                    charged_at_ms: from_db(charge.charged_ms),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Releases `id` if it is held: returns its tokens to the budget, deletes
+    /// its in-flight idempotency record and takes it off its instance's
+    /// list. `None` if it is settled or unknown.
+    pub(super) fn release(&self, id: ReservationId) -> Result<Option<Released>, StoreError> {
+        let keys = self.keys().clone();
+        self.optimistic("release reservation", |con| {
+            let reservation_key = keys.reservation(id.0);
+            watch(con, &reservation_key)?;
+            let Some(held) = self.load_reservation(con, id.0)?.filter(|r| r.held) else {
+                return Ok(Attempt::Done(None));
+            };
+            let budget_key = keys.budget(&held.tenant);
+            watch(con, &budget_key)?;
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("HSET")
+                .arg(&reservation_key)
+                .arg("state")
+                .arg("released")
+                .arg("settled_ms")
+                .arg(now_ms())
+                .ignore()
+                .cmd("HINCRBY")
+                .arg(&budget_key)
+                .arg("reserved")
+                .arg(-held.tokens)
+                .ignore()
+                .cmd("SREM")
+                .arg(keys.held(&held.owner))
+                .arg(id.0)
+                .ignore();
+            let mut key_deleted = false;
+            if let Some(key) = &held.key {
+                let idem_key = keys.idempotency(&held.tenant, key);
+                watch(con, &idem_key)?;
+                if self.in_flight_for(con, &idem_key, id.0)? {
+                    pipe.cmd("DEL").arg(&idem_key).ignore();
+                    key_deleted = true;
+                }
+            }
+            Ok(Attempt::Commit(
+                pipe,
+                Some(Released {
+                    tokens: from_db(held.tokens),
+                    key_deleted,
+                }),
+            ))
+        })
+    }
+
+    /// Whether the record at `idem_key` is in flight for reservation `id`.
+    fn in_flight_for(&self, con: &mut Connection, idem_key: &str, id: i64) -> Result<bool, Fault> {
+        let (state, reservation): (Option<String>, Option<i64>) = redis::cmd("HMGET")
+            .arg(idem_key)
+            .arg("state")
+            .arg("reservation")
+            .query(con)?;
+        Ok(state.as_deref() == Some("in_flight") && reservation == Some(id))
+    }
+
+    fn load_budget(&self, con: &mut Connection, key: &str) -> Result<Option<Budget>, Fault> {
+        let fields: Fields = redis::cmd("HGETALL").arg(key).query(con)?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        match (
+            int(&fields, "limit"),
+            int(&fields, "used"),
+            int(&fields, "reserved"),
+        ) {
+            (Some(limit), Some(used), Some(reserved)) => Ok(Some(Budget {
+                limit,
+                used,
+                reserved,
+            })),
+            _ => Err(self
+                .malformed(
+                    key,
+                    "a budget needs integer fields limit, used and reserved",
+                )
+                .into()),
+        }
+    }
+
+    fn load_reservation(
+        &self,
+        con: &mut Connection,
+        id: i64,
+    ) -> Result<Option<Reservation>, Fault> {
+        let key = self.keys().reservation(id);
+        let fields: Fields = redis::cmd("HGETALL").arg(&key).query(con)?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let state = text(&fields, "state");
+        match (
+            text(&fields, "tenant"),
+            text(&fields, "task_id"),
+            int(&fields, "tokens"),
+            text(&fields, "owner"),
+        ) {
+            (Some(tenant), Some(task_id), Some(tokens), Some(owner)) => Ok(Some(Reservation {
+                tenant,
+                task_id,
+                key: text(&fields, "key"),
+                tokens,
+                held: state.as_deref() == Some("held"),
+                owner,
+            })),
+            _ => Err(self
+                .malformed(
+                    &key,
+                    "a reservation needs tenant, task_id, tokens and owner",
+                )
+                .into()),
+        }
+    }
+
+    fn unknown(&self, reservation: ReservationId) -> StoreError {
+        StoreError::UnknownReservation {
+            store: format!("redis {}", self.inner.url),
+            reservation,
+        }
+    }
+}
+
+/// `WATCH key`: the transaction fails if `key` changes before `EXEC`.
+pub(super) fn watch(con: &mut Connection, key: &str) -> Result<(), Fault> {
+    redis::cmd("WATCH").arg(key).exec(con)?;
+    Ok(())
+}
