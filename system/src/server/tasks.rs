@@ -471,10 +471,10 @@ pub fn store_problem(e: StoreError) -> Problem {
             format!("{operation} is not available on the configured store yet"),
         )
     } else if matches!(e, StoreError::Busy { .. } | StoreError::Contended { .. }) {
-        Problem::unavailable("store-busy", "the database is busy; retry shortly")
+        Problem::unavailable("store-busy", "the store is busy; retry shortly")
             .retry_after(Duration::from_secs(1))
     } else {
-        Problem::unavailable("store-unavailable", "the database failed; retry later")
+        Problem::unavailable("store-unavailable", "the store failed; retry later")
             .retry_after(Duration::from_secs(5))
     }
 }

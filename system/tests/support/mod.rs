@@ -391,7 +391,7 @@ pub struct Running {
     pub child: tokio::process::Child,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
-    /// Its database file.
+    /// Its database file (empty when the configuration names another store).
     pub db: PathBuf,
     stdout: tokio::io::BufReader<tokio::process::ChildStdout>,
 }
@@ -414,7 +414,36 @@ pub async fn start_on_db(
     db: &std::path::Path,
     extra_env: &[(&str, &str)],
 ) -> Running {
-    spawn(provider, db, extra_env, std::process::Stdio::inherit()).await
+    spawn(
+        provider,
+        &base_yaml(),
+        Some(db),
+        extra_env,
+        std::process::Stdio::inherit(),
+    )
+    .await
+}
+
+/// [`start`] with another configuration file, whose storage is used as it
+/// is (no database path is set); `db` in the result is empty.
+pub async fn start_with_config(
+    provider: &Provider,
+    config: &std::path::Path,
+    extra_env: &[(&str, &str)],
+) -> Running {
+    spawn(
+        provider,
+        config,
+        None,
+        extra_env,
+        std::process::Stdio::inherit(),
+    )
+    .await
+}
+
+/// `fixtures/configs/base.yaml`.
+pub fn base_yaml() -> PathBuf {
+    repo_root().join("fixtures/configs/base.yaml")
 }
 
 /// [`start`] with the service's log (its stderr) written to `log`.
@@ -426,7 +455,8 @@ pub async fn start_logging_to(
     let file = std::fs::File::create(log).unwrap();
     spawn(
         provider,
-        &temp_dir("serve").join("orchestrator.db"),
+        &base_yaml(),
+        Some(&temp_dir("serve").join("orchestrator.db")),
         extra_env,
         file.into(),
     )
@@ -435,7 +465,8 @@ pub async fn start_logging_to(
 
 async fn spawn(
     provider: &Provider,
-    db: &std::path::Path,
+    config: &std::path::Path,
+    db: Option<&std::path::Path>,
     extra_env: &[(&str, &str)],
     stderr: std::process::Stdio,
 ) -> Running {
@@ -443,18 +474,20 @@ async fn spawn(
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"));
     command
         .args(["serve", "--config"])
-        .arg(repo_root().join("fixtures/configs/base.yaml"))
+        .arg(config)
         .args(["--listen", "127.0.0.1:0", "--seed", "7"])
         .env(
             "ORCHESTRATOR__LLM__PROVIDERS__0__BASE_URL",
             &provider.base_url,
         )
-        .env("ORCHESTRATOR__STORAGE__SQLITE__PATH", db)
         .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(stderr)
         .kill_on_drop(true);
+    if let Some(db) = db {
+        command.env("ORCHESTRATOR__STORAGE__SQLITE__PATH", db);
+    }
     for (k, v) in extra_env {
         command.env(k, v);
     }
@@ -473,7 +506,7 @@ async fn spawn(
     Running {
         child,
         base: format!("http://{addr}"),
-        db: db.to_path_buf(),
+        db: db.map(std::path::Path::to_path_buf).unwrap_or_default(),
         stdout,
     }
 }
