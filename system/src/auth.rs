@@ -25,7 +25,7 @@ use subtle::ConstantTimeEq;
 
 use crate::config::{KeysConfig, Permission, RateLimitConfig, SecurityConfig};
 use crate::lockout::ISSUED_KEY_PREFIX;
-use crate::store::{KeyRecord, LAST_USED_GRANULARITY_MS};
+use crate::store::{KeyRecord, LAST_USED_GRANULARITY_MS, RateTaken};
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
@@ -72,6 +72,11 @@ impl std::fmt::Debug for Principal {
 }
 
 impl Principal {
+    /// The key's rate limit.
+    pub fn rate(&self) -> RateLimitConfig {
+        self.limit.rate
+    }
+
     /// Whether the role grants `permission`.
     pub fn can(&self, permission: Permission) -> bool {
         self.permissions.contains(&permission)
@@ -396,7 +401,22 @@ impl Auth {
         self.bootstrap.iter().map(|k| (&k.principal, k.expires_at))
     }
 
-    /// Takes one request from the key's rate limit.
+    /// What `taken` from a limit shared by the replicas (the Redis store's)
+    /// means for the principal's headers, as [`Auth::check_rate`] reports
+    /// for the in-memory one.
+    pub fn shared_rate(principal: &Principal, taken: RateTaken) -> RateStatus {
+        let rate = principal.limit.rate;
+        let per_request = Duration::from_secs(1) / rate.requests_per_second.max(1);
+        RateStatus {
+            limit: rate.burst,
+            remaining: taken.remaining.min(rate.burst),
+            reset: per_request * rate.burst.saturating_sub(taken.remaining),
+            retry_after: (!taken.allowed).then_some(taken.wait),
+        }
+    }
+
+    /// Takes one request from the key's rate limit, kept in this process's
+    /// memory: right for a service that is the only one of its store.
     pub fn check_rate(&self, principal: &Principal) -> RateStatus {
         let key = &principal.limit;
         let per_request = Duration::from_secs(1) / key.rate.requests_per_second;

@@ -1,10 +1,13 @@
 //! A state-machine test of the durable job lifecycle against an in-memory
-//! model, on the real SQLite store: random sequences of submit (with
+//! model, on the real SQLite store and on the Redis store (a real
+//! `redis-server`): random sequences of submit (with
 //! idempotency keys, fingerprint mismatches and a small queue capacity), lease,
 //! heartbeat, complete (charging a budget small enough to run out), fail
 //! (retryable or not), release, reclaim of expired leases, replay from the
-//! dead-letter queue, the passing of time, and reopen (a restart, whose crash
-//! recovery takes back every running job).
+//! dead-letter queue, the passing of time, and reopen (a restart: on SQLite
+//! its crash recovery takes back every running job; on Redis, shared by live
+//! replicas, it takes back nothing, and running jobs wait for their lease to
+//! expire and the reaper).
 //!
 //! Every outcome is compared with the model's, and after every step so are
 //! each job (state, attempts, last error, output, charge, times), the listings
@@ -20,20 +23,25 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use orchestrator::config::BudgetConfig;
 use orchestrator::store::{
     Begin, BeginTask, Charge, CompleteJob, Completion, FailJob, Failure, IdempotencyClaim, Job,
-    JobCounts, JobState, LeaseId, LeasedJob, NewJob, Reclaimed, Replay, ReservationId, Store,
-    StoreOptions, Submit, now_ms,
+    JobCounts, JobState, LeaseId, LeasedJob, NewJob, Reclaimed, RedisStore, Replay, ReservationId,
+    Store, StoreOptions, Submit, now_ms,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::strategy::Union;
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
+use redis_support::RedisServer;
+
+mod redis_support;
 
 /// The tenant whose jobs these are.
 const TENANT: &str = "alpha";
@@ -478,8 +486,19 @@ impl Model {
         Replay::Replayed
     }
 
-    fn reopen(&mut self) -> Expected {
+    /// A restart. SQLite's open takes back every running job, since one
+    /// process owns the file and the previous one is gone. Redis's does not:
+    /// other replicas are alive and their workers hold leases, so running
+    /// jobs stay running, their leases valid, until they expire and a reaper
+    /// reclaims them (the `Reclaim` step), as with a worker that stalled.
+    fn reopen(&mut self, reclaims_at_open: bool) -> Expected {
         self.reopens += 1;
+        if !reclaims_at_open {
+            return Expected::Recovery {
+                requeued: 0,
+                dead: 0,
+            };
+        }
         let at = Stamp::Recovery(self.reopens);
         let (mut requeued, mut dead) = (0, 0);
         for index in 0..self.jobs.len() {
@@ -494,14 +513,15 @@ impl Model {
     }
 }
 
-struct JobsMachine;
+/// The model and the test on one backend.
+struct JobsMachine<W>(PhantomData<W>);
 
 fn lease_ref() -> impl Strategy<Value = LeaseRef> {
     (any::<Index>(), proptest::bool::weighted(0.85))
         .prop_map(|(which, live)| LeaseRef { which, live })
 }
 
-impl ReferenceStateMachine for JobsMachine {
+impl<W: Which> ReferenceStateMachine for JobsMachine<W> {
     type State = Model;
     type Transition = Transition;
 
@@ -682,15 +702,71 @@ impl ReferenceStateMachine for JobsMachine {
                 state.picked = state.resolve_job(job);
                 Expected::Replay(state.replay(state.picked, *as_stranger))
             }
-            Transition::Reopen => state.reopen(),
+            Transition::Reopen => state.reopen(W::RECLAIMS_AT_OPEN),
         };
         state
     }
 }
 
-/// The store under test, on a fresh temporary file.
+/// Where the store under test keeps its state.
+enum Backend {
+    /// A fresh temporary SQLite file.
+    Sqlite { dir: PathBuf },
+    /// A fresh key prefix on the test binary's one Redis server.
+    Redis { url: String, prefix: String },
+}
+
+impl Backend {
+    fn open(&self) -> Store {
+        match self {
+            Backend::Sqlite { dir } => {
+                Store::open(&dir.join("jobs.db"), &options()).expect("open the sqlite store")
+            }
+            Backend::Redis { url, prefix } => Store::Redis(
+                RedisStore::open(url, prefix, &options()).expect("open the redis store"),
+            ),
+        }
+    }
+}
+
+/// Which backend a machine tests.
+trait Which: 'static {
+    /// Whether opening the store takes back every running job.
+    const RECLAIMS_AT_OPEN: bool;
+    fn backend(case: u64) -> Option<Backend>;
+}
+
+/// The SQLite store.
+struct Sqlite;
+
+impl Which for Sqlite {
+    const RECLAIMS_AT_OPEN: bool = true;
+    fn backend(case: u64) -> Option<Backend> {
+        let dir =
+            std::env::temp_dir().join(format!("orch-jobs-model-{}-{case}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Some(Backend::Sqlite { dir })
+    }
+}
+
+/// The Redis store, on a real `redis-server`.
+struct Redis;
+
+impl Which for Redis {
+    const RECLAIMS_AT_OPEN: bool = false;
+    fn backend(case: u64) -> Option<Backend> {
+        static SERVER: OnceLock<Option<RedisServer>> = OnceLock::new();
+        let server = SERVER.get_or_init(RedisServer::start).as_ref()?;
+        Some(Backend::Redis {
+            url: server.url(),
+            prefix: format!("jobs-{case}"),
+        })
+    }
+}
+
+/// The store under test.
 struct Sut {
-    dir: PathBuf,
+    backend: Backend,
     store: Option<Store>,
     /// Jobs accepted: the next job's id is `job-{accepted}`.
     accepted: usize,
@@ -701,10 +777,6 @@ struct Sut {
 }
 
 impl Sut {
-    fn path(&self) -> PathBuf {
-        self.dir.join("jobs.db")
-    }
-
     fn store(&self) -> &Store {
         self.store
             .as_ref()
@@ -745,37 +817,40 @@ impl Sut {
 impl Drop for Sut {
     fn drop(&mut self) {
         self.store = None;
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Backend::Sqlite { dir } = &self.backend {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
 fn options() -> StoreOptions {
-    StoreOptions::new(BudgetConfig {
+    let mut options = StoreOptions::new(BudgetConfig {
         default_limit_tokens: 0,
         tenants: BTreeMap::from([(TENANT.to_owned(), LIMIT)]),
-    })
+    });
+    // Redis only: no liveness thread acts during a case; a restart is the
+    // drop of the old store (which says it is gone) and the open of a new
+    // one.
+    options.instance_ttl = Duration::from_secs(3600);
+    options
 }
 
-impl StateMachineTest for JobsMachine {
+impl<W: Which> StateMachineTest for JobsMachine<W> {
     type SystemUnderTest = Sut;
-    type Reference = JobsMachine;
+    type Reference = JobsMachine<W>;
 
     fn init_test(_model: &Model) -> Sut {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "orch-jobs-model-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
+        let backend = W::backend(NEXT.fetch_add(1, Ordering::Relaxed))
+            .expect("a backend (the redis test returns early without a server)");
         let mut sut = Sut {
-            dir,
+            backend,
             store: None,
             accepted: 0,
             leases: Vec::new(),
             recoveries: Vec::new(),
         };
-        sut.store = Some(Store::open(&sut.path(), &options()).expect("open a fresh store"));
+        sut.store = Some(sut.backend.open());
         sut
     }
 
@@ -914,7 +989,7 @@ impl StateMachineTest for JobsMachine {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 let from = now_ms();
-                let store = Store::open(&sut.path(), &options()).expect("reopen the store");
+                let store = sut.backend.open();
                 sut.recoveries.push((from, now_ms()));
                 let recovery = store.recovery();
                 sut.store = Some(store);
@@ -1070,5 +1145,26 @@ prop_state_machine! {
     })]
 
     #[test]
-    fn jobs_match_the_model(sequential 1..40 => JobsMachine);
+    fn jobs_match_the_model(sequential 1..40 => JobsMachine<Sqlite>);
+}
+
+prop_state_machine! {
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    fn redis_cases(sequential 1..40 => JobsMachine<Redis>);
+}
+
+/// The same model on Redis: every promise of the SQLite store holds there
+/// too (fencing, one charge per job, the dead-letter queue, listings, the
+/// audit chain), but for a restart, which takes back no lease.
+#[test]
+fn redis_jobs_match_the_model() {
+    if Redis::backend(u64::MAX).is_none() {
+        return;
+    }
+    redis_cases();
 }

@@ -20,10 +20,17 @@ use support::{
 
 /// `fixtures/configs/base.yaml` with its storage on `url`.
 fn redis_config(url: &str) -> PathBuf {
+    redis_config_with(url, "")
+}
+
+/// [`redis_config`] with `security` lines added (indented by two spaces).
+fn redis_config_with(url: &str, security: &str) -> PathBuf {
     let base = std::fs::read_to_string(base_yaml()).unwrap();
     let sqlite = "storage:\n  sqlite:\n    path: data/orchestrator.db\n";
     assert!(base.contains(sqlite), "base.yaml's storage section moved");
-    let config = base.replace(sqlite, &format!("storage:\n  redis:\n    url: {url}\n"));
+    let config = base
+        .replace(sqlite, &format!("storage:\n  redis:\n    url: {url}\n"))
+        .replace("security:\n", &format!("security:\n{security}"));
     let path = temp_dir("redis-serve").join("redis.yaml");
     std::fs::write(&path, config).unwrap();
     path
@@ -204,4 +211,34 @@ async fn what_a_killed_replica_held_is_released_by_the_other_after_its_liveness_
     provider.otherwise(Reply::plan());
     assert_eq!(post_task(&survivor.base, "orphan").await.0, 200);
     stop(survivor).await;
+}
+
+#[tokio::test]
+async fn a_key_spread_over_two_replicas_gets_one_rate_limit_not_two() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let provider = Provider::start().await;
+    let config = redis_config_with(
+        &redis.url(),
+        "  rate_limits:\n    admin:\n      requests_per_second: 1\n      burst: 6\n",
+    );
+    let a = start_with_config(&provider, &config, &[]).await;
+    let b = start_with_config(&provider, &config, &[]).await;
+    let mut statuses = Vec::new();
+    for n in 0..12 {
+        let replica = if n % 2 == 0 { &a } else { &b };
+        statuses.push(get(&replica.base, "/v1/budgets/dev").await.0);
+    }
+    // Six admitted in all (a second more may admit one more on a slow
+    // machine), the rest refused, on both replicas alike.
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    assert!((6..=7).contains(&admitted), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[..6], [200; 6], "{statuses:?}");
+    stop(a).await;
+    stop(b).await;
 }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use orchestrator::audit::NewEntry;
-use orchestrator::config::BudgetConfig;
+use orchestrator::config::{BudgetConfig, RateLimitConfig};
 use orchestrator::store::{
     Begin, BeginTask, FinishTask, IdempotencyClaim, RedisStore, StoreOptions, StoredResponse,
 };
@@ -250,4 +250,42 @@ fn concurrent_appends_from_two_instances_make_one_chain_and_tampering_shows() {
     let verification = a.verify_audit().unwrap();
     assert!(!verification.ok);
     assert_eq!(verification.first_bad_seq, Some(42), "{verification:?}");
+}
+
+#[test]
+fn a_rate_limit_is_shared_by_every_instance() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let prefix = prefix("rate");
+    let a = RedisStore::open(&server.url(), &prefix, &options(100)).unwrap();
+    let b = RedisStore::open(&server.url(), &prefix, &options(100)).unwrap();
+    // A burst of 5 and one more a second: within these few milliseconds, 5
+    // and no more, however the requests are spread over the two instances.
+    let rate = RateLimitConfig {
+        requests_per_second: 1,
+        burst: 5,
+    };
+    let taken: Vec<_> = (0..10)
+        .map(|n| {
+            let store = if n % 2 == 0 { &a } else { &b };
+            store.take_rate("key-1", rate).unwrap()
+        })
+        .collect();
+    let allowed = taken.iter().filter(|t| t.allowed).count();
+    assert_eq!(allowed, 5, "{taken:?}");
+    assert_eq!(
+        taken
+            .iter()
+            .take(5)
+            .map(|t| t.remaining)
+            .collect::<Vec<_>>(),
+        [4, 3, 2, 1, 0]
+    );
+    assert!(
+        taken[5..].iter().all(|t| !t.allowed && !t.wait.is_zero()),
+        "{taken:?}"
+    );
+    // Another key has its own limit.
+    assert!(b.take_rate("key-2", rate).unwrap().allowed);
 }

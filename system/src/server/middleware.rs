@@ -16,10 +16,10 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::AppState;
 use crate::audit::NewEntry;
-use crate::auth::{self, Principal};
+use crate::auth::{self, Auth, Principal};
 use crate::lockout::{self, Locked, Subject};
 use crate::problem::Problem;
-use crate::store::{SYSTEM_ACTOR, now_ms};
+use crate::store::{SYSTEM_ACTOR, Store, now_ms};
 
 /// The request's correlation id: the client's `X-Request-Id` when it is
 /// usable, else a fresh UUID. Handlers read it from the request extensions.
@@ -297,7 +297,22 @@ pub async fn authorize(
             }
         });
     }
-    let rate = state.auth.check_rate(&principal);
+    let rate = match &state.store {
+        // Replicas share one limit per key: a client spreading its requests
+        // over them gets no more than from one.
+        Store::Redis(redis) => {
+            let (redis, id, limit) = (
+                redis.clone(),
+                principal.key_id.to_string(),
+                principal.rate(),
+            );
+            match state.store.run(move |_| redis.take_rate(&id, limit)).await {
+                Ok(taken) => Auth::shared_rate(&principal, taken),
+                Err(e) => return super::tasks::store_problem(e).into_response(),
+            }
+        }
+        Store::Sqlite(_) => state.auth.check_rate(&principal),
+    };
     let rate_headers = [
         ("ratelimit-limit", u64::from(rate.limit)),
         ("ratelimit-remaining", u64::from(rate.remaining)),

@@ -52,14 +52,7 @@ pub fn spawn(state: Arc<AppState>) -> Workers {
         state.seed ^ 0x6a6f_6273, // "jobs": a stream apart from the LLM client's
     )));
     let mut handles = Vec::new();
-    // A store without jobs (Redis, for now) runs no workers and no
-    // deliverer; the reaper still retries failed releases.
-    let workers = if state.store.holds_jobs() {
-        state.config.jobs.workers
-    } else {
-        tracing::warn!(store = %state.store.describe(), "this store holds no jobs yet: no job workers or webhook deliveries run");
-        0
-    };
+    let workers = state.config.jobs.workers;
     for n in 1..=workers {
         let worker = Worker {
             state: state.clone(),
@@ -69,12 +62,10 @@ pub fn spawn(state: Arc<AppState>) -> Workers {
         };
         handles.push(tokio::spawn(worker.run()));
     }
-    if workers > 0 {
-        handles.push(tokio::spawn(super::webhooks::deliverer(
-            state.clone(),
-            phase.subscribe(),
-        )));
-    }
+    handles.push(tokio::spawn(super::webhooks::deliverer(
+        state.clone(),
+        phase.subscribe(),
+    )));
     handles.push(tokio::spawn(reaper(state, phase.subscribe())));
     Workers { phase, handles }
 }
@@ -136,10 +127,6 @@ async fn reaper(state: Arc<AppState>, mut phase: watch::Receiver<Phase>) {
         tokio::select! {
             () = reached(&mut phase, Phase::Drain) => return,
             () = tokio::time::sleep(period) => {}
-        }
-        if !state.store.holds_jobs() {
-            retry_releases(&state).await;
-            continue;
         }
         match state
             .store

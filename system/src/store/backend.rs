@@ -101,12 +101,6 @@ impl Store {
         }
     }
 
-    /// Whether this store holds jobs, API keys and webhook deliveries; the
-    /// job workers and the webhook deliverer run only on one that does.
-    pub fn holds_jobs(&self) -> bool {
-        matches!(self, Store::Sqlite(_))
-    }
-
     both! {
         /// What open cleaned up after previous processes.
         fn recovery(&self) -> Recovery;
@@ -138,9 +132,6 @@ impl Store {
         fn audit_entries(&self, after_seq: u64, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
         /// Verifies the whole audit chain.
         fn verify_audit(&self) -> Result<Verification, StoreError>;
-    }
-
-    sqlite_only! {
         /// See [`SqliteStore::submit_job`].
         fn submit_job(&self, job: &NewJob, now: i64) -> Result<Submit, StoreError>;
         /// See [`SqliteStore::lease_job`].
@@ -169,6 +160,17 @@ impl Store {
         fn next_job_due(&self) -> Result<Option<i64>, StoreError>;
         /// See [`SqliteStore::charges_by_task`].
         fn charges_by_task(&self) -> Result<BTreeMap<String, (u64, u64)>, StoreError>;
+        /// See [`SqliteStore::due_deliveries`].
+        fn due_deliveries(&self, now: i64, limit: u32) -> Result<Vec<Delivery>, StoreError>;
+        /// See [`SqliteStore::pending_deliveries`].
+        fn pending_deliveries(&self, tenant: &str) -> Result<u64, StoreError>;
+        /// See [`SqliteStore::job_deliveries`].
+        fn job_deliveries(&self, job_id: &str) -> Result<Vec<Delivery>, StoreError>;
+        /// See [`SqliteStore::record_delivery`].
+        fn record_delivery(&self, id: &str, outcome: &DeliveryOutcome, now: i64) -> Result<Option<DeliveryState>, StoreError>;
+    }
+
+    sqlite_only! {
         /// See [`SqliteStore::create_key`].
         fn create_key(&self, new: &NewKey, actor: &str, max_live: u32, now: i64) -> Result<Issue, StoreError>;
         /// See [`SqliteStore::rotate_key`].
@@ -181,14 +183,6 @@ impl Store {
         fn keys(&self, tenant: Option<&str>, limit: u32) -> Result<Vec<KeyRecord>, StoreError>;
         /// See [`SqliteStore::touch_key`].
         fn touch_key(&self, id: &str, now: i64) -> Result<(), StoreError>;
-        /// See [`SqliteStore::due_deliveries`].
-        fn due_deliveries(&self, now: i64, limit: u32) -> Result<Vec<Delivery>, StoreError>;
-        /// See [`SqliteStore::pending_deliveries`].
-        fn pending_deliveries(&self, tenant: &str) -> Result<u64, StoreError>;
-        /// See [`SqliteStore::job_deliveries`].
-        fn job_deliveries(&self, job_id: &str) -> Result<Vec<Delivery>, StoreError>;
-        /// See [`SqliteStore::record_delivery`].
-        fn record_delivery(&self, id: &str, outcome: &DeliveryOutcome, now: i64) -> Result<Option<DeliveryState>, StoreError>;
     }
 
     /// The issued keys live at `now`, at most `max`, for the authenticator's

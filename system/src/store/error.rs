@@ -187,8 +187,8 @@ pub enum StoreError {
         message: String,
     },
 
-    /// The Redis store does not hold this kind of state yet (jobs, API keys
-    /// and webhook deliveries live only in SQLite for now).
+    /// The Redis store does not hold this kind of state yet (issued API
+    /// keys live only in SQLite for now).
     #[error("{operation} is not available on the redis store {url} yet; use storage.sqlite")]
     Unsupported {
         /// The server, without credentials.

@@ -63,7 +63,7 @@ pub use backend::Store;
 pub use error::StoreError;
 pub use jobs::*;
 pub use keys::*;
-pub use redis_store::{REDIS_PREFIX, RedisStore};
+pub use redis_store::{REDIS_PREFIX, RateTaken, RedisStore};
 pub use webhooks::*;
 
 /// The most failed releases a store keeps to retry. Beyond it a failed

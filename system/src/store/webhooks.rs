@@ -12,6 +12,7 @@ use super::tasks::exec;
 use super::{SqliteStore, StoreError, TxError, audit};
 use crate::audit::NewEntry;
 use crate::pii::Redactor;
+use crate::store::Job;
 
 /// The most deliveries one [`SqliteStore::due_deliveries`] call returns.
 pub const MAX_DELIVERY_BATCH: u32 = 64;
@@ -45,14 +46,21 @@ impl DeliveryState {
         }
     }
 
+    /// The state with this stored name.
+    pub(super) fn from_name(name: &str) -> Option<DeliveryState> {
+        [
+            DeliveryState::Pending,
+            DeliveryState::Delivered,
+            DeliveryState::Failed,
+            DeliveryState::Refused,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+    }
+
     fn parse(name: &str) -> DeliveryState {
-        match name {
-            "pending" => DeliveryState::Pending,
-            "delivered" => DeliveryState::Delivered,
-            "refused" => DeliveryState::Refused,
-            // The schema's CHECK admits only the four names.
-            _ => DeliveryState::Failed,
-        }
+        // The schema's CHECK admits only the four names.
+        DeliveryState::from_name(name).unwrap_or(DeliveryState::Failed)
     }
 }
 
@@ -131,40 +139,24 @@ pub(super) fn enqueue(
     let Some(job) = job else {
         return Ok(());
     };
-    let Some(url) = job.webhook else {
+    let Some(url) = &job.webhook else {
         return Ok(());
     };
-    let (tenant, state, attempts, last_error, finished_ms) = (
-        job.tenant,
-        job.state.as_str(),
-        job.attempts,
-        job.last_error,
-        job.finished_ms,
-    );
-    let id = uuid::Uuid::new_v4().to_string();
-    let event = format!("job.{state}");
-    // Only the error is free text; the ids are the service's own, and a
-    // redactor reading a UUID's digit groups as a phone number would make
-    // the payload name a job that does not exist.
-    let last_error = last_error.map(|e| redactor.redact(&e).into_owned());
-    let payload = json!({
-        "delivery_id": id,
-        "event": event,
-        "job": {
-            "id": job_id,
-            "tenant": tenant,
-            "state": state,
-            "attempts": attempts,
-            "last_error": last_error,
-            "finished_ms": finished_ms,
-        },
-    });
+    let new = NewDelivery::of(&job, redactor);
     exec(
         tx,
         "INSERT INTO webhook_deliveries (id, job_id, tenant, url, event, payload, state, attempts,
                                          next_attempt_ms, created_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?7)",
-        params![id, job_id, tenant, url, event, payload.to_string(), now],
+        params![
+            new.id,
+            job_id,
+            job.tenant,
+            url,
+            new.event,
+            new.payload.to_string(),
+            now
+        ],
     )?;
     Ok(())
 }
@@ -193,6 +185,129 @@ pub enum DeliveryOutcome {
         /// When to try again.
         retry_at_ms: Option<i64>,
     },
+}
+
+/// What an attempt's outcome does to its delivery: the same on every
+/// backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Attempted {
+    /// The delivery's new state.
+    pub(super) state: DeliveryState,
+    /// The answer's status, if one came.
+    pub(super) status: Option<u16>,
+    /// When to try again, while pending.
+    pub(super) next_attempt_ms: Option<i64>,
+    /// The audit action.
+    pub(super) action: &'static str,
+    /// The error, redacted, if the attempt failed or was refused.
+    pub(super) error: Option<String>,
+}
+
+impl DeliveryOutcome {
+    /// What this outcome does to its delivery, its error passed through
+    /// `redactor`.
+    pub(super) fn attempted(&self, redactor: &Redactor) -> Attempted {
+        let redacted = |text: &str| Some(redactor.redact(text).into_owned());
+        let (state, status, next_attempt_ms, action, error) = match self {
+            DeliveryOutcome::Delivered { status } => (
+                DeliveryState::Delivered,
+                Some(*status),
+                None,
+                "webhook.delivered",
+                None,
+            ),
+            DeliveryOutcome::Refused { reason, .. } => (
+                DeliveryState::Refused,
+                None,
+                None,
+                "webhook.refused",
+                redacted(reason),
+            ),
+            DeliveryOutcome::Failed {
+                status,
+                error,
+                retry_at_ms: Some(at),
+            } => (
+                DeliveryState::Pending,
+                *status,
+                Some(*at),
+                "webhook.retrying",
+                redacted(error),
+            ),
+            DeliveryOutcome::Failed { status, error, .. } => (
+                DeliveryState::Failed,
+                *status,
+                None,
+                "webhook.failed",
+                redacted(error),
+            ),
+        };
+        Attempted {
+            state,
+            status,
+            next_attempt_ms,
+            action,
+            error,
+        }
+    }
+
+    /// The audit details of attempt number `attempt` of `job_id`'s delivery.
+    pub(super) fn audit_details(
+        &self,
+        attempted: &Attempted,
+        tenant: &str,
+        job_id: &str,
+        attempt: i64,
+    ) -> serde_json::Value {
+        let mut details = json!({"tenant": tenant, "job_id": job_id, "attempt": attempt});
+        if let Some(status) = attempted.status {
+            details["status"] = json!(status);
+        }
+        if let DeliveryOutcome::Refused { code, .. } = self {
+            details["reason"] = json!(code);
+        }
+        if let Some(error) = &attempted.error {
+            details["error"] = json!(error);
+        }
+        details
+    }
+}
+
+/// A new delivery of `job`'s terminal state: its id, event and payload.
+pub(super) struct NewDelivery {
+    pub(super) id: String,
+    pub(super) event: String,
+    pub(super) payload: serde_json::Value,
+}
+
+impl NewDelivery {
+    /// The delivery of `job` as it is now (terminal), with its error
+    /// passed through `redactor`.
+    pub(super) fn of(job: &Job, redactor: &Redactor) -> NewDelivery {
+        let id = uuid::Uuid::new_v4().to_string();
+        let state = job.state.as_str();
+        let event = format!("job.{state}");
+        // Only the error is free text; the ids are the service's own, and a
+        // redactor reading a UUID's digit groups as a phone number would make
+        // the payload name a job that does not exist.
+        let last_error = job
+            .last_error
+            .as_ref()
+            .map(|e| redactor.redact(e).into_owned());
+        let payload = json!({
+            "delivery_id": id,
+            "event": event,
+            "job": {
+                "id": job.id,
+                "tenant": job.tenant,
+                "state": state,
+                "attempts": job.attempts,
+                "last_error": last_error,
+                "finished_ms": job.finished_ms,
+            },
+        });
+        NewDelivery { id, event, payload }
+    }
 }
 
 impl SqliteStore {
@@ -248,15 +363,7 @@ impl SqliteStore {
         outcome: &DeliveryOutcome,
         now: i64,
     ) -> Result<Option<DeliveryState>, StoreError> {
-        let error = match outcome {
-            DeliveryOutcome::Refused { reason, .. } => {
-                Some(self.redactor().redact(reason).into_owned())
-            }
-            DeliveryOutcome::Failed { error, .. } => {
-                Some(self.redactor().redact(error).into_owned())
-            }
-            DeliveryOutcome::Delivered { .. } => None,
-        };
+        let attempted = outcome.attempted(self.redactor());
         self.write("record delivery", |tx| {
             let found: Option<(String, String, i64)> = tx
                 .prepare_cached(
@@ -269,30 +376,13 @@ impl SqliteStore {
                 return Ok(None);
             };
             let attempts = attempts + 1;
-            let (state, status, next, action) = match outcome {
-                DeliveryOutcome::Delivered { status } => (
-                    DeliveryState::Delivered,
-                    Some(*status),
-                    None,
-                    "webhook.delivered",
-                ),
-                DeliveryOutcome::Refused { .. } => {
-                    (DeliveryState::Refused, None, None, "webhook.refused")
-                }
-                DeliveryOutcome::Failed {
-                    status,
-                    retry_at_ms: Some(at),
-                    ..
-                } => (
-                    DeliveryState::Pending,
-                    *status,
-                    Some(*at),
-                    "webhook.retrying",
-                ),
-                DeliveryOutcome::Failed { status, .. } => {
-                    (DeliveryState::Failed, *status, None, "webhook.failed")
-                }
-            };
+            let Attempted {
+                state,
+                status,
+                next_attempt_ms: next,
+                action,
+                error,
+            } = attempted.clone();
             exec(
                 tx,
                 "UPDATE webhook_deliveries
@@ -302,16 +392,7 @@ impl SqliteStore {
                  WHERE id = ?1",
                 params![id, state.as_str(), attempts, next, status, error, now],
             )?;
-            let mut details = json!({"tenant": tenant, "job_id": job_id, "attempt": attempts});
-            if let Some(status) = status {
-                details["status"] = json!(status);
-            }
-            if let DeliveryOutcome::Refused { code, .. } = outcome {
-                details["reason"] = json!(code);
-            }
-            if let Some(error) = &error {
-                details["error"] = json!(error);
-            }
+            let details = outcome.audit_details(&attempted, &tenant, &job_id, attempts);
             audit::append(
                 tx,
                 self.redactor(),

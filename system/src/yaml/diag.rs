@@ -58,8 +58,6 @@ pub enum Code {
     Policy,
     /// Fields that contradict each other.
     Conflict,
-    /// A value the format names but this version does not support yet.
-    Unsupported,
     /// A check that the rest of the file makes impossible to exercise (a
     /// scenario that lists `no_lost_jobs` but sends no jobs): it could never
     /// fail, so it would prove nothing.
@@ -85,7 +83,6 @@ impl Code {
             Code::Duplicate => "duplicate",
             Code::Policy => "policy",
             Code::Conflict => "conflict",
-            Code::Unsupported => "unsupported",
             Code::Vacuous => "vacuous",
         }
     }

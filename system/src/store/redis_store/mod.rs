@@ -1,6 +1,7 @@
 //! The orchestrator's state in Redis, shared by several replicas: budgets,
-//! reservations, idempotency records, the ledger and the audit chain, under
-//! the key layout that `SCHEMA-REDIS.md` documents for outside readers.
+//! reservations, idempotency records, the ledger, the audit chain, durable
+//! jobs (`jobs.rs`) and their webhook deliveries (`webhooks.rs`), under the
+//! key layout that `SCHEMA-REDIS.md` documents for outside readers.
 //!
 //! # Atomicity
 //!
@@ -15,6 +16,14 @@
 //! Audited writes all watch the chain's head, so they serialise; within a
 //! process they also take a local lock, so that only other replicas can
 //! make them retry.
+//!
+//! An operation that reads one key to find another (an index, then the job
+//! it names) may see them disagree when another client wrote in between:
+//! it then answers [`Attempt::Inconsistent`], and an empty transaction on
+//! what it watched tells a torn read (start again) from keys that really
+//! disagree (fail, naming the key). Reads of several keys that must agree
+//! end with [`snapshot`], an empty transaction that commits only if nothing
+//! they watched changed.
 //!
 //! # Replicas and recovery
 //!
@@ -34,7 +43,10 @@
 //! connection that failed is never reused.
 
 mod audit;
+mod jobs;
+mod rate;
 mod tasks;
+mod webhooks;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -43,6 +55,8 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use redis::{Connection, ConnectionLike, Pipeline, RedisError};
+
+pub use rate::RateTaken;
 
 use super::{PendingReleases, Recovery, StoreError, StoreOptions, millis, now_ms, to_db};
 
@@ -155,6 +169,59 @@ impl Keys {
     fn probe(&self) -> String {
         format!("{}:probe", self.prefix)
     }
+    /// An API key's rate limit (its id escaped).
+    fn rate(&self, key_id: &str) -> String {
+        format!("{}:rate:{}", self.prefix, escape(key_id))
+    }
+    /// The counter that numbers jobs in submission order.
+    fn job_seq(&self) -> String {
+        format!("{}:seq:job", self.prefix)
+    }
+    fn job(&self, id: &str) -> String {
+        format!("{}:job:{}", self.prefix, escape(id))
+    }
+    /// A keyed submission's job id; tenant and key escaped as in
+    /// [`Keys::idempotency`].
+    fn job_idempotency(&self, tenant: &str, key: &str) -> String {
+        format!(
+            "{}:jobs:idem:{}:{}",
+            self.prefix,
+            escape(tenant),
+            escape(key)
+        )
+    }
+    /// Every tenant's jobs in one state (`queued`, `running`, `succeeded`,
+    /// `dead`).
+    fn jobs_in(&self, state: crate::store::JobState) -> String {
+        format!("{}:jobs:{}", self.prefix, state.as_str())
+    }
+    fn tenant_jobs(&self, tenant: &str) -> String {
+        format!("{}:jobs:tenant:{}", self.prefix, escape(tenant))
+    }
+    fn tenant_jobs_in(&self, tenant: &str, state: crate::store::JobState) -> String {
+        format!(
+            "{}:jobs:tenant:{}:{}",
+            self.prefix,
+            escape(tenant),
+            state.as_str()
+        )
+    }
+    /// A tenant's dead-letter queue.
+    fn dead_letters(&self, tenant: &str) -> String {
+        format!("{}:jobs:dlq:{}", self.prefix, escape(tenant))
+    }
+    fn delivery(&self, id: &str) -> String {
+        format!("{}:delivery:{}", self.prefix, escape(id))
+    }
+    fn deliveries_due(&self) -> String {
+        format!("{}:deliveries:due", self.prefix)
+    }
+    fn job_deliveries(&self, job_id: &str) -> String {
+        format!("{}:deliveries:job:{}", self.prefix, escape(job_id))
+    }
+    fn pending_deliveries(&self, tenant: &str) -> String {
+        format!("{}:deliveries:pending:{}", self.prefix, escape(tenant))
+    }
 }
 
 /// `%` as `%25` and `:` as `%3A`.
@@ -186,6 +253,21 @@ pub(super) enum Attempt<T> {
     Done(T),
     /// Write this `MULTI` pipeline; if it commits, the answer is `T`.
     Commit(Pipeline, T),
+    /// What was read does not fit together (an index names a job in another
+    /// state, say). Either another client wrote between two reads, and the
+    /// attempt starts again, or the keys really disagree, and the operation
+    /// fails with this error: an empty transaction on the watched keys tells
+    /// which.
+    Inconsistent(StoreError),
+}
+
+/// An attempt that only read: its empty transaction commits only if no
+/// watched key changed since it was watched, so that reads of several keys
+/// are one snapshot (else the reads are made again).
+pub(super) fn snapshot<T>(value: T) -> Attempt<T> {
+    let mut pipe = redis::pipe();
+    pipe.atomic().cmd("PING").ignore();
+    Attempt::Commit(pipe, value)
 }
 
 /// A hash as `HGETALL` returns it.
@@ -220,6 +302,7 @@ impl RedisStore {
             }),
         };
         store.heartbeat()?;
+        store.start_audit_chain()?;
         let mut recovery = store.recover_dead()?;
         recovery.clamped_limits = store.apply_limits()?;
         if recovery != Recovery::default() {
@@ -366,9 +449,13 @@ impl RedisStore {
                         if committed.is_some() {
                             return Ok(value);
                         }
-                        self.inner.contended.fetch_add(1, Ordering::Relaxed);
-                        let cap = (1u64 << number.min(5)).min(MAX_RETRY_PAUSE_MS);
-                        std::thread::sleep(Duration::from_millis(rand::random_range(0..=cap)));
+                    }
+                    Ok(Attempt::Inconsistent(error)) => {
+                        let unchanged: Option<()> =
+                            redis::pipe().atomic().cmd("PING").ignore().query(con)?;
+                        if unchanged.is_some() {
+                            return Err(Fault::Store(error));
+                        }
                     }
                     Err(fault) => {
                         if !matches!(fault, Fault::Redis(_)) {
@@ -377,6 +464,9 @@ impl RedisStore {
                         return Err(fault);
                     }
                 }
+                self.inner.contended.fetch_add(1, Ordering::Relaxed);
+                let cap = (1u64 << number.min(5)).min(MAX_RETRY_PAUSE_MS);
+                std::thread::sleep(Duration::from_millis(rand::random_range(0..=cap)));
             }
             Err(Fault::Store(StoreError::Contended {
                 url: self.inner.url.clone(),
@@ -404,6 +494,31 @@ impl RedisStore {
                 .ignore()
                 .exec(con)?;
             Ok(())
+        })
+    }
+
+    /// Writes the audit chain's head before its first entry, `seq` 0 and the
+    /// genesis hash, as SQLite's migration inserts its `audit_head` row: an
+    /// empty chain then verifies, while a head deleted later still shows as
+    /// missing (or, once a store opens again, as not covering the entries).
+    fn start_audit_chain(&self) -> Result<(), StoreError> {
+        let head = self.keys().audit_head();
+        self.optimistic("start audit chain", |con| {
+            tasks::watch(con, &head)?;
+            let exists: bool = redis::cmd("EXISTS").arg(&head).query(con)?;
+            if exists {
+                return Ok(Attempt::Done(()));
+            }
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("HSET")
+                .arg(&head)
+                .arg("seq")
+                .arg(0)
+                .arg("hash")
+                .arg(hex::encode([0u8; 32]))
+                .ignore();
+            Ok(Attempt::Commit(pipe, ()))
         })
     }
 

@@ -3,7 +3,7 @@
 //! `used + reserved <= limit`, `reserved` the sum of held reservations, one
 //! settlement per reservation and one charge per task.
 
-use redis::Connection;
+use redis::{Connection, Pipeline};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -15,14 +15,14 @@ use crate::store::{
 };
 
 /// A reservation as stored in `{prefix}:reservation:{id}`.
-struct Reservation {
-    tenant: String,
-    task_id: String,
-    key: Option<String>,
-    tokens: i64,
-    held: bool,
+pub(super) struct Reservation {
+    pub(super) tenant: String,
+    pub(super) task_id: String,
+    pub(super) key: Option<String>,
+    pub(super) tokens: i64,
+    pub(super) held: bool,
     /// The instance that made it.
-    owner: String,
+    pub(super) owner: String,
 }
 
 /// A tenant's budget, `{prefix}:budget:{tenant}`.
@@ -35,14 +35,14 @@ struct Budget {
 /// One ledger entry as stored (JSON) in the `{prefix}:charges` list.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StoredCharge {
-    tenant: String,
-    reservation: i64,
-    task_id: String,
-    idempotency_key: Option<String>,
-    tokens: u64,
-    overage_tokens: u64,
-    charged_ms: i64,
+pub(super) struct StoredCharge {
+    pub(super) tenant: String,
+    pub(super) reservation: i64,
+    pub(super) task_id: String,
+    pub(super) idempotency_key: Option<String>,
+    pub(super) tokens: u64,
+    pub(super) overage_tokens: u64,
+    pub(super) charged_ms: i64,
 }
 
 /// What a release freed.
@@ -245,82 +245,9 @@ impl RedisStore {
             if !held.held {
                 return Ok(Attempt::Done(Charge::default()));
             }
-            let budget_key = keys.budget(&held.tenant);
-            watch(con, &budget_key)?;
-            watch(con, &keys.charged())?;
-            let budget = self.load_budget(con, &budget_key)?.ok_or_else(|| {
-                self.malformed(&budget_key, "a held reservation's tenant has no budget")
-            })?;
-            let charged_before: Option<i64> = redis::cmd("HGET")
-                .arg(keys.charged())
-                .arg(&held.task_id)
-                .query(con)?;
-            if let Some(other) = charged_before {
-                return Err(self
-                    .malformed(
-                        &keys.charged(),
-                        format!(
-                            "task {} was already charged by reservation {other}",
-                            held.task_id
-                        ),
-                    )
-                    .into());
-            }
-            let headroom = from_db(budget.limit - budget.used - (budget.reserved - held.tokens));
-            let charged = finish.charge_tokens.min(headroom);
-            let overage = finish.charge_tokens - charged;
-            let charged_db = i64::try_from(charged).unwrap_or(i64::MAX);
-            let remaining =
-                from_db(budget.limit - budget.used - charged_db - (budget.reserved - held.tokens));
-            let charge = Charge {
-                charged,
-                overage,
-                remaining,
-            };
-
             let mut pipe = redis::pipe();
-            pipe.atomic()
-                .cmd("HINCRBY")
-                .arg(&budget_key)
-                .arg("used")
-                .arg(charged_db)
-                .ignore()
-                .cmd("HINCRBY")
-                .arg(&budget_key)
-                .arg("reserved")
-                .arg(-held.tokens)
-                .ignore()
-                .cmd("HSET")
-                .arg(&reservation_key)
-                .arg("state")
-                .arg("charged")
-                .arg("settled_ms")
-                .arg(now)
-                .ignore()
-                .cmd("SREM")
-                .arg(keys.held(&held.owner))
-                .arg(id.0)
-                .ignore()
-                .cmd("HSET")
-                .arg(keys.charged())
-                .arg(&held.task_id)
-                .arg(id.0)
-                .ignore()
-                .cmd("RPUSH")
-                .arg(keys.charges())
-                .arg(
-                    serde_json::to_string(&StoredCharge {
-                        tenant: held.tenant.clone(),
-                        reservation: id.0,
-                        task_id: held.task_id.clone(),
-                        idempotency_key: held.key.clone(),
-                        tokens: charged,
-                        overage_tokens: overage,
-                        charged_ms: now,
-                    })
-                    .unwrap_or_default(),
-                )
-                .ignore();
+            pipe.atomic();
+            let charge = self.stage_charge(con, &mut pipe, id, &held, finish.charge_tokens, now)?;
             if let Some(key) = &held.key {
                 let idem_key = keys.idempotency(&held.tenant, key);
                 watch(con, &idem_key)?;
@@ -342,15 +269,6 @@ impl RedisStore {
                     };
                 }
             }
-            if overage > 0 {
-                tracing::warn!(
-                    tenant = %held.tenant,
-                    reservation = %id,
-                    charged,
-                    overage,
-                    "reported usage exceeds the tenant's budget; overage not charged"
-                );
-            }
             self.append_audit(
                 con,
                 &mut pipe,
@@ -365,17 +283,7 @@ impl RedisStore {
                             "idempotency_key": held.key,
                         }),
                     ),
-                    NewEntry::new(
-                        finish.actor.clone(),
-                        "budget.charged",
-                        held.tenant.clone(),
-                        json!({
-                            "task_id": held.task_id,
-                            "tokens": charge.charged,
-                            "overage_tokens": charge.overage,
-                            "remaining_tokens": charge.remaining,
-                        }),
-                    ),
+                    charge_entry(&finish.actor, &held, &charge),
                 ],
                 now,
             )?;
@@ -442,77 +350,201 @@ impl RedisStore {
 
     /// A tenant's ledger, oldest charge first.
     pub fn charges(&self, tenant: &str) -> Result<Vec<ChargeRecord>, StoreError> {
-        let key = self.keys().charges();
-        let rows: Vec<Vec<u8>> = self.with_connection("read charges", |con| {
-            Ok(redis::cmd("LRANGE").arg(&key).arg(0).arg(-1).query(con)?)
-        })?;
-        let mut out = Vec::new();
-        for (index, row) in rows.iter().enumerate() {
-            let charge: StoredCharge = serde_json::from_slice(row)
-                .map_err(|e| self.malformed(&key, format!("entry {index}: {e}")))?;
-            if charge.tenant == tenant {
-                out.push(ChargeRecord {
-                    tenant: charge.tenant,
-                    reservation: ReservationId(charge.reservation),
-                    task_id: charge.task_id,
-                    idempotency_key: charge.idempotency_key,
-                    tokens: charge.tokens,
-                    overage_tokens: charge.overage_tokens,
-                    charged_at_ms: from_db(charge.charged_ms),
-                });
-            }
-        }
-        Ok(out)
+        Ok(self
+            .ledger()?
+            .into_iter()
+            .filter(|charge| charge.tenant == tenant)
+            .map(|charge| ChargeRecord {
+                tenant: charge.tenant,
+                reservation: ReservationId(charge.reservation),
+                task_id: charge.task_id,
+                idempotency_key: charge.idempotency_key,
+                tokens: charge.tokens,
+                overage_tokens: charge.overage_tokens,
+                charged_at_ms: from_db(charge.charged_ms),
+            })
+            .collect())
     }
 
     /// Releases `id` if it is held: returns its tokens to the budget, deletes
     /// its in-flight idempotency record and takes it off its instance's
     /// list. `None` if it is settled or unknown.
     pub(super) fn release(&self, id: ReservationId) -> Result<Option<Released>, StoreError> {
-        let keys = self.keys().clone();
         self.optimistic("release reservation", |con| {
-            let reservation_key = keys.reservation(id.0);
-            watch(con, &reservation_key)?;
-            let Some(held) = self.load_reservation(con, id.0)?.filter(|r| r.held) else {
-                return Ok(Attempt::Done(None));
-            };
-            let budget_key = keys.budget(&held.tenant);
-            watch(con, &budget_key)?;
             let mut pipe = redis::pipe();
-            pipe.atomic()
-                .cmd("HSET")
-                .arg(&reservation_key)
-                .arg("state")
-                .arg("released")
-                .arg("settled_ms")
-                .arg(now_ms())
-                .ignore()
-                .cmd("HINCRBY")
-                .arg(&budget_key)
-                .arg("reserved")
-                .arg(-held.tokens)
-                .ignore()
-                .cmd("SREM")
-                .arg(keys.held(&held.owner))
-                .arg(id.0)
-                .ignore();
-            let mut key_deleted = false;
-            if let Some(key) = &held.key {
-                let idem_key = keys.idempotency(&held.tenant, key);
-                watch(con, &idem_key)?;
-                if self.in_flight_for(con, &idem_key, id.0)? {
-                    pipe.cmd("DEL").arg(&idem_key).ignore();
-                    key_deleted = true;
-                }
-            }
-            Ok(Attempt::Commit(
-                pipe,
-                Some(Released {
-                    tokens: from_db(held.tokens),
-                    key_deleted,
-                }),
-            ))
+            pipe.atomic();
+            Ok(match self.stage_release(con, &mut pipe, id, now_ms())? {
+                Some(released) => Attempt::Commit(pipe, Some(released)),
+                None => Attempt::Done(None),
+            })
         })
+    }
+
+    /// Watches reservation `id` and, if it is held, adds its release to
+    /// `pipe` (the Redis twin of SQLite's `tasks::release`, for operations
+    /// that release inside a larger transaction). `None` if it is settled or
+    /// unknown: then nothing is added.
+    pub(super) fn stage_release(
+        &self,
+        con: &mut Connection,
+        pipe: &mut Pipeline,
+        id: ReservationId,
+        now: i64,
+    ) -> Result<Option<Released>, Fault> {
+        let keys = self.keys();
+        let reservation_key = keys.reservation(id.0);
+        watch(con, &reservation_key)?;
+        let Some(held) = self.load_reservation(con, id.0)?.filter(|r| r.held) else {
+            return Ok(None);
+        };
+        let budget_key = keys.budget(&held.tenant);
+        watch(con, &budget_key)?;
+        pipe.cmd("HSET")
+            .arg(&reservation_key)
+            .arg("state")
+            .arg("released")
+            .arg("settled_ms")
+            .arg(now)
+            .ignore()
+            .cmd("HINCRBY")
+            .arg(&budget_key)
+            .arg("reserved")
+            .arg(-held.tokens)
+            .ignore()
+            .cmd("SREM")
+            .arg(keys.held(&held.owner))
+            .arg(id.0)
+            .ignore();
+        let mut key_deleted = false;
+        if let Some(key) = &held.key {
+            let idem_key = keys.idempotency(&held.tenant, key);
+            watch(con, &idem_key)?;
+            if self.in_flight_for(con, &idem_key, id.0)? {
+                pipe.cmd("DEL").arg(&idem_key).ignore();
+                key_deleted = true;
+            }
+        }
+        Ok(Some(Released {
+            tokens: from_db(held.tokens),
+            key_deleted,
+        }))
+    }
+
+    /// Watches the budget and the charged index and adds to `pipe` the
+    /// settlement of the held reservation `id` with a charge of
+    /// `charge_tokens` (the Redis twin of SQLite's `charge_reservation`):
+    /// what it held returns to the budget, the charge is capped at the
+    /// tenant's headroom (the rest is overage, never overdrawn) and the
+    /// ledger gets its entry. A task or job charged before is refused, as
+    /// SQLite's unique index on the task id refuses it.
+    pub(super) fn stage_charge(
+        &self,
+        con: &mut Connection,
+        pipe: &mut Pipeline,
+        id: ReservationId,
+        held: &Reservation,
+        charge_tokens: u64,
+        now: i64,
+    ) -> Result<Charge, Fault> {
+        let keys = self.keys();
+        let budget_key = keys.budget(&held.tenant);
+        watch(con, &budget_key)?;
+        watch(con, &keys.charged())?;
+        let budget = self.load_budget(con, &budget_key)?.ok_or_else(|| {
+            self.malformed(&budget_key, "a held reservation's tenant has no budget")
+        })?;
+        let charged_before: Option<i64> = redis::cmd("HGET")
+            .arg(keys.charged())
+            .arg(&held.task_id)
+            .query(con)?;
+        if let Some(other) = charged_before {
+            return Err(self
+                .malformed(
+                    &keys.charged(),
+                    format!(
+                        "task {} was already charged by reservation {other}",
+                        held.task_id
+                    ),
+                )
+                .into());
+        }
+        // What the tenant can pay once this reservation is returned.
+        let headroom = from_db(budget.limit - budget.used - (budget.reserved - held.tokens));
+        let charged = charge_tokens.min(headroom);
+        let overage = charge_tokens - charged;
+        let charged_db = i64::try_from(charged).unwrap_or(i64::MAX);
+        let remaining =
+            from_db(budget.limit - budget.used - charged_db - (budget.reserved - held.tokens));
+        if overage > 0 {
+            tracing::warn!(
+                tenant = %held.tenant,
+                reservation = %id,
+                charged,
+                overage,
+                "reported usage exceeds the tenant's budget; overage not charged"
+            );
+        }
+        pipe.cmd("HINCRBY")
+            .arg(&budget_key)
+            .arg("used")
+            .arg(charged_db)
+            .ignore()
+            .cmd("HINCRBY")
+            .arg(&budget_key)
+            .arg("reserved")
+            .arg(-held.tokens)
+            .ignore()
+            .cmd("HSET")
+            .arg(keys.reservation(id.0))
+            .arg("state")
+            .arg("charged")
+            .arg("settled_ms")
+            .arg(now)
+            .ignore()
+            .cmd("SREM")
+            .arg(keys.held(&held.owner))
+            .arg(id.0)
+            .ignore()
+            .cmd("HSET")
+            .arg(keys.charged())
+            .arg(&held.task_id)
+            .arg(id.0)
+            .ignore()
+            .cmd("RPUSH")
+            .arg(keys.charges())
+            .arg(
+                serde_json::to_string(&StoredCharge {
+                    tenant: held.tenant.clone(),
+                    reservation: id.0,
+                    task_id: held.task_id.clone(),
+                    idempotency_key: held.key.clone(),
+                    tokens: charged,
+                    overage_tokens: overage,
+                    charged_ms: now,
+                })
+                .unwrap_or_default(),
+            )
+            .ignore();
+        Ok(Charge {
+            charged,
+            overage,
+            remaining,
+        })
+    }
+
+    /// The whole ledger, oldest charge first.
+    pub(super) fn ledger(&self) -> Result<Vec<StoredCharge>, StoreError> {
+        let key = self.keys().charges();
+        let rows: Vec<Vec<u8>> = self.with_connection("read charges", |con| {
+            Ok(redis::cmd("LRANGE").arg(&key).arg(0).arg(-1).query(con)?)
+        })?;
+        rows.iter()
+            .enumerate()
+            .map(|(index, row)| {
+                serde_json::from_slice(row)
+                    .map_err(|e| self.malformed(&key, format!("entry {index}: {e}")))
+            })
+            .collect()
     }
 
     /// Whether the record at `idem_key` is in flight for reservation `id`.
@@ -549,7 +581,7 @@ impl RedisStore {
         }
     }
 
-    fn load_reservation(
+    pub(super) fn load_reservation(
         &self,
         con: &mut Connection,
         id: i64,
@@ -583,12 +615,28 @@ impl RedisStore {
         }
     }
 
-    fn unknown(&self, reservation: ReservationId) -> StoreError {
+    pub(super) fn unknown(&self, reservation: ReservationId) -> StoreError {
         StoreError::UnknownReservation {
             store: format!("redis {}", self.inner.url),
             reservation,
         }
     }
+}
+
+/// The audit entry of a committed charge, as SQLite's `audit_charge` writes
+/// it.
+pub(super) fn charge_entry(actor: &str, held: &Reservation, charge: &Charge) -> NewEntry {
+    NewEntry::new(
+        actor,
+        "budget.charged",
+        held.tenant.clone(),
+        json!({
+            "task_id": held.task_id,
+            "tokens": charge.charged,
+            "overage_tokens": charge.overage,
+            "remaining_tokens": charge.remaining,
+        }),
+    )
 }
 
 /// `WATCH key`: the transaction fails if `key` changes before `EXEC`.
