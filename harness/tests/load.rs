@@ -302,7 +302,7 @@ fn an_unusable_spec_or_target_is_refused() {
     let spec = spec(vec![stage(4.0, 5.0, 5.0)]);
     let plan = schedule(&spec, &[], 1, &limits()).expect("schedule");
     let mut target = LoadTarget {
-        base_url: "http://127.0.0.1:9".to_owned(),
+        base_urls: vec!["http://127.0.0.1:9".to_owned()],
         keys: vec![own_key("a")],
         oversized_bytes: 2048,
         lockout_duration: Duration::from_secs(1),
@@ -316,7 +316,7 @@ fn an_unusable_spec_or_target_is_refused() {
     ));
     target.keys.push(own_key("b"));
     assert!(target.validate(&plan).is_ok());
-    target.base_url = "ftp://127.0.0.1:9".to_owned();
+    target.base_urls.push("ftp://127.0.0.1:9".to_owned());
     assert!(matches!(
         target.validate(&plan),
         Err(LoadError::InvalidBaseUrl { .. })
@@ -576,7 +576,7 @@ fn own_key(tenant: &str) -> TargetKey {
 
 fn target(addr: SocketAddr) -> LoadTarget {
     LoadTarget {
-        base_url: format!("http://{addr}"),
+        base_urls: vec![format!("http://{addr}")],
         keys: vec![own_key("a"), own_key("b")],
         oversized_bytes: 2048,
         lockout_duration: Duration::from_secs(1),

@@ -93,7 +93,6 @@ fn invalid_fixtures_cover_every_failure_class() {
         Code::Reference,
         Code::Duplicate,
         Code::Conflict,
-        Code::Unsupported,
     ];
     let missing: Vec<_> = expected.iter().filter(|c| !codes.contains(c)).collect();
     assert!(
@@ -347,7 +346,7 @@ fn list_command_output() {
         cli::list,
         &[
             "../fixtures/scenarios/valid/smoke.yaml",
-            "../fixtures/scenarios/invalid/redis-store.yaml"
+            "../fixtures/scenarios/invalid/two-replicas.yaml"
         ]
     ));
 }
@@ -375,7 +374,7 @@ fn the_binary_exits_as_documented() {
     assert_eq!(code, Some(2), "{stdout}");
     assert!(stdout.contains("ok: valid/smoke.yaml (smoke)"), "{stdout}");
     assert!(
-        stdout.contains("invalid/two-replicas.yaml:4:13: error[unsupported]: system.replicas: "),
+        stdout.contains("invalid/two-replicas.yaml:4:13: error[conflict]: system.replicas: "),
         "{stdout}"
     );
     assert_eq!(gauntlet(&["validate", "invalid"]).0, Some(2));

@@ -87,6 +87,11 @@ fn a_tiny_queue_fails_allowed_statuses() {
 }
 
 #[test]
+fn a_redis_that_persists_nothing_loses_acknowledged_jobs_when_killed() {
+    check("redis-without-persistence.yaml", "no_lost_jobs");
+}
+
+#[test]
 fn a_rate_limit_check_that_saw_no_429_is_vacuous_and_fails_the_run() {
     let reports = tempfile::tempdir().expect("a temporary directory");
     let scenario = root().join("fixtures/scenarios/vacuous/rate-limit-never-hit.yaml");

@@ -13,7 +13,9 @@ use super::drive::Driven;
 use super::rig::Rig;
 use super::system::Mock;
 use super::{DEFAULT_SETTLE, config, observe};
-use crate::evidence::{Evidence, LogEvidence, ShutdownEvidence, WebhookEvidence, db};
+use crate::evidence::{
+    Evidence, LogEvidence, ShutdownEvidence, WebhookEvidence, db, redis as redis_evidence,
+};
 use crate::load::LoadOutcome;
 use crate::local::ProcessEvent;
 use crate::mock_llm::{DEFAULT_INJECTION, Effect, Program};
@@ -66,12 +68,14 @@ pub async fn collect(
         .await
         .map_err(|e| format!("cannot read the mock provider's journal: {e}"))?;
     let process_events = rig.system.events();
-    let log_path = rig.system.log_path();
+    let log_paths: Vec<PathBuf> = rig.system.replicas.iter().map(|r| r.log_path()).collect();
+    let log_path = log_paths.first().cloned().unwrap_or_default();
     // The data directory is copied out at the stop (a tmpfs goes with the
     // teardown), and only the copy is read.
     let kept = run_dir.join("final");
     let db_path = kept.join(
         rig.system
+            .first()
             .db_path()
             .file_name()
             .map(std::ffi::OsStr::to_os_string)
@@ -85,17 +89,9 @@ pub async fn collect(
         webhooks,
         ..
     } = rig;
-    let system = Arc::try_unwrap(system)
+    let deployment = Arc::try_unwrap(system)
         .map_err(|_| "the orchestrator handle is still shared after the run".to_owned())?;
-    let shutdown = system
-        .shutdown_preserving(&kept)
-        .await
-        .map(|report| ShutdownEvidence {
-            graceful: report.graceful,
-            exit: report
-                .exit
-                .map_or_else(|| "not running".to_owned(), |e| e.to_string()),
-        });
+    let shutdown = shut_down(deployment.replicas, &kept).await;
     if let Some(proxy) = proxy {
         proxy.shutdown().await;
     }
@@ -114,13 +110,26 @@ pub async fn collect(
     {
         mock.shutdown().await;
     }
-    let log = std::fs::read_to_string(&log_path)
-        .map(|text| LogEvidence::from_text(&text))
-        .map_err(|e| format!("{}: {e}", log_path.display()));
-    let database = match db::read(&db_path) {
-        Ok(database) => Ok(database),
-        Err(e) if e.is_unknown_schema() => return Err(e.to_string()),
-        Err(e) => Err(e.to_string()),
+    // Every replica's log, one after the other: a leak in any is a leak.
+    let log = log_paths
+        .iter()
+        .map(|path| std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display())))
+        .collect::<Result<Vec<_>, _>>()
+        .map(|texts| LogEvidence::from_text(&texts.join("\n")));
+    // With Redis, its state is read with the harness's own commands once
+    // every replica has stopped (nothing repairs it in between), then the
+    // server stops.
+    let database = match deployment.redis {
+        Some(redis) => {
+            let read = redis_evidence::read(&redis.url(), redis_evidence::PREFIX).await;
+            redis.stop().await;
+            read
+        }
+        None => match db::read(&db_path) {
+            Ok(database) => Ok(database),
+            Err(e) if e.is_unknown_schema() => return Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
     };
     let evidence = Evidence {
         // Moved, not copied: a run's history can hold 200,000 operations.
@@ -155,6 +164,48 @@ pub async fn collect(
         process_events,
         log_path,
     })
+}
+
+/// Stops every replica (SIGTERM), keeping the first's data directory in
+/// `kept` and each other's in `kept/replica-I`. The shutdown was graceful
+/// when every replica's was; a failure names the replica.
+async fn shut_down(
+    replicas: Vec<super::system::System>,
+    kept: &Path,
+) -> Result<ShutdownEvidence, String> {
+    let mut graceful = true;
+    let mut exits = Vec::new();
+    let mut failures = Vec::new();
+    let many = replicas.len() > 1;
+    for (i, replica) in replicas.into_iter().enumerate() {
+        let keep = if i == 0 {
+            kept.to_path_buf()
+        } else {
+            kept.join(format!("replica-{i}"))
+        };
+        match replica.shutdown_preserving(&keep).await {
+            Ok(report) => {
+                graceful &= report.graceful;
+                let exit = report
+                    .exit
+                    .map_or_else(|| "not running".to_owned(), |e| e.to_string());
+                exits.push(if many {
+                    format!("replica {i}: {exit}")
+                } else {
+                    exit
+                });
+            }
+            Err(e) => failures.push(if many { format!("replica {i}: {e}") } else { e }),
+        }
+    }
+    if failures.is_empty() {
+        Ok(ShutdownEvidence {
+            graceful,
+            exit: exits.join("; "),
+        })
+    } else {
+        Err(failures.join("; "))
+    }
 }
 
 /// The payloads the timeline's fault programs tell the mock provider to

@@ -312,3 +312,15 @@ pub fn rate_limits(run: &RunConfig) -> BTreeMap<String, (u32, u32)> {
         .map(|t| (t.tenant.clone(), t.rate_limit))
         .collect()
 }
+
+/// The run's configuration for a replica whose store is the Redis server
+/// at `url` (its own `redis[i]` link of the fault proxy).
+pub fn on_redis(run: &RunConfig, url: &str) -> Result<String, String> {
+    let mut config = run.config.clone();
+    config.storage = StorageConfig::Redis {
+        url: url
+            .parse()
+            .map_err(|e| format!("bad redis url {url}: {e}"))?,
+    };
+    Ok(config.to_yaml())
+}

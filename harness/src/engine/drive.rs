@@ -72,7 +72,7 @@ pub async fn drive(
     });
     let oversized = scenario.system.contract.body_limit_bytes + OVERSIZED_EXTRA_BYTES;
     let target = LoadTarget {
-        base_url: rig.client_url.clone(),
+        base_urls: rig.client_urls.clone(),
         keys: keys.collect(),
         oversized_bytes: usize::try_from(oversized).unwrap_or(usize::MAX),
         lockout_duration: scenario.system.contract.lockout.duration,

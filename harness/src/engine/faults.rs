@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::system::{Mock, System};
+use super::system::{Deployment, Mock};
 use crate::evidence::FaultRecord;
 use crate::load::CancellationSignal;
 use crate::mock_llm::{Effect, Match, Program, Rule};
@@ -20,8 +20,8 @@ pub struct Hands {
     pub proxy: ProxyClient,
     /// The mock LLM provider.
     pub mock: Mock,
-    /// The orchestrator, on whichever backend.
-    pub system: Arc<System>,
+    /// The replicas and Redis, on whichever backend.
+    pub system: Arc<Deployment>,
     /// The rules the mock provider keeps for the whole run
     /// ([`standing_program`]), ahead of any fault's.
     pub standing: Program,
@@ -170,7 +170,7 @@ async fn apply(fault: &Fault, hands: &Hands) -> Result<(), String> {
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         }
-        FaultAction::Partition { link } => match s.partition(*link, true).await {
+        FaultAction::Partition { link } => match s.first().partition(*link, true).await {
             Some(done) => done,
             None => hands
                 .proxy
@@ -193,13 +193,19 @@ async fn apply(fault: &Fault, hands: &Hands) -> Result<(), String> {
             sink_of(hands)?.install(program);
             Ok(())
         }
-        FaultAction::Kill => s.kill().await,
-        FaultAction::Pause => s.pause().await,
-        FaultAction::Restart => s.restart().await,
-        FaultAction::DiskFull => s.disk_fill().await,
-        FaultAction::IoErrors { probability } => s.io_errors(*probability).await,
-        FaultAction::ReadOnly => s.set_read_only(true).await,
-        FaultAction::Oom { limit_bytes } => s.oom(*limit_bytes).await,
+        FaultAction::Kill { process } => s.kill(*process).await,
+        FaultAction::Pause { process } => s.pause(*process).await,
+        FaultAction::Restart { process } => s.restart(*process).await,
+        FaultAction::DiskFull { replica } => s.replica(*replica)?.disk_fill().await,
+        FaultAction::IoErrors {
+            replica,
+            probability,
+        } => s.replica(*replica)?.io_errors(*probability).await,
+        FaultAction::ReadOnly { replica } => s.replica(*replica)?.set_read_only(true).await,
+        FaultAction::Oom {
+            replica,
+            limit_bytes,
+        } => s.replica(*replica)?.oom(*limit_bytes).await,
     }
 }
 
@@ -211,7 +217,7 @@ async fn revert(fault: &Fault, hands: &Hands) -> Result<(), String> {
             .remove_toxic(link.as_str(), &fault.name)
             .await
             .map_err(|e| e.to_string()),
-        FaultAction::Partition { link } => match s.partition(*link, false).await {
+        FaultAction::Partition { link } => match s.first().partition(*link, false).await {
             Some(done) => done,
             None => hands
                 .proxy
@@ -225,12 +231,12 @@ async fn revert(fault: &Fault, hands: &Hands) -> Result<(), String> {
             sink_of(hands)?.install(SinkProgram::default());
             Ok(())
         }
-        FaultAction::Kill => s.start_again().await,
-        FaultAction::Pause => s.resume().await,
-        FaultAction::Restart => Ok(()),
-        FaultAction::DiskFull => s.disk_release().await,
-        FaultAction::IoErrors { .. } => s.io_errors_off().await,
-        FaultAction::ReadOnly => s.set_read_only(false).await,
-        FaultAction::Oom { .. } => s.oom_end().await,
+        FaultAction::Kill { process } => s.start_again(*process).await,
+        FaultAction::Pause { process } => s.resume(*process).await,
+        FaultAction::Restart { .. } => Ok(()),
+        FaultAction::DiskFull { replica } => s.replica(*replica)?.disk_release().await,
+        FaultAction::IoErrors { replica, .. } => s.replica(*replica)?.io_errors_off().await,
+        FaultAction::ReadOnly { replica } => s.replica(*replica)?.set_read_only(false).await,
+        FaultAction::Oom { replica, .. } => s.replica(*replica)?.oom_end().await,
     }
 }

@@ -25,7 +25,7 @@ use crate::checks;
 use crate::images::ImageNames;
 use crate::local::{self, Launcher, Needs};
 use crate::report::{self, Report};
-use crate::scenario::{Fault, FaultAction, Scenario};
+use crate::scenario::{Fault, FaultAction, Scenario, StoreKind};
 use system::DOCKER_NO_FIU;
 
 /// How long the orchestrator gets to say it is listening.
@@ -82,13 +82,19 @@ pub fn unsupported_on(backend: &Backend, scenario: &Scenario) -> Option<String> 
     if !matches!(backend, Backend::Docker(_)) {
         return None;
     }
+    if scenario.system.replicas > 1 || matches!(scenario.system.store, StoreKind::Redis { .. }) {
+        return Some(
+            "its redis store and replicas run on the local backend only for now (the docker backend has no redis image yet)"
+                .to_owned(),
+        );
+    }
     let kinds: Vec<&str> = scenario
         .faults
         .iter()
         .filter(|f| {
             matches!(
                 f.action,
-                FaultAction::IoErrors { .. } | FaultAction::ReadOnly
+                FaultAction::IoErrors { .. } | FaultAction::ReadOnly { .. }
             )
         })
         .map(|f| f.action.kind())
@@ -143,11 +149,11 @@ pub fn needs_of(scenario: &Scenario) -> Needs {
     let mut needs = Needs::default();
     for f in &scenario.faults {
         match f.action {
-            FaultAction::DiskFull => needs.disk_tmpfs_bytes = Some(DATA_TMPFS_BYTES),
+            FaultAction::DiskFull { .. } => needs.disk_tmpfs_bytes = Some(DATA_TMPFS_BYTES),
             // The kernel refuses to remount a filesystem read-only while a
             // file on it is open for writing (SQLite always has one), so a
             // running service is made read-only through libfiu (EROFS).
-            FaultAction::ReadOnly => {
+            FaultAction::ReadOnly { .. } => {
                 needs.disk_tmpfs_bytes = Some(DATA_TMPFS_BYTES);
                 needs.io_errors = true;
             }

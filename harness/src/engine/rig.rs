@@ -6,14 +6,14 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::system::{Mock, System};
+use super::system::{Deployment, Mock, System};
 use super::{Backend, MAX_RESTARTS, READY_TIMEOUT, config};
 use crate::docker::{DockerConfig, DockerNeeds, DockerSystem};
 use crate::images::ImageNames;
-use crate::local::{self, Launcher, LocalConfig, LocalSystem, Needs};
+use crate::local::{self, Launcher, LocalConfig, LocalSystem, Needs, RedisServer};
 use crate::mock_llm::{MockClient, MockConfig, MockLlm};
 use crate::proxy::{ProxyClient, ProxyConfig, ProxyServer, ProxyServerConfig};
-use crate::scenario::Scenario;
+use crate::scenario::{Link, Scenario, StoreKind};
 use crate::sink::{SinkConfig, SinkLimits, Trap, WebhookSink};
 
 /// Brings the system up for `scenario` on `backend`: the mock provider, the
@@ -49,15 +49,16 @@ pub async fn up(
 
 /// What a backend brought up, ready for the load and the faults.
 pub struct Rig {
-    pub system: Arc<System>,
+    /// The replicas and Redis.
+    pub system: Arc<Deployment>,
     pub mock: Mock,
     pub proxy_client: ProxyClient,
     /// The in-process fault proxy of the local backend, shut down at the end.
     pub proxy: Option<ProxyServer>,
     pub run_config: config::RunConfig,
-    /// Where the load goes: the `client` proxy.
-    pub client_url: String,
-    /// The orchestrator itself, for the harness's probes.
+    /// Where the load goes: each replica's `client` proxy, in order.
+    pub client_urls: Vec<String>,
+    /// The first replica itself, for the harness's probes.
     pub direct: String,
     /// The webhook sink and trap, when the load sends webhooks (local
     /// backend only).
@@ -114,38 +115,80 @@ async fn bring_up_local(
         None,
         webhooks.as_ref().map(RigWebhooks::targets),
     )?;
-    let mut local_config =
-        LocalConfig::new(run_id, run_dir, run_config.yaml.clone(), launcher.clone());
-    if webhooks.is_some() {
-        local_config.env = config::WEBHOOK_SECRET_ENVS
-            .iter()
-            .zip(secrets)
-            .map(|(k, v)| ((*k).to_owned(), v))
-            .collect();
+    let redis = match scenario.system.store {
+        StoreKind::Sqlite => None,
+        StoreKind::Redis { appendonly } => Some(
+            RedisServer::start(&run_dir.join("redis"), appendonly)
+                .await
+                .map_err(|e| format!("cannot start redis: {e}"))?,
+        ),
+    };
+    let mut replicas = Vec::new();
+    let mut client_urls = Vec::new();
+    let mut directs = Vec::new();
+    for i in 0..u8::try_from(scenario.system.replicas).unwrap_or(1) {
+        // Each replica reaches Redis through its own link, so that a fault
+        // can cut one replica off while the others carry on.
+        let yaml = match &redis {
+            None => run_config.yaml.clone(),
+            Some(server) => {
+                let link = proxy_client
+                    .create_proxy(&ProxyConfig::new(
+                        Link::Redis(i).as_str(),
+                        "127.0.0.1:0",
+                        server.addr().to_string(),
+                    ))
+                    .await
+                    .map_err(|e| {
+                        format!("cannot create the {} proxy: {e}", Link::Redis(i).as_str())
+                    })?;
+                config::on_redis(&run_config, &format!("redis://{}/0", link.listen))?
+            }
+        };
+        // Replica 0 keeps the run directory itself, as a one-replica run has.
+        let (id, dir) = if i == 0 {
+            (run_id.to_owned(), run_dir.to_path_buf())
+        } else {
+            let dir = run_dir.join(format!("replica-{i}"));
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            (format!("{run_id}-r{i}"), dir)
+        };
+        let mut local_config = LocalConfig::new(id, dir, yaml, launcher.clone());
+        if webhooks.is_some() {
+            local_config.env = config::WEBHOOK_SECRET_ENVS
+                .iter()
+                .zip(secrets.iter().cloned())
+                .map(|(k, v)| ((*k).to_owned(), v))
+                .collect();
+        }
+        local_config.seed = seed.wrapping_add(u64::from(i));
+        local_config.needs = needs.clone();
+        local_config.ready_timeout = READY_TIMEOUT;
+        local_config.max_restarts = MAX_RESTARTS;
+        let system = LocalSystem::start(local_config)
+            .await
+            .map_err(|e| format!("cannot start orchestrator replica {i}: {e}"))?;
+        let client_proxy = proxy_client
+            .create_proxy(&ProxyConfig::new(
+                Link::Client(i).as_str(),
+                "127.0.0.1:0",
+                system.addr().to_string(),
+            ))
+            .await
+            .map_err(|e| format!("cannot create the {} proxy: {e}", Link::Client(i).as_str()))?;
+        client_urls.push(format!("http://{}", client_proxy.listen));
+        directs.push(format!("http://{}", system.addr()));
+        replicas.push(System::Local(system));
     }
-    local_config.seed = seed;
-    local_config.needs = needs;
-    local_config.ready_timeout = READY_TIMEOUT;
-    local_config.max_restarts = MAX_RESTARTS;
-    let system = LocalSystem::start(local_config)
-        .await
-        .map_err(|e| format!("cannot start the orchestrator: {e}"))?;
-    let client_proxy = proxy_client
-        .create_proxy(&ProxyConfig::new(
-            "client",
-            "127.0.0.1:0",
-            system.addr().to_string(),
-        ))
-        .await
-        .map_err(|e| format!("cannot create the client proxy: {e}"))?;
     Ok(Rig {
-        direct: format!("http://{}", system.addr()),
-        system: Arc::new(System::Local(system)),
+        direct: directs.first().cloned().unwrap_or_default(),
+        system: Arc::new(Deployment { replicas, redis }),
         mock: Mock::Local(mock),
         proxy_client,
         proxy: Some(proxy),
         run_config,
-        client_url: format!("http://{}", client_proxy.listen),
+        client_urls,
         webhooks,
     })
 }
@@ -223,8 +266,11 @@ async fn bring_up_docker(
     let mock = MockClient::new(&system.mock_url()).map_err(|e| e.to_string())?;
     Ok(Rig {
         direct: format!("http://{}", system.addr()),
-        client_url: format!("http://{}", system.client_addr()),
-        system: Arc::new(System::Docker(Box::new(system))),
+        client_urls: vec![format!("http://{}", system.client_addr())],
+        system: Arc::new(Deployment {
+            replicas: vec![System::Docker(Box::new(system))],
+            redis: None,
+        }),
         mock: Mock::Remote(mock),
         proxy_client,
         proxy: None,
@@ -237,11 +283,18 @@ impl Rig {
     /// Tears everything down after an interrupted run, without waiting for
     /// a graceful stop.
     pub async fn abandon(self) {
-        match Arc::try_unwrap(self.system) {
-            // The watchdog removes the containers on the signal that
-            // cancelled the run; removing them here too would race it.
-            Ok(System::Docker(docker)) => docker.abandon(),
-            other => drop(other),
+        if let Ok(deployment) = Arc::try_unwrap(self.system) {
+            for replica in deployment.replicas {
+                match replica {
+                    // The watchdog removes the containers on the signal that
+                    // cancelled the run; removing them here too would race it.
+                    System::Docker(docker) => docker.abandon(),
+                    local => drop(local),
+                }
+            }
+            if let Some(redis) = deployment.redis {
+                redis.stop().await;
+            }
         }
         if let Some(proxy) = self.proxy {
             proxy.shutdown().await;

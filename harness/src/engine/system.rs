@@ -8,9 +8,88 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::docker::DockerSystem;
-use crate::local::{LocalSystem, ProcessEvent, ShutdownReport};
+use crate::local::{LocalSystem, ProcessEvent, RedisServer, ShutdownReport};
 use crate::mock_llm::{CallsPage, MockClient, MockLlm, Program};
-use crate::scenario::Link;
+use crate::scenario::{Link, Process};
+
+/// Everything of the system under test a run drives: its orchestrator
+/// replicas and, with the Redis store, the Redis server they share.
+pub struct Deployment {
+    /// One per replica, in order (at least one).
+    pub replicas: Vec<System>,
+    /// The Redis server, with the Redis store (local backend).
+    pub redis: Option<RedisServer>,
+}
+
+impl Deployment {
+    /// Replica `i`.
+    pub fn replica(&self, i: u8) -> Result<&System, String> {
+        self.replicas
+            .get(usize::from(i))
+            .ok_or_else(|| format!("there is no replica {i}"))
+    }
+
+    /// The first replica: where a one-replica system's probes and final
+    /// reads go.
+    pub fn first(&self) -> &System {
+        // `up` never builds a deployment without a replica.
+        &self.replicas[0]
+    }
+
+    fn redis(&self) -> Result<&RedisServer, String> {
+        self.redis
+            .as_ref()
+            .ok_or_else(|| "the system has no redis".to_owned())
+    }
+
+    /// SIGKILL `process`; down until [`Deployment::start_again`].
+    pub async fn kill(&self, process: Process) -> Result<(), String> {
+        match process {
+            Process::Orchestrator(i) => self.replica(i)?.kill().await,
+            Process::Redis => self.redis()?.kill().await.map_err(text),
+        }
+    }
+
+    /// Starts `process` again after a kill, waited for.
+    pub async fn start_again(&self, process: Process) -> Result<(), String> {
+        match process {
+            Process::Orchestrator(i) => self.replica(i)?.start_again().await,
+            Process::Redis => self.redis()?.start_again().await.map_err(text),
+        }
+    }
+
+    /// Freezes `process`.
+    pub async fn pause(&self, process: Process) -> Result<(), String> {
+        match process {
+            Process::Orchestrator(i) => self.replica(i)?.pause().await,
+            Process::Redis => self.redis()?.pause().await.map_err(text),
+        }
+    }
+
+    /// Thaws `process`.
+    pub async fn resume(&self, process: Process) -> Result<(), String> {
+        match process {
+            Process::Orchestrator(i) => self.replica(i)?.resume().await,
+            Process::Redis => self.redis()?.resume().await.map_err(text),
+        }
+    }
+
+    /// Graceful stop and start of `process`, waited for.
+    pub async fn restart(&self, process: Process) -> Result<(), String> {
+        match process {
+            Process::Orchestrator(i) => self.replica(i)?.restart().await,
+            Process::Redis => self.redis()?.restart().await.map_err(text),
+        }
+    }
+
+    /// Every replica's events, by time since its own start (the replicas
+    /// start within moments of each other).
+    pub fn events(&self) -> Vec<ProcessEvent> {
+        let mut all: Vec<ProcessEvent> = self.replicas.iter().flat_map(System::events).collect();
+        all.sort_by_key(|e| e.elapsed);
+        all
+    }
+}
 
 /// The orchestrator of one run.
 pub enum System {

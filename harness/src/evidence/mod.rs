@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod db;
+pub mod redis;
 
 use std::collections::BTreeMap;
 

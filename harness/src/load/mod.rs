@@ -38,9 +38,11 @@ pub use stats::{LatencySummary, Summary, WindowStats};
 /// Where the load goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoadTarget {
-    /// The orchestrator's base URL as the load sees it, normally the fault
-    /// proxy's client link: `http://127.0.0.1:PORT`.
-    pub base_url: String,
+    /// Each replica's base URL as the load sees it, normally the fault
+    /// proxy's client links: `http://127.0.0.1:PORT`. Operations are spread
+    /// over them round robin, and an operation that reuses a key goes to the
+    /// replica after the one its key was first sent to.
+    pub base_urls: Vec<String>,
     /// The keys requests carry, by tenant and credential; each request
     /// carries its own as `Authorization: Bearer KEY` (none for
     /// [`Credential::Missing`]).
@@ -92,7 +94,15 @@ impl LoadTarget {
     /// build is recorded as an [`Outcome::IoError`], one without a key is
     /// sent without and answered 401), so call this first.
     pub fn validate(&self, plan: &[PlannedOp]) -> Result<(), LoadError> {
-        run::base_url(&self.base_url)?;
+        if self.base_urls.is_empty() {
+            return Err(LoadError::InvalidBaseUrl {
+                url: String::new(),
+                reason: "no base url: the load needs at least one replica".to_owned(),
+            });
+        }
+        for url in &self.base_urls {
+            run::base_url(url)?;
+        }
         let mut checked = std::collections::HashSet::new();
         for op in plan {
             if op.credential == Credential::Missing || !checked.insert((&op.tenant, &op.credential))

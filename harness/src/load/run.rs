@@ -56,6 +56,19 @@ pub(super) fn base_url(text: &str) -> Result<Url, LoadError> {
     Ok(url)
 }
 
+/// The replica (an index into `replicas` base URLs) `planned` goes to:
+/// round robin by index, except that an operation reusing an earlier one's
+/// key goes to the replica after that one's, so that with several replicas
+/// a retry never lands where its key was first sent.
+fn replica_of(planned: &PlannedOp, replicas: usize) -> usize {
+    let replicas = replicas.max(1) as u64;
+    let slot = match planned.reuse_of {
+        Some(first) => first + 1,
+        None => planned.index,
+    };
+    usize::try_from(slot % replicas).unwrap_or(0)
+}
+
 /// The id sent where a route needs a job and the run knows none: requests
 /// that authorisation must refuse never get as far as looking it up.
 const NO_JOB: &str = "job-gauntlet-none";
@@ -66,7 +79,8 @@ const PROBLEM_PREFIX: &str = "urn:orchestrator:problem:";
 /// What every operation task shares.
 struct Shared {
     client: Result<reqwest::Client, String>,
-    base: Result<Url, String>,
+    /// One per replica, in order.
+    bases: Result<Vec<Url>, String>,
     keys: HashMap<(String, Credential), String>,
     /// The keys issued during the run ([`Credential::is_issued`]), with
     /// their ids, as the answers that issued them said.
@@ -163,7 +177,12 @@ pub async fn run(
         .collect();
     let shared = Arc::new(Shared {
         client: client(spec.max_in_flight),
-        base: base_url(&target.base_url).map_err(|e| e.to_string()),
+        bases: target
+            .base_urls
+            .iter()
+            .map(|u| base_url(u))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string()),
         keys: target
             .keys
             .iter()
@@ -863,10 +882,13 @@ async fn perform(
         .client
         .as_ref()
         .map_err(|e| Outcome::IoError(e.clone()))?;
-    let mut url = shared
-        .base
+    let bases = shared
+        .bases
         .as_ref()
-        .map_err(|e| Outcome::IoError(e.clone()))?
+        .map_err(|e| Outcome::IoError(e.clone()))?;
+    let mut url = bases
+        .get(replica_of(planned, bases.len()))
+        .ok_or_else(|| Outcome::IoError("the load has no base url".to_owned()))?
         .clone();
     {
         // base_url checked that the URL can be a base, so this succeeds.
@@ -1007,4 +1029,45 @@ fn chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(index: u64, reuse_of: Option<u64>) -> PlannedOp {
+        PlannedOp {
+            index,
+            offset: Duration::ZERO,
+            kind: PlannedKind::Access {
+                route: OpKind::ReadBudget,
+            },
+            tenant: "t".to_owned(),
+            credential: Credential::Tenant,
+            client: std::net::IpAddr::from([10, 0, 0, 1]),
+            idempotency_key: None,
+            reuse_of,
+            body: None,
+            read_pick: 0,
+            webhook: None,
+            planted: Vec::new(),
+            request_id: None,
+        }
+    }
+
+    #[test]
+    fn operations_go_round_robin_and_a_reused_key_goes_to_the_next_replica() {
+        let spread: Vec<usize> = (0..6).map(|i| replica_of(&op(i, None), 3)).collect();
+        assert_eq!(spread, [0, 1, 2, 0, 1, 2]);
+        for first in 0..6 {
+            let original = replica_of(&op(first, None), 3);
+            let retry = replica_of(&op(first + 7, Some(first)), 3);
+            assert_ne!(
+                original, retry,
+                "a reuse of op {first} lands where it was first sent"
+            );
+        }
+        // One replica: everything goes to it.
+        assert_eq!(replica_of(&op(5, Some(2)), 1), 0);
+    }
 }

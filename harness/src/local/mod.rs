@@ -29,6 +29,7 @@ mod fiu;
 mod gc;
 mod memory;
 mod process;
+mod redis_server;
 pub(crate) mod state;
 
 use std::ffi::OsString;
@@ -47,6 +48,7 @@ use tokio::sync::watch;
 
 pub use error::{GcError, LocalError, UnmetNeed};
 pub use gc::{GcReport, gc, gc_in};
+pub use redis_server::{REDIS_SERVER, RedisServer, RedisServerError};
 pub use state::{DEFAULT_STATE_DIR, default_state_dir};
 
 use memory::Cgroup;

@@ -129,7 +129,7 @@ impl ParamRange {
 /// The system under test.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SystemSpec {
-    /// Orchestrator replicas; 1 until the Redis store lands.
+    /// Orchestrator replicas, 1 to [`MAX_REPLICAS`] (more than 1 only on Redis).
     pub replicas: u32,
     /// The store behind the replicas.
     pub store: StoreKind,
@@ -148,8 +148,16 @@ pub struct SystemSpec {
 /// Where the orchestrator keeps its state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreKind {
-    /// SQLite in the run's data directory (the only store today).
+    /// SQLite in the run's data directory (one replica only).
     Sqlite,
+    /// A Redis server the harness runs, shared by the replicas.
+    Redis {
+        /// Whether Redis logs every write to its append-only file, synced
+        /// before it answers (`appendfsync always`): a killed Redis then
+        /// comes back with everything it acknowledged; without it, with
+        /// nothing.
+        appendonly: bool,
+    },
 }
 
 /// The load: open loop, at the profile's rate, with a request mix.
@@ -303,21 +311,63 @@ impl Fault {
     }
 }
 
+/// The most orchestrator replicas a scenario may run.
+pub const MAX_REPLICAS: u32 = 5;
+
+/// The canonical names of each replica's links and process, by replica:
+/// replica 0 keeps the plain names a one-replica system has always used
+/// (`client[0]` and `orchestrator[0]` are read as them).
+const CLIENT_NAMES: [&str; MAX_REPLICAS as usize] =
+    ["client", "client[1]", "client[2]", "client[3]", "client[4]"];
+const REDIS_LINK_NAMES: [&str; MAX_REPLICAS as usize] =
+    ["redis[0]", "redis[1]", "redis[2]", "redis[3]", "redis[4]"];
+const ORCHESTRATOR_NAMES: [&str; MAX_REPLICAS as usize] = [
+    "orchestrator",
+    "orchestrator[1]",
+    "orchestrator[2]",
+    "orchestrator[3]",
+    "orchestrator[4]",
+];
+
 /// A link of the topology: each passes through a named proxy of the fault proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Link {
-    /// Load generator → orchestrator (proxy `client`).
-    Client,
-    /// Orchestrator → LLM provider (proxy `llm`).
+    /// Load generator → replica `i` (proxy `client`, `client[i]` for `i > 0`).
+    Client(u8),
+    /// Orchestrators → LLM provider (proxy `llm`).
     Llm,
+    /// Replica `i` → Redis (proxy `redis[i]`).
+    Redis(u8),
 }
 
 impl Link {
     /// The proxy's name, also the `target` in scenario files.
     pub fn as_str(self) -> &'static str {
         match self {
-            Link::Client => "client",
+            Link::Client(i) => CLIENT_NAMES[usize::from(i).min(CLIENT_NAMES.len() - 1)],
             Link::Llm => "llm",
+            Link::Redis(i) => REDIS_LINK_NAMES[usize::from(i).min(REDIS_LINK_NAMES.len() - 1)],
+        }
+    }
+}
+
+/// The process a process fault acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Process {
+    /// Orchestrator replica `i` (`orchestrator`, `orchestrator[i]`).
+    Orchestrator(u8),
+    /// The Redis server (`redis`).
+    Redis,
+}
+
+impl Process {
+    /// The target as written in scenario files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Process::Orchestrator(i) => {
+                ORCHESTRATOR_NAMES[usize::from(i).min(ORCHESTRATOR_NAMES.len() - 1)]
+            }
+            Process::Redis => "redis",
         }
     }
 }
@@ -354,26 +404,46 @@ pub enum FaultAction {
         /// The program's JSON.
         program: serde_json::Value,
     },
-    /// SIGKILL the orchestrator; it is started again when the fault ends
-    /// (at once for an instant fault).
-    Kill,
-    /// SIGSTOP the orchestrator for the fault's duration, then SIGCONT.
-    Pause,
-    /// Stop the orchestrator gracefully (SIGTERM) and start it again.
-    Restart,
-    /// Fill the orchestrator's data directory (a size-limited tmpfs) until the
+    /// SIGKILL the process; it is started again when the fault ends (at
+    /// once for an instant fault). Redis comes back with what it had
+    /// persisted.
+    Kill {
+        /// Which.
+        process: Process,
+    },
+    /// SIGSTOP the process for the fault's duration, then SIGCONT.
+    Pause {
+        /// Which.
+        process: Process,
+    },
+    /// Stop the process gracefully (SIGTERM) and start it again.
+    Restart {
+        /// Which.
+        process: Process,
+    },
+    /// Fill the replica's data directory (a size-limited tmpfs) until the
     /// fault ends.
-    DiskFull,
-    /// Fail the orchestrator's file I/O with this probability (libfiu).
+    DiskFull {
+        /// The replica.
+        replica: u8,
+    },
+    /// Fail the replica's file I/O with this probability (libfiu).
     IoErrors {
+        /// The replica.
+        replica: u8,
         /// In (0, 1].
         probability: f64,
     },
-    /// Remount the orchestrator's data directory read-only.
-    ReadOnly,
-    /// Limit the orchestrator's memory so that the kernel OOM-kills it; it is
+    /// Remount the replica's data directory read-only.
+    ReadOnly {
+        /// The replica.
+        replica: u8,
+    },
+    /// Limit the replica's memory so that the kernel OOM-kills it; it is
     /// restarted, and runs normally again after the fault.
     Oom {
+        /// The replica.
+        replica: u8,
         /// The memory limit.
         limit_bytes: u64,
     },
@@ -417,12 +487,12 @@ impl FaultAction {
             FaultAction::Toxic { toxic, .. } => toxic.type_name(),
             FaultAction::Partition { .. } => "partition",
             FaultAction::LlmProgram { .. } | FaultAction::SinkProgram { .. } => "program",
-            FaultAction::Kill => "kill",
-            FaultAction::Pause => "pause",
-            FaultAction::Restart => "restart",
-            FaultAction::DiskFull => "disk_full",
+            FaultAction::Kill { .. } => "kill",
+            FaultAction::Pause { .. } => "pause",
+            FaultAction::Restart { .. } => "restart",
+            FaultAction::DiskFull { .. } => "disk_full",
             FaultAction::IoErrors { .. } => "io_errors",
-            FaultAction::ReadOnly => "read_only",
+            FaultAction::ReadOnly { .. } => "read_only",
             FaultAction::Oom { .. } => "oom",
         }
     }
@@ -433,7 +503,13 @@ impl FaultAction {
             FaultAction::Toxic { link, .. } | FaultAction::Partition { link } => link.as_str(),
             FaultAction::LlmProgram { .. } => "provider",
             FaultAction::SinkProgram { .. } => "webhook_sink",
-            _ => "orchestrator",
+            FaultAction::Kill { process }
+            | FaultAction::Pause { process }
+            | FaultAction::Restart { process } => process.as_str(),
+            FaultAction::DiskFull { replica }
+            | FaultAction::IoErrors { replica, .. }
+            | FaultAction::ReadOnly { replica }
+            | FaultAction::Oom { replica, .. } => Process::Orchestrator(*replica).as_str(),
         }
     }
 
@@ -443,10 +519,12 @@ impl FaultAction {
             FaultAction::Toxic { .. } | FaultAction::Partition { .. } => FaultClass::Network,
             FaultAction::LlmProgram { .. } => FaultClass::Llm,
             FaultAction::SinkProgram { .. } => FaultClass::Webhook,
-            FaultAction::Kill | FaultAction::Pause | FaultAction::Restart => FaultClass::Process,
-            FaultAction::DiskFull | FaultAction::IoErrors { .. } | FaultAction::ReadOnly => {
-                FaultClass::Disk
+            FaultAction::Kill { .. } | FaultAction::Pause { .. } | FaultAction::Restart { .. } => {
+                FaultClass::Process
             }
+            FaultAction::DiskFull { .. }
+            | FaultAction::IoErrors { .. }
+            | FaultAction::ReadOnly { .. } => FaultClass::Disk,
             FaultAction::Oom { .. } => FaultClass::Memory,
         }
     }

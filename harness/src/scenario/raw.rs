@@ -76,12 +76,22 @@ pub(crate) struct RawSystem {
     #[serde(default)]
     pub store: Option<String>,
     #[serde(default)]
+    pub redis: Option<RawRedis>,
+    #[serde(default)]
     pub config: Option<String>,
     /// Read from the tree (see the module comment); declared so that it is
     /// not an unknown field.
     #[serde(default)]
     #[allow(dead_code)]
     pub overrides: Option<IgnoredAny>,
+}
+
+/// `system.redis:`, with `store: redis`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRedis {
+    #[serde(default)]
+    pub appendonly: Option<bool>,
 }
 
 /// `load:`.

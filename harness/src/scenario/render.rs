@@ -31,7 +31,22 @@ struct File<'a> {
 
 #[derive(Serialize)]
 struct SystemOut<'a> {
+    #[serde(skip_serializing_if = "is_one")]
+    replicas: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis: Option<RedisOut>,
     config: &'a str,
+}
+
+#[derive(Serialize)]
+struct RedisOut {
+    appendonly: bool,
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 /// Fields in the order FORMAT.md gives them, absent ones left out.
@@ -134,7 +149,18 @@ pub fn render(scenario: &Scenario, config: &str) -> String {
         name: &scenario.name,
         description: &scenario.description,
         seed: scenario.seed,
-        system: SystemOut { config },
+        system: SystemOut {
+            replicas: scenario.system.replicas,
+            store: match scenario.system.store {
+                StoreKind::Sqlite => None,
+                StoreKind::Redis { .. } => Some("redis"),
+            },
+            redis: match scenario.system.store {
+                StoreKind::Sqlite => None,
+                StoreKind::Redis { appendonly } => Some(RedisOut { appendonly }),
+            },
+            config,
+        },
         load: load(&scenario.load),
         faults: scenario.faults.iter().map(fault).collect(),
         slo: scenario.slos.iter().map(slo).collect(),
@@ -247,14 +273,14 @@ fn fault(f: &Fault) -> FaultOut {
         FaultAction::LlmProgram { program } | FaultAction::SinkProgram { program } => {
             Some(program.clone())
         }
-        FaultAction::IoErrors { probability } => Some(json!({"probability": probability})),
-        FaultAction::Oom { limit_bytes } => Some(json!({"limit": format_size(*limit_bytes)})),
+        FaultAction::IoErrors { probability, .. } => Some(json!({"probability": probability})),
+        FaultAction::Oom { limit_bytes, .. } => Some(json!({"limit": format_size(*limit_bytes)})),
         FaultAction::Partition { .. }
-        | FaultAction::Kill
-        | FaultAction::Pause
-        | FaultAction::Restart
-        | FaultAction::DiskFull
-        | FaultAction::ReadOnly => None,
+        | FaultAction::Kill { .. }
+        | FaultAction::Pause { .. }
+        | FaultAction::Restart { .. }
+        | FaultAction::DiskFull { .. }
+        | FaultAction::ReadOnly { .. } => None,
     };
     FaultOut {
         name: f.name.clone(),

@@ -68,12 +68,23 @@ const ORCHESTRATOR_KINDS: [&str; 7] = [
     "read_only",
     "oom",
 ];
+/// Of those, the kinds that also act on Redis.
+const PROCESS_KINDS: [&str; 3] = ["kill", "pause", "restart"];
 /// Faults that may be instant (no `for`).
 pub(crate) const INSTANT_KINDS: [&str; 2] = ["kill", "restart"];
-/// Every `target`.
-const TARGETS: [&str; 5] = ["client", "llm", "provider", "webhook_sink", "orchestrator"];
+/// Every `target` (`client`, `orchestrator` and `redis[i]` take a replica's
+/// index in brackets).
+const TARGETS: [&str; 7] = [
+    "client",
+    "llm",
+    "redis[i]",
+    "provider",
+    "webhook_sink",
+    "orchestrator",
+    "redis",
+];
 /// The targets of network kinds.
-const LINK_TARGETS: [&str; 2] = ["client", "llm"];
+const LINK_TARGETS: [&str; 3] = ["client", "llm", "redis[i]"];
 
 /// Every SLO metric.
 pub const METRICS: [&str; 9] = [
@@ -125,6 +136,8 @@ fn targets_of(kind: &str) -> Option<&'static [&'static str]> {
         Some(&LINK_TARGETS)
     } else if kind == PROGRAM {
         Some(&["provider", "webhook_sink"])
+    } else if PROCESS_KINDS.contains(&kind) {
+        Some(&["orchestrator", "redis"])
     } else if ORCHESTRATOR_KINDS.contains(&kind) {
         Some(&["orchestrator"])
     } else {
@@ -181,6 +194,40 @@ pub(crate) struct Validator<'a> {
     /// Paths whose decoding failed: findings at or under them would only repeat the failure.
     failed: &'a [String],
     pub(crate) diagnostics: Vec<Diagnostic>,
+    /// The system's shape, which fault targets are checked against; set
+    /// when `system` is validated, before the faults.
+    topology: Topology,
+}
+
+/// How many replicas there are, and whether there is a Redis.
+#[derive(Clone, Copy, Debug)]
+struct Topology {
+    replicas: u8,
+    redis: bool,
+}
+
+/// A fault's target, parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    Link(Link),
+    Provider,
+    WebhookSink,
+    Process(Process),
+}
+
+impl Target {
+    /// The family the kinds' target lists name: `client[i]` is `client`.
+    fn family(self) -> &'static str {
+        match self {
+            Target::Link(Link::Client(_)) => "client",
+            Target::Link(Link::Llm) => "llm",
+            Target::Link(Link::Redis(_)) => "redis[i]",
+            Target::Provider => "provider",
+            Target::WebhookSink => "webhook_sink",
+            Target::Process(Process::Orchestrator(_)) => "orchestrator",
+            Target::Process(Process::Redis) => "redis",
+        }
+    }
 }
 
 impl<'a> Validator<'a> {
@@ -190,6 +237,10 @@ impl<'a> Validator<'a> {
             root,
             failed,
             diagnostics: Vec::new(),
+            topology: Topology {
+                replicas: 1,
+                redis: false,
+            },
         }
     }
 
@@ -646,31 +697,40 @@ impl<'a> Validator<'a> {
 
     fn system(&mut self, raw: &RawSystem) -> SystemParts<'a> {
         let replicas = raw.replicas.unwrap_or(1);
-        if replicas == 0 {
+        if replicas == 0 || replicas > MAX_REPLICAS {
             self.error(
                 Code::Range,
                 "system.replicas",
-                "0 replicas: expected 1 (the only count supported for now)",
-            );
-        } else if replicas > 1 {
-            self.error(
-                Code::Unsupported,
-                "system.replicas",
-                format!(
-                    "{replicas} replicas: multiple replicas come with the Redis store (a later issue); only 1 is accepted for now"
-                ),
+                format!("{replicas} replicas: expected 1 to {MAX_REPLICAS}"),
             );
         }
         let store = match raw.store.as_deref() {
-            None | Some("sqlite") => Some(StoreKind::Sqlite),
-            Some("redis") => {
-                self.error(
-                    Code::Unsupported,
-                    "system.store",
-                    "the redis store comes with a later issue; only `sqlite` is accepted for now",
-                );
-                None
+            None | Some("sqlite") => {
+                if replicas > 1 {
+                    self.error(
+                        Code::Conflict,
+                        "system.replicas",
+                        format!(
+                            "{replicas} replicas cannot share one sqlite file (one process owns it); set `store: redis`"
+                        ),
+                    );
+                }
+                if raw.redis.is_some() {
+                    self.error(
+                        Code::Conflict,
+                        "system.redis",
+                        "`system.redis` configures the redis store; set `store: redis` or remove it",
+                    );
+                }
+                Some(StoreKind::Sqlite)
             }
+            Some("redis") => Some(StoreKind::Redis {
+                appendonly: raw
+                    .redis
+                    .as_ref()
+                    .and_then(|r| r.appendonly)
+                    .unwrap_or(true),
+            }),
             Some(other) => {
                 self.error(
                     Code::Reference,
@@ -702,6 +762,10 @@ impl<'a> Validator<'a> {
                 }
             },
             _ => None,
+        };
+        self.topology = Topology {
+            replicas: u8::try_from(replicas.clamp(1, MAX_REPLICAS)).unwrap_or(1),
+            redis: matches!(store, Some(StoreKind::Redis { .. })),
         };
         SystemParts {
             replicas,
@@ -1186,29 +1250,16 @@ impl<'a> Validator<'a> {
             }
             known
         });
-        let target = target.filter(|target| {
-            let known = TARGETS.contains(target);
-            if !known {
-                self.error(
-                    Code::Reference,
-                    &target_path,
-                    format!(
-                        "unknown target `{}`{}",
-                        shown(target),
-                        suggest(target, &TARGETS)
-                    ),
-                );
-            }
-            known
-        });
+        let target = target.and_then(|written| self.target(&target_path, written));
         if let (Some(kind), Some(target)) = (kind, target) {
             let valid = targets_of(kind).unwrap_or_default();
-            if !valid.contains(&target) {
+            if !valid.contains(&target.family()) {
                 self.error(
                     Code::Conflict,
                     &target_path,
                     format!(
-                        "a `{kind}` fault cannot act on `{target}`; its valid targets are {}",
+                        "a `{kind}` fault cannot act on `{}`; its valid targets are {}",
+                        raw.target.as_deref().unwrap_or_default(),
                         list(valid)
                     ),
                 );
@@ -1252,19 +1303,14 @@ impl<'a> Validator<'a> {
                 );
             }
         }
-        let target_link = match target {
-            Some("client") => Some(Link::Client),
-            Some("llm") => Some(Link::Llm),
-            _ => None,
-        };
         let action = kind.and_then(|kind| {
-            if kind == PROGRAM && target == Some("webhook_sink") {
+            if kind == PROGRAM && target == Some(Target::WebhookSink) {
                 return self.sink_program(&child_path(path, "params"), raw.params.as_ref());
             }
             self.action(
                 &child_path(path, "params"),
                 kind,
-                target_link,
+                target,
                 raw.params.as_ref(),
             )
         });
@@ -1276,14 +1322,93 @@ impl<'a> Validator<'a> {
         })
     }
 
-    /// The fault's action from its kind and params.
+    /// A target as written: a plain name, or `client[i]`, `orchestrator[i]`
+    /// or `redis[i]` with `i` a replica of the system; `redis` needs the
+    /// Redis store.
+    fn target(&mut self, path: &str, written: &str) -> Option<Target> {
+        let (base, index) = match written.strip_suffix(']').and_then(|w| w.split_once('[')) {
+            Some((base, index)) => (base, Some(index)),
+            None => (written, None),
+        };
+        let replica = match index {
+            None => None,
+            Some(index) => match index.parse::<u8>() {
+                Ok(i) if i < self.topology.replicas => Some(i),
+                _ => {
+                    self.error(
+                        Code::Range,
+                        path,
+                        format!(
+                            "`{}`: the system has {} replica{}, numbered 0 to {}",
+                            shown(written),
+                            self.topology.replicas,
+                            if self.topology.replicas == 1 { "" } else { "s" },
+                            self.topology.replicas - 1
+                        ),
+                    );
+                    return None;
+                }
+            },
+        };
+        let target = match (base, replica) {
+            ("client", i) => Target::Link(Link::Client(i.unwrap_or(0))),
+            ("orchestrator", i) => Target::Process(Process::Orchestrator(i.unwrap_or(0))),
+            ("redis", Some(i)) => Target::Link(Link::Redis(i)),
+            ("redis", None) => Target::Process(Process::Redis),
+            ("llm", None) => Target::Link(Link::Llm),
+            ("provider", None) => Target::Provider,
+            ("webhook_sink", None) => Target::WebhookSink,
+            _ => {
+                self.error(
+                    Code::Reference,
+                    path,
+                    format!(
+                        "unknown target `{}`{}",
+                        shown(written),
+                        suggest(written, &TARGETS)
+                    ),
+                );
+                return None;
+            }
+        };
+        if matches!(
+            target,
+            Target::Link(Link::Redis(_)) | Target::Process(Process::Redis)
+        ) && !self.topology.redis
+        {
+            self.error(
+                Code::Conflict,
+                path,
+                format!(
+                    "`{}` needs the redis store: set `system.store: redis`",
+                    shown(written)
+                ),
+            );
+            return None;
+        }
+        Some(target)
+    }
+
+    /// The fault's action from its kind, target and params.
     fn action(
         &mut self,
         path: &str,
         kind: &str,
-        link: Option<Link>,
+        target: Option<Target>,
         params: Option<&Value>,
     ) -> Option<FaultAction> {
+        let link = match target {
+            Some(Target::Link(link)) => Some(link),
+            _ => None,
+        };
+        let process = match target {
+            Some(Target::Process(process)) => Some(process),
+            _ => None,
+        };
+        let replica = match process {
+            Some(Process::Orchestrator(i)) => Some(i),
+            _ => None,
+        };
         if let Some(toxic) = ToxicKind::zeroed(kind) {
             return self.toxic(path, toxic, link, params);
         }
@@ -1295,19 +1420,19 @@ impl<'a> Validator<'a> {
             PROGRAM => self.program(path, params),
             "kill" => self
                 .no_params(path, kind, params)
-                .then_some(FaultAction::Kill),
+                .then_some(FaultAction::Kill { process: process? }),
             "pause" => self
                 .no_params(path, kind, params)
-                .then_some(FaultAction::Pause),
+                .then_some(FaultAction::Pause { process: process? }),
             "restart" => self
                 .no_params(path, kind, params)
-                .then_some(FaultAction::Restart),
+                .then_some(FaultAction::Restart { process: process? }),
             "disk_full" => self
                 .no_params(path, kind, params)
-                .then_some(FaultAction::DiskFull),
+                .then_some(FaultAction::DiskFull { replica: replica? }),
             "read_only" => self
                 .no_params(path, kind, params)
-                .then_some(FaultAction::ReadOnly),
+                .then_some(FaultAction::ReadOnly { replica: replica? }),
             "io_errors" => {
                 let map = self.params(path, kind, params, &["probability"])?;
                 let probability = match map.get("probability") {
@@ -1328,7 +1453,10 @@ impl<'a> Validator<'a> {
                     );
                     return None;
                 };
-                Some(FaultAction::IoErrors { probability })
+                Some(FaultAction::IoErrors {
+                    replica: replica?,
+                    probability,
+                })
             }
             "oom" => {
                 let map = self.params(path, kind, params, &["limit"])?;
@@ -1365,7 +1493,10 @@ impl<'a> Validator<'a> {
                     );
                     return None;
                 }
-                Some(FaultAction::Oom { limit_bytes: limit })
+                Some(FaultAction::Oom {
+                    replica: replica?,
+                    limit_bytes: limit,
+                })
             }
             _ => None,
         }

@@ -21,14 +21,12 @@ use std::fmt;
 
 use rusqlite::{OptionalExtension, Transaction, params};
 use serde::Serialize;
-use serde_json::json;
 
 use super::tasks::{audit_charge, charge_reservation, exec, load_reservation, release};
 use super::{
-    Charge, IdempotencyClaim, ReservationId, SqliteStore, StoreError, TxError, audit, from_db,
-    webhooks,
+    Charge, IdempotencyClaim, ReservationId, SqliteStore, StoreError, TxError, audit, entries,
+    from_db, webhooks,
 };
-use crate::audit::NewEntry;
 use crate::pii::Redactor;
 
 /// The most jobs one listing returns.
@@ -456,17 +454,14 @@ impl SqliteStore {
                 ],
             )?;
             audit::append(tx, self.redactor(),
-                NewEntry::new(
-                    job.actor.clone(),
-                    "job.accepted",
-                    job.id.clone(),
-                    json!({
-                        "tenant": job.tenant,
-                        "idempotency_key": key,
-                        "max_tokens": job.max_tokens,
-                        "max_attempts": job.max_attempts.max(1),
-                        "prompt_bytes": job.prompt.len(),
-                    }),
+                entries::job_accepted(
+                    &job.actor,
+                    &job.id,
+                    &job.tenant,
+                    key,
+                    job.max_tokens,
+                    job.max_attempts.max(1),
+                    job.prompt.len(),
                 ),
                 now,
             )?;
@@ -520,12 +515,7 @@ impl SqliteStore {
             audit::append(
                 tx,
                 self.redactor(),
-                NewEntry::new(
-                    worker,
-                    "job.leased",
-                    id,
-                    json!({"attempt": job.attempt, "lease_ms": lease_ms}),
-                ),
+                entries::job_leased(worker, &id, job.attempt, lease_ms),
                 now,
             )?;
             Ok(Some(job))
@@ -577,12 +567,7 @@ impl SqliteStore {
             audit::append(
                 tx,
                 self.redactor(),
-                NewEntry::new(
-                    done.actor.clone(),
-                    "job.completed",
-                    done.id.clone(),
-                    json!({"tenant": tenant, "attempt": attempts, "tokens": charge.charged}),
-                ),
+                entries::job_completed(&done.actor, &done.id, &tenant, attempts, charge.charged),
                 now,
             )?;
             audit_charge(tx, self.redactor(), &done.actor, &held, &charge, now)?;
@@ -615,22 +600,22 @@ impl SqliteStore {
                     Failure::Dead
                 }
             };
-            let (action, details) = match outcome {
-                Failure::Retrying { at_ms } => (
-                    "job.retrying",
-                    json!({"tenant": tenant, "attempt": attempts, "error": error,
-                           "retry_in_ms": at_ms.saturating_sub(now)}),
-                ),
-                _ => (
-                    "job.dead",
-                    json!({"tenant": tenant, "attempt": attempts, "error": error,
-                           "retryable": failed.retry_at_ms.is_some()}),
-                ),
+            let retry_in_ms = match outcome {
+                Failure::Retrying { at_ms } => Some(at_ms.saturating_sub(now)),
+                _ => None,
             };
             audit::append(
                 tx,
                 self.redactor(),
-                NewEntry::new(failed.actor.clone(), action, failed.id.clone(), details),
+                entries::job_failed(
+                    &failed.actor,
+                    &failed.id,
+                    &tenant,
+                    attempts,
+                    &error,
+                    retry_in_ms,
+                    failed.retry_at_ms.is_some(),
+                ),
                 now,
             )?;
             Ok(outcome)
@@ -661,12 +646,7 @@ impl SqliteStore {
                 "UPDATE jobs SET attempts = max(attempts - 1, 0) WHERE id = ?1",
                 [id],
             )?;
-            audit::append(
-                tx,
-                self.redactor(),
-                NewEntry::new(actor, "job.released", id, json!({"reason": "shutdown"})),
-                now,
-            )?;
+            audit::append(tx, self.redactor(), entries::job_released(actor, id), now)?;
             Ok(true)
         })
     }
@@ -800,7 +780,7 @@ impl SqliteStore {
             audit::append(
                 tx,
                 self.redactor(),
-                NewEntry::new(actor, "job.replayed", id, json!({"tenant": tenant})),
+                entries::job_replayed(actor, id, tenant),
                 now,
             )?;
             Ok(Replay::Replayed)
@@ -896,19 +876,10 @@ fn reclaim(
             requeue(tx, &id, Some(&error), now, now)?;
             JobState::Queued
         };
-        let action = match now_state {
-            JobState::Dead => "job.dead",
-            _ => "job.reclaimed",
-        };
         audit::append(
             tx,
             redactor,
-            NewEntry::new(
-                SYSTEM_ACTOR,
-                action,
-                id.clone(),
-                json!({"tenant": tenant, "attempt": attempts, "error": error}),
-            ),
+            entries::job_reclaimed(&id, &tenant, attempts, &error, now_state),
             now,
         )?;
         out.push(Reclaimed { id, now: now_state });

@@ -34,6 +34,7 @@
 
 mod audit;
 mod backend;
+mod entries;
 mod error;
 mod jobs;
 mod keys;

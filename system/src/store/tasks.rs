@@ -10,14 +10,12 @@
 //!   reservation with a key has its in-flight record.
 
 use rusqlite::{OptionalExtension, Transaction, params};
-use serde_json::json;
 
 use super::audit;
 use super::{
     Begin, BeginTask, BudgetSnapshot, Charge, ChargeRecord, FinishTask, Recovery, ReservationId,
-    SqliteStore, StoreError, TxError, from_db, millis, now_ms, to_db,
+    SqliteStore, StoreError, TxError, entries, from_db, millis, now_ms, to_db,
 };
-use crate::audit::NewEntry;
 use crate::pii::Redactor;
 
 /// A reservation as stored.
@@ -191,15 +189,12 @@ impl SqliteStore {
             audit::append(
                 tx,
                 self.redactor(),
-                NewEntry::new(
-                    finish.actor.clone(),
-                    "task.completed",
-                    held.task_id.clone(),
-                    json!({
-                        "tenant": held.tenant,
-                        "status": finish.response.as_ref().map(|r| r.status),
-                        "idempotency_key": held.key,
-                    }),
+                entries::task_completed(
+                    &finish.actor,
+                    &held.task_id,
+                    &held.tenant,
+                    finish.response.as_ref().map(|r| r.status),
+                    held.key.as_deref(),
                 ),
                 now,
             )?;
@@ -448,17 +443,7 @@ pub(super) fn audit_charge(
     audit::append(
         tx,
         redactor,
-        NewEntry::new(
-            actor,
-            "budget.charged",
-            held.tenant.clone(),
-            json!({
-                "task_id": held.task_id,
-                "tokens": charge.charged,
-                "overage_tokens": charge.overage,
-                "remaining_tokens": charge.remaining,
-            }),
-        ),
+        entries::budget_charged(actor, &held.tenant, &held.task_id, charge),
         now,
     )
 }

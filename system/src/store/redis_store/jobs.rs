@@ -54,15 +54,12 @@
 use std::collections::BTreeMap;
 
 use redis::{Connection, Pipeline};
-use serde_json::json;
 
-use super::tasks::{charge_entry, watch};
+use super::tasks::watch;
 use super::{Attempt, Fault, Fields, RedisStore, int, snapshot, text};
-use crate::audit::NewEntry;
 use crate::store::{
     CompleteJob, Completion, FailJob, Failure, Job, JobCounts, JobState, LeaseId, LeasedJob,
-    MAX_JOB_PAGE, NewJob, Reclaimed, Replay, ReservationId, SYSTEM_ACTOR, StoreError, Submit,
-    from_db,
+    MAX_JOB_PAGE, NewJob, Reclaimed, Replay, ReservationId, StoreError, Submit, entries, from_db,
 };
 
 /// A job as stored in `{prefix}:job:{id}`: what [`Job`] shows and what only
@@ -450,17 +447,14 @@ impl RedisStore {
             self.append_audit(
                 con,
                 &mut pipe,
-                [NewEntry::new(
-                    job.actor.clone(),
-                    "job.accepted",
-                    job.id.clone(),
-                    json!({
-                        "tenant": job.tenant,
-                        "idempotency_key": stored.job.idempotency_key,
-                        "max_tokens": job.max_tokens,
-                        "max_attempts": max_attempts,
-                        "prompt_bytes": job.prompt.len(),
-                    }),
+                [entries::job_accepted(
+                    &job.actor,
+                    &job.id,
+                    &job.tenant,
+                    stored.job.idempotency_key.as_deref(),
+                    job.max_tokens,
+                    max_attempts,
+                    job.prompt.len(),
                 )],
                 now,
             )?;
@@ -531,11 +525,11 @@ impl RedisStore {
             self.append_audit(
                 con,
                 &mut pipe,
-                [NewEntry::new(
+                [entries::job_leased(
                     worker,
-                    "job.leased",
-                    leased.id.clone(),
-                    json!({"attempt": leased.attempt, "lease_ms": lease_ms}),
+                    &leased.id,
+                    leased.attempt,
+                    lease_ms,
                 )],
                 now,
             )?;
@@ -625,17 +619,14 @@ impl RedisStore {
                 con,
                 &mut pipe,
                 [
-                    NewEntry::new(
-                        done.actor.clone(),
-                        "job.completed",
-                        done.id.clone(),
-                        json!({
-                            "tenant": job.job.tenant,
-                            "attempt": attempts,
-                            "tokens": charge.charged,
-                        }),
+                    entries::job_completed(
+                        &done.actor,
+                        &done.id,
+                        &job.job.tenant,
+                        attempts,
+                        charge.charged,
                     ),
-                    charge_entry(&done.actor, &held, &charge),
+                    entries::budget_charged(&done.actor, &held.tenant, &held.task_id, &charge),
                 ],
                 now,
             )?;
@@ -679,27 +670,21 @@ impl RedisStore {
                     Failure::Dead
                 }
             };
-            let tenant = &job.job.tenant;
-            let (action, details) = match outcome {
-                Failure::Retrying { at_ms } => (
-                    "job.retrying",
-                    json!({"tenant": tenant, "attempt": attempts, "error": error,
-                           "retry_in_ms": at_ms.saturating_sub(now)}),
-                ),
-                _ => (
-                    "job.dead",
-                    json!({"tenant": tenant, "attempt": attempts, "error": error,
-                           "retryable": failed.retry_at_ms.is_some()}),
-                ),
+            let retry_in_ms = match outcome {
+                Failure::Retrying { at_ms } => Some(at_ms.saturating_sub(now)),
+                _ => None,
             };
             self.append_audit(
                 con,
                 &mut pipe,
-                [NewEntry::new(
-                    failed.actor.clone(),
-                    action,
-                    failed.id.clone(),
-                    details,
+                [entries::job_failed(
+                    &failed.actor,
+                    &failed.id,
+                    &job.job.tenant,
+                    attempts,
+                    &error,
+                    retry_in_ms,
+                    failed.retry_at_ms.is_some(),
                 )],
                 now,
             )?;
@@ -738,17 +723,7 @@ impl RedisStore {
             };
             job.job.attempts = job.job.attempts.saturating_sub(1);
             self.requeue(&mut pipe, &mut job, None, now, now);
-            self.append_audit(
-                con,
-                &mut pipe,
-                [NewEntry::new(
-                    actor,
-                    "job.released",
-                    id,
-                    json!({"reason": "shutdown"}),
-                )],
-                now,
-            )?;
+            self.append_audit(con, &mut pipe, [entries::job_released(actor, id)], now)?;
             Ok(Attempt::Commit(pipe, true))
         })
     }
@@ -803,15 +778,12 @@ impl RedisStore {
                     self.requeue(&mut pipe, &mut job, Some(&error), now, now);
                     JobState::Queued
                 };
-                let action = match now_state {
-                    JobState::Dead => "job.dead",
-                    _ => "job.reclaimed",
-                };
-                entries.push(NewEntry::new(
-                    SYSTEM_ACTOR,
-                    action,
-                    job.job.id.clone(),
-                    json!({"tenant": job.job.tenant, "attempt": attempts, "error": error}),
+                entries.push(entries::job_reclaimed(
+                    &job.job.id,
+                    &job.job.tenant,
+                    attempts,
+                    &error,
+                    now_state,
                 ));
                 out.push(Reclaimed {
                     id: job.job.id.clone(),
@@ -950,12 +922,7 @@ impl RedisStore {
             self.append_audit(
                 con,
                 &mut pipe,
-                [NewEntry::new(
-                    actor,
-                    "job.replayed",
-                    id,
-                    json!({"tenant": tenant}),
-                )],
+                [entries::job_replayed(actor, id, tenant)],
                 now,
             )?;
             Ok(Attempt::Commit(pipe, Replay::Replayed))

@@ -129,7 +129,7 @@ pub(crate) struct Keys {
 
 impl Keys {
     fn budget(&self, tenant: &str) -> String {
-        format!("{}:budget:{}", self.prefix, tenant)
+        format!("{}:budget:{}", self.prefix, escape(tenant))
     }
     fn tenants(&self) -> String {
         format!("{}:tenants", self.prefix)

@@ -5,13 +5,11 @@
 
 use redis::{Connection, Pipeline};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::{Attempt, Fault, Fields, RedisStore, int, text};
-use crate::audit::NewEntry;
 use crate::store::{
     Begin, BeginTask, BudgetSnapshot, Charge, ChargeRecord, FinishTask, ReservationId, StoreError,
-    from_db, millis, now_ms,
+    entries, from_db, millis, now_ms,
 };
 
 /// A reservation as stored in `{prefix}:reservation:{id}`.
@@ -273,17 +271,14 @@ impl RedisStore {
                 con,
                 &mut pipe,
                 [
-                    NewEntry::new(
-                        finish.actor.clone(),
-                        "task.completed",
-                        held.task_id.clone(),
-                        json!({
-                            "tenant": held.tenant,
-                            "status": finish.response.as_ref().map(|r| r.status),
-                            "idempotency_key": held.key,
-                        }),
+                    entries::task_completed(
+                        &finish.actor,
+                        &held.task_id,
+                        &held.tenant,
+                        finish.response.as_ref().map(|r| r.status),
+                        held.key.as_deref(),
                     ),
-                    charge_entry(&finish.actor, &held, &charge),
+                    entries::budget_charged(&finish.actor, &held.tenant, &held.task_id, &charge),
                 ],
                 now,
             )?;
@@ -621,22 +616,6 @@ impl RedisStore {
             reservation,
         }
     }
-}
-
-/// The audit entry of a committed charge, as SQLite's `audit_charge` writes
-/// it.
-pub(super) fn charge_entry(actor: &str, held: &Reservation, charge: &Charge) -> NewEntry {
-    NewEntry::new(
-        actor,
-        "budget.charged",
-        held.tenant.clone(),
-        json!({
-            "task_id": held.task_id,
-            "tokens": charge.charged,
-            "overage_tokens": charge.overage,
-            "remaining_tokens": charge.remaining,
-        }),
-    )
 }
 
 /// `WATCH key`: the transaction fails if `key` changes before `EXEC`.
