@@ -60,7 +60,13 @@ impl RedisStore {
             .idempotency
             .as_ref()
             .map(|claim| keys.idempotency(&request.tenant, &claim.key));
-        self.optimistic("begin task", |con| {
+        // The reservation the latest attempt tried to commit. When the link
+        // fails after `EXEC` was sent, Redis may have committed it without
+        // the answer arriving: the caller never learns the id, so nothing
+        // would ever release it (the battle suite's `replicas` scenario found
+        // this, cutting a replica off from Redis under load).
+        let attempted = std::cell::Cell::new(None);
+        let result = self.optimistic("begin task", |con| {
             let now = now_ms();
             let mut abandoned = None;
             if let (Some(claim), Some(idem_key)) = (&request.idempotency, &idem_key) {
@@ -129,6 +135,7 @@ impl RedisStore {
             // Ids are taken outside the transaction: one wasted by a retry is
             // a gap, never a reuse.
             let id: i64 = redis::cmd("INCR").arg(keys.reservation_seq()).query(con)?;
+            attempted.set(Some(id));
 
             let mut pipe = redis::pipe();
             pipe.atomic();
@@ -223,7 +230,13 @@ impl RedisStore {
                     reservation: ReservationId(id),
                 },
             ))
-        })
+        });
+        // Releasing an id that never committed finds it unknown and forgets
+        // it; one that did is released now or, while Redis is away, retried.
+        if let (Err(StoreError::Redis { .. }), Some(id)) = (&result, attempted.get()) {
+            let _ = self.release_or_retry_later(ReservationId(id));
+        }
+        result
     }
 
     /// Settles a reservation with the reported usage, as
