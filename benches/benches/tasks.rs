@@ -1,8 +1,9 @@
 //! The task path in-process: `POST /v1/tasks` through the whole middleware
 //! stack, auth, rate limit, idempotency, budget reservation, a real HTTP call
-//! to an instant provider on loopback, output validation and the SQLite
-//! commit. Requests run 64 at a time, so the throughput criterion prints is
-//! requests per second on this machine.
+//! to an instant provider on loopback, output validation and the store's
+//! commit, on SQLite and on Redis with one and three replicas. Requests run
+//! 64 at a time, so the throughput criterion prints is requests per second
+//! on this machine.
 
 // A bench that cannot set itself up should stop at once, loudly.
 #![allow(clippy::unwrap_used)]
@@ -45,12 +46,9 @@ async fn instant_provider() -> String {
     format!("http://{addr}/v1")
 }
 
-fn tasks(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let base_url = runtime.block_on(instant_provider());
+/// The service on `storage`, with `base.yaml`'s settings pointed at the
+/// provider at `base_url` and neither the budget nor the rate limit in the way.
+fn app_on(storage: StorageConfig, base_url: &str) -> axum::Router {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let options = ValidateOptions {
         level: Level::Strict,
@@ -60,11 +58,7 @@ fn tasks(c: &mut Criterion) {
         .config
         .expect("base.yaml is valid");
     config.llm.providers[0].base_url = base_url.parse().unwrap();
-    let dir = std::env::temp_dir().join(format!("gauntlet-bench-tasks-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    config.storage = StorageConfig::Sqlite {
-        path: dir.join("orchestrator.db"),
-    };
+    config.storage = storage;
     // Neither the budget nor the rate limit may be what is measured.
     config.budget.default_limit_tokens = u64::MAX / 4;
     config.security.rate_limits.insert(
@@ -82,45 +76,92 @@ fn tasks(c: &mut Criterion) {
         },
     )
     .unwrap();
-    let app = orchestrator::app(state);
-    let request = || {
-        Request::post("/v1/tasks")
-            .header("authorization", "Bearer gauntlet-dev-key")
-            .header("content-type", "application/json")
-            .body(Body::from(
-                r#"{"prompt": "plan a search", "max_tokens": 64}"#,
-            ))
-            .unwrap()
-    };
-    let status = runtime
-        .block_on(app.clone().oneshot(request()))
+    orchestrator::app(state)
+}
+
+fn request() -> Request<Body> {
+    Request::post("/v1/tasks")
+        .header("authorization", "Bearer gauntlet-dev-key")
+        .header("content-type", "application/json")
+        .body(Body::from(
+            r#"{"prompt": "plan a search", "max_tokens": 64}"#,
+        ))
         .unwrap()
-        .status();
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "the task path works before it is measured"
-    );
+}
+
+/// `CONCURRENCY` tasks at once, spread round robin over `replicas`.
+async fn batch(replicas: &[axum::Router]) {
+    let handles: Vec<_> = (0..CONCURRENCY)
+        .map(|n| {
+            let app = replicas[n % replicas.len()].clone();
+            tokio::spawn(async move { app.oneshot(request()).await.unwrap().status() })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.await.unwrap(), StatusCode::OK);
+    }
+}
+
+/// The task path on one SQLite replica, and on one and three replicas
+/// sharing a real `redis-server` (in this process, each its own store
+/// instance, as separate processes would be), in one run so that the
+/// ratios hold on a shared machine.
+fn tasks(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let base_url = runtime.block_on(instant_provider());
+    let dir = std::env::temp_dir().join(format!("gauntlet-bench-tasks-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let redis = runtime
+        .block_on(gauntlet::local::RedisServer::start(
+            &dir.join("redis"),
+            true,
+        ))
+        .expect("redis-server runs (apt-get install -y redis-server)");
+    let on_redis = || StorageConfig::Redis {
+        url: redis.url().parse().unwrap(),
+    };
+    let setups: [(&str, Vec<axum::Router>); 3] = [
+        (
+            "sqlite/1_replica",
+            vec![app_on(
+                StorageConfig::Sqlite {
+                    path: dir.join("orchestrator.db"),
+                },
+                &base_url,
+            )],
+        ),
+        ("redis/1_replica", vec![app_on(on_redis(), &base_url)]),
+        (
+            "redis/3_replicas",
+            (0..3).map(|_| app_on(on_redis(), &base_url)).collect(),
+        ),
+    ];
+    for (name, replicas) in &setups {
+        let status = runtime
+            .block_on(replicas[0].clone().oneshot(request()))
+            .unwrap()
+            .status();
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{name}: the task path works before it is measured"
+        );
+    }
 
     let mut group = c.benchmark_group("tasks");
     group.throughput(Throughput::Elements(CONCURRENCY as u64));
     group.measurement_time(Duration::from_secs(10));
-    group.bench_function(format!("post_task/concurrency_{CONCURRENCY}"), |b| {
-        b.iter(|| {
-            runtime.block_on(async {
-                let handles: Vec<_> = (0..CONCURRENCY)
-                    .map(|_| {
-                        let app = app.clone();
-                        tokio::spawn(async move { app.oneshot(request()).await.unwrap().status() })
-                    })
-                    .collect();
-                for h in handles {
-                    assert_eq!(h.await.unwrap(), StatusCode::OK);
-                }
-            })
-        })
-    });
+    for (name, replicas) in &setups {
+        group.bench_function(format!("post_task/{name}"), |b| {
+            b.iter(|| runtime.block_on(batch(replicas)))
+        });
+    }
     group.finish();
+    drop(setups);
+    runtime.block_on(redis.stop());
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -2904,3 +2904,85 @@ fn no_pii_leaked() {
         &["no request carrying personal data was sent"],
     );
 }
+
+// ------------------------------------------------------------ leases_fenced
+
+#[test]
+fn leases_fenced() {
+    // Job entries appended after the chain: (actor, action, job).
+    let trail = |entries: &[(&str, &str, &str)]| {
+        let mut e = evidence(Vec::new());
+        let db = e.database.as_mut().expect("the hand-made database");
+        for (seq, (actor, action, job)) in (11..).zip(entries) {
+            db.audit.push(AuditRow {
+                seq,
+                ts_ms: 1_700_000_000_000 + seq,
+                actor: actor.as_bytes().to_vec(),
+                action: action.as_bytes().to_vec(),
+                subject: job.as_bytes().to_vec(),
+                details: b"{}".to_vec(),
+                prev_hash: Vec::new(),
+                hash: Vec::new(),
+            });
+        }
+        e
+    };
+    let a = "worker-1@aaaa";
+    let b = "worker-1@bbbb";
+    let taken_over = [
+        (a, "job.leased", "j1"),
+        ("system", "job.reclaimed", "j1"),
+        (b, "job.leased", "j1"),
+        (b, "job.completed", "j1"),
+        (a, "job.leased", "j2"),
+        (a, "job.retrying", "j2"),
+        (b, "job.leased", "j2"),
+        (b, "job.dead", "j2"),
+    ];
+    check(
+        "a lease reclaimed and taken over, completed by its new holder",
+        &invariant(Invariant::LeasesFenced, &trail(&taken_over)),
+        true,
+        &[],
+    );
+    let mut stale = taken_over.to_vec();
+    stale.insert(4, (a, "job.completed", "j1"));
+    check(
+        "the worker whose lease was taken over completes the job",
+        &invariant(Invariant::LeasesFenced, &trail(&stale)),
+        false,
+        &["job j1: job.completed by worker-1@aaaa", "no worker held its lease"],
+    );
+    let mut stale = taken_over.to_vec();
+    stale.insert(3, (a, "job.retrying", "j1"));
+    check(
+        "the stale worker fails the job while the new holder runs it",
+        &invariant(Invariant::LeasesFenced, &trail(&stale)),
+        false,
+        &["job.retrying by worker-1@aaaa", "worker-1@bbbb held its lease"],
+    );
+    let double = [
+        (a, "job.leased", "j1"),
+        (b, "job.leased", "j1"),
+        (b, "job.completed", "j1"),
+        ("system", "job.reclaimed", "j2"),
+    ];
+    check(
+        "a job leased while another worker holds it",
+        &invariant(Invariant::LeasesFenced, &trail(&double)),
+        false,
+        &["job j1 leased by worker-1@bbbb at entry 12 while worker-1@aaaa held it"],
+    );
+    // Retries by different workers are no takeover: nothing was fenced off.
+    let calm = [
+        (a, "job.leased", "j1"),
+        (a, "job.retrying", "j1"),
+        (b, "job.leased", "j1"),
+        (b, "job.completed", "j1"),
+    ];
+    check_vacuous(
+        "no lease was ever taken over",
+        &invariant(Invariant::LeasesFenced, &trail(&calm)),
+        &["was ever taken over"],
+    );
+}

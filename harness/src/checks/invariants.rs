@@ -895,6 +895,102 @@ pub(super) fn dlq_complete(evidence: &Evidence) -> CheckResult {
 }
 
 /// The orchestrator's log holds no panic.
+/// The actor of changes the orchestrator makes on its own (crash recovery,
+/// the reaper), as its audit entries name it.
+const SYSTEM_ACTOR: &[u8] = b"system";
+
+/// A job's lease as the audit log tells it.
+#[derive(Default)]
+struct LeaseTrail {
+    /// The worker holding it, and the entry that leased it.
+    holder: Option<(Vec<u8>, i64)>,
+    /// The worker whose lease the reaper took back, until the job is leased again.
+    reclaimed_from: Option<Vec<u8>>,
+}
+
+/// Read from the audit log in chain order: each job's lease holder is the
+/// worker of its latest `job.leased`, until the lease is reclaimed, released
+/// or settled. A completion, failure or release by any other worker, or a
+/// lease taken while another worker holds one, is a stale worker changing
+/// the job: its lease was not fenced. Exercised when some job's lease was
+/// reclaimed from one worker and then leased by another (a takeover):
+/// otherwise no stale worker ever existed to be fenced off.
+pub(super) fn leases_fenced(evidence: &Evidence) -> CheckResult {
+    let mut r = CheckResult::invariant(
+        "leases_fenced",
+        "only a job's current lease holder completes, fails or releases it",
+    );
+    let Some(db) = database(&mut r, evidence) else {
+        return r;
+    };
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let mut jobs: BTreeMap<Vec<u8>, LeaseTrail> = BTreeMap::new();
+    let mut violations = 0;
+    let mut judged = 0u64;
+    let mut takeovers = 0u64;
+    for row in &db.audit {
+        let action = row.action.as_slice();
+        if !action.starts_with(b"job.") {
+            continue;
+        }
+        let trail = jobs.entry(row.subject.clone()).or_default();
+        let by_system = row.actor == SYSTEM_ACTOR;
+        match action {
+            b"job.leased" => {
+                if let Some((holder, at)) = &trail.holder
+                    && *holder != row.actor
+                {
+                    violations += 1;
+                    r.violation(format!(
+                        "job {} leased by {} at entry {} while {} held it (leased at entry {at})",
+                        text(&row.subject),
+                        text(&row.actor),
+                        row.seq,
+                        text(holder),
+                    ));
+                }
+                if trail.reclaimed_from.take().is_some_and(|w| w != row.actor) {
+                    takeovers += 1;
+                }
+                trail.holder = Some((row.actor.clone(), row.seq));
+            }
+            b"job.completed" | b"job.retrying" | b"job.dead" | b"job.released" if !by_system => {
+                judged += 1;
+                if trail.holder.as_ref().map(|(w, _)| w) != Some(&row.actor) {
+                    violations += 1;
+                    r.violation(format!(
+                        "job {}: {} by {} at entry {}, but {}",
+                        text(&row.subject),
+                        text(action),
+                        text(&row.actor),
+                        row.seq,
+                        match &trail.holder {
+                            Some((holder, at)) => {
+                                format!("{} held its lease (leased at entry {at})", text(holder))
+                            }
+                            None => "no worker held its lease".to_owned(),
+                        }
+                    ));
+                }
+                trail.holder = None;
+            }
+            // Taken back by the reaper or crash recovery (and maybe buried):
+            // the worker it was taken from is now stale.
+            b"job.reclaimed" | b"job.dead" => {
+                trail.reclaimed_from = trail.holder.take().map(|(w, _)| w);
+            }
+            _ => {}
+        }
+    }
+    r.observed = format!(
+        "{judged} completions, failures and releases by workers judged; {takeovers} leases taken over by another worker"
+    );
+    r.finish(violations).exercised(takeovers, || {
+        "no job's lease was ever taken over by another worker, so no stale worker was fenced off"
+            .to_owned()
+    })
+}
+
 pub(super) fn no_panics(evidence: &Evidence) -> CheckResult {
     let mut r = CheckResult::invariant("no_panics", "no panic in the orchestrator's log");
     let log = match &evidence.log {

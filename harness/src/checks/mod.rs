@@ -197,5 +197,6 @@ pub fn check_invariant(invariant: &Invariant, evidence: &Evidence) -> CheckResul
         Invariant::NoPiiLeaked => data::no_pii_leaked(evidence),
         Invariant::WebhooksDelivered => data::webhooks_delivered(evidence),
         Invariant::SsrfRefused => data::ssrf_refused(evidence),
+        Invariant::LeasesFenced => invariants::leases_fenced(evidence),
     }
 }

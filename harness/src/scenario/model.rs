@@ -700,12 +700,17 @@ pub enum Invariant {
     /// The trap was never connected to, and every terminal job aimed at it
     /// records a refusal naming a forbidden address.
     SsrfRefused,
+    /// Every job's completion, failure and release in the audit log comes
+    /// from the worker holding its latest lease, and no job is leased while
+    /// another worker holds it: a worker whose lease was taken over changes
+    /// nothing.
+    LeasesFenced,
 }
 
 impl Invariant {
     /// Every invariant's name, as scenario files write them: the bare ones
     /// ([`Invariant::BARE`]) and those with parameters.
-    pub const NAMES: [&'static str; 22] = [
+    pub const NAMES: [&'static str; 23] = [
         "no_lost_jobs",
         "exactly_once_charge",
         "budget_never_overdrawn",
@@ -728,10 +733,11 @@ impl Invariant {
         "no_pii_leaked",
         "webhooks_delivered",
         "ssrf_refused",
+        "leases_fenced",
     ];
 
     /// The invariants that take no parameters, written as a bare name.
-    pub const BARE: [Invariant; 19] = [
+    pub const BARE: [Invariant; 20] = [
         Invariant::ExactlyOnceCharge,
         Invariant::BudgetNeverOverdrawn,
         Invariant::BudgetConserved,
@@ -751,6 +757,7 @@ impl Invariant {
         Invariant::NoPiiLeaked,
         Invariant::WebhooksDelivered,
         Invariant::SsrfRefused,
+        Invariant::LeasesFenced,
     ];
 
     /// The faults of the timeline it names (only `ready_reflects_faults`
@@ -787,6 +794,7 @@ impl Invariant {
             Invariant::NoPiiLeaked => "no_pii_leaked",
             Invariant::WebhooksDelivered => "webhooks_delivered",
             Invariant::SsrfRefused => "ssrf_refused",
+            Invariant::LeasesFenced => "leases_fenced",
         }
     }
 }

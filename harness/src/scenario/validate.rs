@@ -554,7 +554,7 @@ impl<'a> Validator<'a> {
                 continue;
             };
             let why = match invariant {
-                Invariant::NoLostJobs { .. } if mix.jobs == 0 => {
+                Invariant::NoLostJobs { .. } | Invariant::LeasesFenced if mix.jobs == 0 => {
                     Some("the mix sends no jobs (`load.mix.jobs` is 0)".to_owned())
                 }
                 Invariant::ExactlyOnceCharge | Invariant::BudgetConserved

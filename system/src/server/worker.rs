@@ -56,7 +56,7 @@ pub fn spawn(state: Arc<AppState>) -> Workers {
     for n in 1..=workers {
         let worker = Worker {
             state: state.clone(),
-            name: format!("worker-{n}"),
+            name: worker_name(&state.store, n),
             phase: phase.subscribe(),
             rng: rng.clone(),
         };
@@ -68,6 +68,19 @@ pub fn spawn(state: Arc<AppState>) -> Workers {
     )));
     handles.push(tokio::spawn(reaper(state, phase.subscribe())));
     Workers { phase, handles }
+}
+
+/// Worker `n`'s name, as leases and audit entries record it: `worker-N`,
+/// and on Redis `worker-N@INSTANCE` (eight digits of the replica's instance
+/// id), so that the workers of several replicas are told apart.
+fn worker_name(store: &crate::store::Store, n: u32) -> String {
+    match store {
+        crate::store::Store::Redis(redis) => {
+            let instance = redis.instance();
+            format!("worker-{n}@{}", &instance[..instance.len().min(8)])
+        }
+        crate::store::Store::Sqlite(_) => format!("worker-{n}"),
+    }
 }
 
 impl Workers {
