@@ -29,7 +29,7 @@
 //!
 //! Each store is an *instance* with a random id. It writes
 //! `{prefix}:instance:{id}` with a time to live of `instance_ttl` and
-//! refreshes it from a thread of its own; every reservation names its
+//! refreshes it five times per period from a thread of its own; every reservation names its
 //! instance and is listed in `{prefix}:held:{id}`. A replica whose key has
 //! expired is dead: any other replica (at open and on every heartbeat)
 //! releases what it held, as SQLite's open does for the previous process.
@@ -643,10 +643,11 @@ fn shown_url(url: &str) -> String {
     }
 }
 
-/// Refreshes the instance's liveness three times per time to live and
-/// releases what dead instances held, until the store is dropped.
+/// Refreshes the instance's liveness five times per time to live (so that
+/// a replica frozen for most of it is still alive) and releases what dead
+/// instances held, until the store is dropped.
 fn spawn_liveness(store: Weak<Inner>, ttl: Duration) {
-    let period = (ttl / 3).max(Duration::from_millis(10));
+    let period = (ttl / 5).max(Duration::from_millis(10));
     let spawned = std::thread::Builder::new()
         .name("redis-liveness".to_owned())
         .spawn(move || {
