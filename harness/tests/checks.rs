@@ -2951,7 +2951,10 @@ fn leases_fenced() {
         "the worker whose lease was taken over completes the job",
         &invariant(Invariant::LeasesFenced, &trail(&stale)),
         false,
-        &["job j1: job.completed by worker-1@aaaa", "no worker held its lease"],
+        &[
+            "job j1: job.completed by worker-1@aaaa",
+            "no worker held its lease",
+        ],
     );
     let mut stale = taken_over.to_vec();
     stale.insert(3, (a, "job.retrying", "j1"));
@@ -2959,7 +2962,10 @@ fn leases_fenced() {
         "the stale worker fails the job while the new holder runs it",
         &invariant(Invariant::LeasesFenced, &trail(&stale)),
         false,
-        &["job.retrying by worker-1@aaaa", "worker-1@bbbb held its lease"],
+        &[
+            "job.retrying by worker-1@aaaa",
+            "worker-1@bbbb held its lease",
+        ],
     );
     let double = [
         (a, "job.leased", "j1"),

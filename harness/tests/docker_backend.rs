@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use gauntlet::docker::{DockerConfig, DockerNeeds, DockerSystem, LABEL_OWNER, LABEL_RUN};
+use gauntlet::docker::{DockerConfig, DockerDeployment, DockerNeeds, LABEL_OWNER, LABEL_RUN};
 use gauntlet::images::ImageNames;
 use support::docker::images_or_skip;
 use testcontainers::bollard::Docker;
@@ -202,19 +202,20 @@ async fn dropping_a_system_removes_its_containers_and_network() {
     let run_id = format!("drop-test-{}", std::process::id());
     let config = std::fs::read_to_string(workspace_root().join("fixtures/configs/base.yaml"))
         .expect("read base.yaml");
-    let system = DockerSystem::start(DockerConfig {
+    let system = DockerDeployment::start(DockerConfig {
         run_id: run_id.clone(),
         run_dir: run_dir.path().to_path_buf(),
-        config_yaml: container_config(&config),
+        configs: vec![container_config(&config)],
         images: images(),
         seed: 1,
         needs: DockerNeeds::default(),
         ready_timeout: Duration::from_secs(60),
         state_dir: run_dir.path().join("state"),
+        redis: None,
     })
     .await
     .expect("start the system");
-    let reply = reqwest::get(format!("http://{}/health/live", system.addr()))
+    let reply = reqwest::get(format!("http://{}/health/live", system.replicas[0].addr()))
         .await
         .expect("the orchestrator answers on its published port");
     assert!(reply.status().is_success(), "live: {}", reply.status());
@@ -228,6 +229,119 @@ async fn dropping_a_system_removes_its_containers_and_network() {
     drop(system);
     let left = labelled(&docker, LABEL_RUN, &run_id).await;
     assert_eq!(left, (Vec::new(), Vec::new()), "left after drop");
+}
+
+/// A value set in Redis before a SIGKILL is there after `docker start`
+/// (append-only file in the bind-mounted run directory), both replicas
+/// reach Redis through their own `redis[i]` links, and a graceful teardown
+/// of the replicas and then Redis leaves nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_share_a_redis_that_keeps_its_writes_across_a_kill() {
+    let Some(docker) = images_or_skip(
+        "replicas_share_a_redis_that_keeps_its_writes_across_a_kill",
+        &images(),
+    )
+    .await
+    else {
+        return;
+    };
+    let run_dir = tempfile::tempdir().expect("tempdir");
+    let run_id = format!("redis-test-{}", std::process::id());
+    let base = std::fs::read_to_string(workspace_root().join("fixtures/configs/base.yaml"))
+        .expect("read base.yaml");
+    let configs = (0..2)
+        .map(|i| container_config_on_redis(&base, &gauntlet::docker::redis_link_url(&run_id, i)))
+        .collect();
+    let deployment = DockerDeployment::start(DockerConfig {
+        run_id: run_id.clone(),
+        run_dir: run_dir.path().to_path_buf(),
+        configs,
+        images: images(),
+        seed: 1,
+        needs: DockerNeeds::default(),
+        ready_timeout: Duration::from_secs(60),
+        state_dir: run_dir.path().join("state"),
+        redis: Some(gauntlet::docker::RedisOptions { appendonly: true }),
+    })
+    .await
+    .expect("start the system");
+    for replica in &deployment.replicas {
+        let ready = reqwest::get(format!("http://{}/health/ready", replica.addr()))
+            .await
+            .expect("the replica answers on its published port");
+        assert!(ready.status().is_success(), "ready: {}", ready.status());
+    }
+    let (containers, networks) = labelled(&docker, LABEL_RUN, &run_id).await;
+    assert_eq!(
+        (containers.len(), networks.len()),
+        (5, 1),
+        "{containers:?} {networks:?}"
+    );
+    let redis = deployment.redis.as_ref().expect("redis was asked for");
+    redis_command(&redis.url(), &["SET", "gauntlet-test", "kept"]).await;
+    redis.kill().await.expect("kill redis");
+    redis.start_again().await.expect("start redis again");
+    assert_eq!(
+        redis_command(&redis.url(), &["GET", "gauntlet-test"]).await,
+        Some("kept".to_owned())
+    );
+    assert!(
+        run_dir.path().join("redis/appendonlydir").is_dir(),
+        "the append-only file is in the run directory"
+    );
+
+    let DockerDeployment { replicas, redis } = deployment;
+    for (i, replica) in replicas.into_iter().enumerate() {
+        let report = replica
+            .shutdown_preserving(None)
+            .await
+            .expect("the replica shuts down");
+        assert!(report.graceful, "replica {i}: {report:?}");
+    }
+    redis
+        .expect("redis was asked for")
+        .stop()
+        .await
+        .expect("redis stops");
+    let left = labelled(&docker, LABEL_RUN, &run_id).await;
+    assert_eq!(left, (Vec::new(), Vec::new()), "left after the teardown");
+}
+
+/// Runs one command on the Redis at `url` (a plain connection, not the
+/// system's), returning its answer as text when it has one.
+async fn redis_command(url: &str, args: &[&str]) -> Option<String> {
+    let (url, args): (String, Vec<String>) = (
+        url.to_owned(),
+        args.iter().map(|a| (*a).to_owned()).collect(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let client = redis::Client::open(url.as_str()).expect("a redis url");
+        let mut connection = client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .expect("redis answers");
+        let mut command = redis::cmd(&args[0]);
+        for arg in &args[1..] {
+            command.arg(arg);
+        }
+        command
+            .query::<Option<String>>(&mut connection)
+            .expect("the command succeeds")
+    })
+    .await
+    .expect("the redis task")
+}
+
+/// [`container_config`] on the Redis store at `url`.
+fn container_config_on_redis(base: &str, url: &str) -> String {
+    let outcome = orchestrator::config::validate(
+        container_config(base).as_bytes(),
+        &orchestrator::config::ValidateOptions::default(),
+    );
+    let mut config = outcome.config.expect("the container config is valid");
+    config.storage = orchestrator::config::StorageConfig::Redis {
+        url: url.parse().expect("a redis url"),
+    };
+    config.to_yaml()
 }
 
 /// The base config made to run in a container: listening on every interface

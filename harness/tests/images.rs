@@ -76,6 +76,7 @@ fn default_names_carry_the_version() {
         names.harness.to_string(),
         format!("gauntlet/harness:{VERSION}")
     );
+    assert_eq!(names.redis.to_string(), format!("gauntlet/redis:{VERSION}"));
 }
 
 #[test]
@@ -88,6 +89,10 @@ fn a_flag_wins_over_the_environment_and_the_environment_over_the_default() {
         (
             "GAUNTLET_HARNESS_IMAGE",
             "registry.example.com/team/harness:0.1.0",
+        ),
+        (
+            "GAUNTLET_REDIS_IMAGE",
+            "registry.example.com/team/redis:7.0",
         ),
     ]);
     let names = ImageNames::resolve_with(None, Some("localhost:5000/h:2"), &env)
@@ -102,6 +107,16 @@ fn a_flag_wins_over_the_environment_and_the_environment_over_the_default() {
     );
     assert_eq!(names.orchestrator.tag(), "0.1.0");
     assert_eq!(names.harness.to_string(), "localhost:5000/h:2");
+    assert_eq!(
+        names.redis.to_string(),
+        "registry.example.com/team/redis:7.0"
+    );
+    let error = ImageNames::resolve_with(None, None, env_of(&[("GAUNTLET_REDIS_IMAGE", "redis")]))
+        .expect_err("untagged");
+    assert_eq!(
+        error.to_string(),
+        "invalid image name \"redis\" in GAUNTLET_REDIS_IMAGE: a tag is required: pin a version, e.g. redis:1.0.0"
+    );
 }
 
 #[test]
@@ -236,21 +251,95 @@ fn inputs_change_with_any_byte_and_only_then() {
         first
     );
 
-    let debian = |packages: &[&str]| Recipe::DebianRootfs {
+    let debian = |packages: &[&str], prune: &[&str]| Recipe::DebianRootfs {
         suite: "bookworm".to_owned(),
         mirror: "http://deb.debian.org/debian".to_owned(),
         packages: packages.iter().map(|p| (*p).to_owned()).collect(),
         changes: vec![r#"ENTRYPOINT ["/usr/bin/redis-server"]"#.to_owned()],
+        prune: prune.iter().map(|p| (*p).to_owned()).collect(),
     };
-    let redis = images::inputs(&debian(&["redis-server"])).expect("inputs");
+    let redis = images::inputs(&debian(&["redis-server"], &["usr/share/doc"])).expect("inputs");
     assert_eq!(
-        images::inputs(&debian(&["redis-server"])).expect("inputs"),
+        images::inputs(&debian(&["redis-server"], &["usr/share/doc"])).expect("inputs"),
         redis
     );
     assert_ne!(
-        images::inputs(&debian(&["redis-tools"])).expect("inputs"),
+        images::inputs(&debian(&["redis-tools"], &["usr/share/doc"])).expect("inputs"),
         redis
     );
+    assert_ne!(
+        images::inputs(&debian(&["redis-server"], &[])).expect("inputs"),
+        redis
+    );
+    assert_eq!(
+        images::inputs(&Recipe::redis()).expect("inputs"),
+        images::inputs(&Recipe::redis()).expect("inputs")
+    );
+}
+
+#[test]
+fn the_redis_recipe_is_debians_server_on_a_pinned_suite() {
+    let Recipe::DebianRootfs {
+        suite,
+        mirror,
+        packages,
+        changes,
+        prune,
+    } = Recipe::redis()
+    else {
+        panic!("the redis image is a debian root filesystem");
+    };
+    assert_eq!(suite, images::REDIS_SUITE);
+    assert_eq!(mirror, images::DEBIAN_MIRROR);
+    assert_eq!(packages, ["redis-server"]);
+    assert!(
+        changes.contains(&format!(r#"ENTRYPOINT ["{}"]"#, images::REDIS_SERVER_PATH)),
+        "{changes:?}"
+    );
+    assert!(
+        prune.iter().any(|p| p == "var/cache/apt/archives"),
+        "{prune:?}"
+    );
+}
+
+#[test]
+fn pruning_empties_the_named_directories_and_nothing_else() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let rootfs = dir.path().join("rootfs");
+    write(&rootfs, "usr/share/doc/redis/copyright", b"text");
+    write(&rootfs, "usr/share/doc/top", b"text");
+    write(&rootfs, "usr/bin/redis-server", b"binary");
+    write(dir.path(), "outside/kept", b"outside the root filesystem");
+    // A link inside a pruned directory goes, what it points at stays.
+    std::os::unix::fs::symlink(
+        dir.path().join("outside"),
+        rootfs.join("usr/share/doc/link"),
+    )
+    .expect("linked");
+    images::prune(
+        &rootfs,
+        &["usr/share/doc".to_owned(), "var/cache/absent".to_owned()],
+    )
+    .expect("pruned");
+    let left: Vec<_> = std::fs::read_dir(rootfs.join("usr/share/doc"))
+        .expect("the directory stays")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(rootfs.join("usr/bin/redis-server").is_file());
+    assert!(dir.path().join("outside/kept").is_file());
+
+    for bad in ["/usr/share/doc", "../outside", "", "usr/../.."] {
+        let error = images::prune(&rootfs, &[bad.to_owned()]).expect_err(bad);
+        assert!(
+            matches!(error, ImageError::InvalidRecipe { .. }),
+            "{bad}: {error}"
+        );
+    }
+    std::os::unix::fs::symlink(dir.path().join("outside"), rootfs.join("var-link"))
+        .expect("linked");
+    let error = images::prune(&rootfs, &["var-link".to_owned()]).expect_err("a link");
+    assert!(matches!(error, ImageError::Rootfs { .. }), "{error}");
+    assert!(dir.path().join("outside/kept").is_file());
 }
 
 #[test]
@@ -403,7 +492,7 @@ async fn a_scratch_recipe_is_built_then_up_to_date_then_rebuilt_when_a_byte_chan
 }
 
 #[tokio::test]
-async fn build_makes_both_images_from_static_binaries_and_preflight_finds_them() {
+async fn build_makes_the_images_from_static_binaries_and_preflight_finds_them() {
     let Some(docker) = engine_or_skip("build and preflight").await else {
         return;
     };
@@ -411,6 +500,7 @@ async fn build_makes_both_images_from_static_binaries_and_preflight_finds_them()
     let names = ImageNames {
         orchestrator: guard.unique("images-orchestrator", "t1"),
         harness: guard.unique("images-harness", "t1"),
+        redis: guard.unique("images-redis", "t1"),
     };
     let error = images::preflight(&docker, &names)
         .await
@@ -418,11 +508,33 @@ async fn build_makes_both_images_from_static_binaries_and_preflight_finds_them()
     assert_eq!(
         error.to_string(),
         format!(
-            "missing local images: {}, {}; run `gauntlet images build` to build them \
+            "missing local images: {}, {}, {}; run `gauntlet images build` to build them \
              (no registry is used: images are never pulled)",
-            names.orchestrator, names.harness
+            names.orchestrator, names.harness, names.redis
         )
     );
+    // A stand-in for the Redis image that carries the real recipe's inputs,
+    // so that `build` finds it up to date: debootstrap takes minutes and
+    // root, and the import is tested on its own below.
+    let redis_inputs = images::inputs(&Recipe::redis()).expect("inputs");
+    let standin = tempfile::tempdir().expect("a temporary directory");
+    write(
+        &standin.path().join("rootfs"),
+        "etc/os-release",
+        b"ID=standin\n",
+    );
+    images::import_dir(
+        &docker,
+        &standin.path().join("rootfs"),
+        &names.redis,
+        &[],
+        &Labels {
+            role: "redis".to_owned(),
+            inputs: redis_inputs,
+        },
+    )
+    .await
+    .expect("the stand-in is imported");
 
     let dir = tempfile::tempdir().expect("a temporary directory");
     write(dir.path(), "orchestrator", &minimal_elf(false, 1));
@@ -436,7 +548,7 @@ async fn build_makes_both_images_from_static_binaries_and_preflight_finds_them()
     let built = images::build(&docker, &options, &mut |line| lines.push(line.to_owned()))
         .await
         .expect("built");
-    assert_eq!(built.len(), 2);
+    assert_eq!(built.len(), 3);
     assert!(
         lines[0].starts_with(&format!("built: {} (inputs ", names.orchestrator)),
         "{lines:?}"
@@ -445,9 +557,17 @@ async fn build_makes_both_images_from_static_binaries_and_preflight_finds_them()
         lines[1].starts_with(&format!("built: {} (inputs ", names.harness)),
         "{lines:?}"
     );
+    assert_eq!(
+        lines[2],
+        format!(
+            "up to date: {} (inputs {})",
+            names.redis,
+            redis_inputs.short()
+        )
+    );
     images::preflight(&docker, &names)
         .await
-        .expect("both exist");
+        .expect("all three exist");
     let labels = labels_of(&docker, &names.orchestrator.to_string()).await;
     assert_eq!(
         labels.get(ROLE_LABEL).map(String::as_str),
@@ -472,6 +592,11 @@ async fn build_makes_both_images_from_static_binaries_and_preflight_finds_them()
                 "up to date: {} (inputs {})",
                 names.harness,
                 built[1].inputs.short()
+            ),
+            format!(
+                "up to date: {} (inputs {})",
+                names.redis,
+                redis_inputs.short()
             ),
         ]
     );
@@ -498,6 +623,7 @@ async fn a_root_filesystem_directory_is_imported_with_its_labels_and_changes() {
         mirror: "http://deb.debian.org/debian".to_owned(),
         packages: vec!["hello".to_owned()],
         changes: vec![r#"ENTRYPOINT ["/bin/hello"]"#.to_owned()],
+        prune: Vec::new(),
     };
     let Recipe::DebianRootfs { changes, .. } = &recipe else {
         unreachable!("made above")
@@ -537,6 +663,33 @@ async fn a_root_filesystem_directory_is_imported_with_its_labels_and_changes() {
 }
 
 #[tokio::test]
+async fn the_redis_image_is_debians_server_pruned_and_labelled() {
+    let names = ImageNames::resolve(None, None).expect("the default names are valid");
+    let Some(docker) = support::docker::images_or_skip("redis image", &names).await else {
+        return;
+    };
+    let inspected = docker
+        .inspect_image(&names.redis.to_string())
+        .await
+        .expect("the image exists");
+    let config = inspected.config.expect("a config");
+    assert_eq!(
+        config.entrypoint,
+        Some(vec![images::REDIS_SERVER_PATH.to_owned()])
+    );
+    let labels = config.labels.unwrap_or_default();
+    assert_eq!(labels.get(ROLE_LABEL).map(String::as_str), Some("redis"));
+    assert_eq!(
+        labels.get(INPUTS_LABEL),
+        Some(&images::inputs(&Recipe::redis()).expect("inputs").hex()),
+        "the image is out of date: run `gauntlet images build`"
+    );
+    // Minbase with redis-server is about 220 MiB before pruning.
+    let size = inspected.size.unwrap_or(i64::MAX);
+    assert!(size < 160 << 20, "the redis image is {size} bytes");
+}
+
+#[tokio::test]
 async fn a_failed_build_says_why_with_the_last_lines_of_its_output() {
     let Some(docker) = engine_or_skip("failed build").await else {
         return;
@@ -572,6 +725,7 @@ fn the_command_refuses_bad_names_and_an_unreachable_engine_with_exit_2() {
             .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
             .env_remove("GAUNTLET_ORCHESTRATOR_IMAGE")
             .env_remove("GAUNTLET_HARNESS_IMAGE")
+            .env_remove("GAUNTLET_REDIS_IMAGE")
             .output()
             .expect("gauntlet runs");
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();

@@ -25,7 +25,7 @@ use crate::checks;
 use crate::images::ImageNames;
 use crate::local::{self, Launcher, Needs};
 use crate::report::{self, Report};
-use crate::scenario::{Fault, FaultAction, Scenario, StoreKind};
+use crate::scenario::{Fault, FaultAction, Scenario};
 use system::DOCKER_NO_FIU;
 
 /// How long the orchestrator gets to say it is listening.
@@ -78,15 +78,10 @@ impl Backend {
 /// Why `scenario` cannot run on `backend`, if it cannot: the Docker
 /// backend's static orchestrator cannot be preloaded with libfiu, and its
 /// containers cannot reach the webhook sink on the harness's loopback.
+/// Replicas and the Redis store run on both backends.
 pub fn unsupported_on(backend: &Backend, scenario: &Scenario) -> Option<String> {
     if !matches!(backend, Backend::Docker(_)) {
         return None;
-    }
-    if scenario.system.replicas > 1 || matches!(scenario.system.store, StoreKind::Redis { .. }) {
-        return Some(
-            "its redis store and replicas run on the local backend only for now (the docker backend has no redis image yet)"
-                .to_owned(),
-        );
     }
     let kinds: Vec<&str> = scenario
         .faults

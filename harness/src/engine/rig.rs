@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::system::{Deployment, Mock, System};
+use super::system::{Deployment, Mock, Redis, System};
 use super::{Backend, MAX_RESTARTS, READY_TIMEOUT, config};
-use crate::docker::{DockerConfig, DockerNeeds, DockerSystem};
+use crate::docker::{DockerConfig, DockerDeployment, DockerNeeds, RedisOptions};
 use crate::images::ImageNames;
 use crate::local::{self, Launcher, LocalConfig, LocalSystem, Needs, RedisServer};
 use crate::mock_llm::{MockClient, MockConfig, MockLlm};
@@ -117,11 +117,11 @@ async fn bring_up_local(
     )?;
     let redis = match scenario.system.store {
         StoreKind::Sqlite => None,
-        StoreKind::Redis { appendonly } => Some(
+        StoreKind::Redis { appendonly } => Some(Redis::Local(Box::new(
             RedisServer::start(&run_dir.join("redis"), appendonly)
                 .await
                 .map_err(|e| format!("cannot start redis: {e}"))?,
-        ),
+        ))),
     };
     let mut replicas = Vec::new();
     let mut client_urls = Vec::new();
@@ -130,8 +130,8 @@ async fn bring_up_local(
         // Each replica reaches Redis through its own link, so that a fault
         // can cut one replica off while the others carry on.
         let yaml = match &redis {
-            None => run_config.yaml.clone(),
-            Some(server) => {
+            None | Some(Redis::Docker(_)) => run_config.yaml.clone(),
+            Some(Redis::Local(server)) => {
                 let link = proxy_client
                     .create_proxy(&ProxyConfig::new(
                         Link::Redis(i).as_str(),
@@ -230,7 +230,8 @@ impl RigWebhooks {
 }
 
 /// The Docker backend: every service in its own container on the run's
-/// network ([`crate::docker`]).
+/// network ([`crate::docker`]), each replica behind its own `client[i]` and
+/// `redis[i]` links of the proxy container.
 async fn bring_up_docker(
     scenario: &Scenario,
     seed: u64,
@@ -247,10 +248,20 @@ async fn bring_up_docker(
         Some(listen),
         None,
     )?;
-    let system = DockerSystem::start(DockerConfig {
+    let redis = match scenario.system.store {
+        StoreKind::Sqlite => None,
+        StoreKind::Redis { appendonly } => Some(RedisOptions { appendonly }),
+    };
+    let configs = (0..u8::try_from(scenario.system.replicas).unwrap_or(1))
+        .map(|i| match redis {
+            None => Ok(run_config.yaml.clone()),
+            Some(_) => config::on_redis(&run_config, &crate::docker::redis_link_url(run_id, i)),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let deployment = DockerDeployment::start(DockerConfig {
         run_id: run_id.to_owned(),
         run_dir: run_dir.to_path_buf(),
-        config_yaml: run_config.yaml.clone(),
+        configs,
         images: images.clone(),
         seed,
         needs: DockerNeeds {
@@ -259,17 +270,32 @@ async fn bring_up_docker(
         },
         ready_timeout: READY_TIMEOUT,
         state_dir: local::default_state_dir(),
+        redis,
     })
     .await
     .map_err(|e| format!("cannot bring the system up in containers: {e}"))?;
-    let proxy_client = system.proxy_client()?;
-    let mock = MockClient::new(&system.mock_url()).map_err(|e| e.to_string())?;
+    let first = deployment
+        .replicas
+        .first()
+        .ok_or_else(|| "the docker deployment has no replica".to_owned())?;
+    let proxy_client = first.proxy_client()?;
+    let mock = MockClient::new(&first.mock_url()).map_err(|e| e.to_string())?;
+    let direct = format!("http://{}", first.addr());
+    let client_urls = deployment
+        .replicas
+        .iter()
+        .map(|r| format!("http://{}", r.client_addr()))
+        .collect();
+    let DockerDeployment { replicas, redis } = deployment;
     Ok(Rig {
-        direct: format!("http://{}", system.addr()),
-        client_urls: vec![format!("http://{}", system.client_addr())],
+        direct,
+        client_urls,
         system: Arc::new(Deployment {
-            replicas: vec![System::Docker(Box::new(system))],
-            redis: None,
+            replicas: replicas
+                .into_iter()
+                .map(|r| System::Docker(Box::new(r)))
+                .collect(),
+            redis: redis.map(|r| Redis::Docker(Box::new(r))),
         }),
         mock: Mock::Remote(mock),
         proxy_client,
@@ -293,7 +319,7 @@ impl Rig {
                 }
             }
             if let Some(redis) = deployment.redis {
-                redis.stop().await;
+                redis.abandon().await;
             }
         }
         if let Some(proxy) = self.proxy {

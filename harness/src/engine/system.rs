@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::docker::DockerSystem;
+use crate::docker::{DockerRedis, DockerSystem};
 use crate::local::{LocalSystem, ProcessEvent, RedisServer, ShutdownReport};
 use crate::mock_llm::{CallsPage, MockClient, MockLlm, Program};
 use crate::scenario::{Link, Process};
@@ -17,8 +17,8 @@ use crate::scenario::{Link, Process};
 pub struct Deployment {
     /// One per replica, in order (at least one).
     pub replicas: Vec<System>,
-    /// The Redis server, with the Redis store (local backend).
-    pub redis: Option<RedisServer>,
+    /// The Redis server, with the Redis store.
+    pub redis: Option<Redis>,
 }
 
 impl Deployment {
@@ -36,7 +36,7 @@ impl Deployment {
         &self.replicas[0]
     }
 
-    fn redis(&self) -> Result<&RedisServer, String> {
+    fn redis(&self) -> Result<&Redis, String> {
         self.redis
             .as_ref()
             .ok_or_else(|| "the system has no redis".to_owned())
@@ -46,7 +46,7 @@ impl Deployment {
     pub async fn kill(&self, process: Process) -> Result<(), String> {
         match process {
             Process::Orchestrator(i) => self.replica(i)?.kill().await,
-            Process::Redis => self.redis()?.kill().await.map_err(text),
+            Process::Redis => self.redis()?.kill().await,
         }
     }
 
@@ -54,7 +54,7 @@ impl Deployment {
     pub async fn start_again(&self, process: Process) -> Result<(), String> {
         match process {
             Process::Orchestrator(i) => self.replica(i)?.start_again().await,
-            Process::Redis => self.redis()?.start_again().await.map_err(text),
+            Process::Redis => self.redis()?.start_again().await,
         }
     }
 
@@ -62,7 +62,7 @@ impl Deployment {
     pub async fn pause(&self, process: Process) -> Result<(), String> {
         match process {
             Process::Orchestrator(i) => self.replica(i)?.pause().await,
-            Process::Redis => self.redis()?.pause().await.map_err(text),
+            Process::Redis => self.redis()?.pause().await,
         }
     }
 
@@ -70,7 +70,7 @@ impl Deployment {
     pub async fn resume(&self, process: Process) -> Result<(), String> {
         match process {
             Process::Orchestrator(i) => self.replica(i)?.resume().await,
-            Process::Redis => self.redis()?.resume().await.map_err(text),
+            Process::Redis => self.redis()?.resume().await,
         }
     }
 
@@ -78,7 +78,7 @@ impl Deployment {
     pub async fn restart(&self, process: Process) -> Result<(), String> {
         match process {
             Process::Orchestrator(i) => self.replica(i)?.restart().await,
-            Process::Redis => self.redis()?.restart().await.map_err(text),
+            Process::Redis => self.redis()?.restart().await,
         }
     }
 
@@ -88,6 +88,89 @@ impl Deployment {
         let mut all: Vec<ProcessEvent> = self.replicas.iter().flat_map(System::events).collect();
         all.sort_by_key(|e| e.elapsed);
         all
+    }
+}
+
+/// The Redis server of one run, on either backend.
+pub enum Redis {
+    /// A child process on loopback (boxed: the handle is large, and there
+    /// is one per run).
+    Local(Box<RedisServer>),
+    /// A container on the run's network (boxed likewise).
+    Docker(Box<DockerRedis>),
+}
+
+impl Redis {
+    /// Where the harness reads it after the run (`redis://127.0.0.1:PORT/0`).
+    pub fn url(&self) -> String {
+        match self {
+            Redis::Local(r) => r.url(),
+            Redis::Docker(r) => r.url(),
+        }
+    }
+
+    /// SIGKILL; down until [`Redis::start_again`].
+    pub async fn kill(&self) -> Result<(), String> {
+        match self {
+            Redis::Local(r) => r.kill().await.map_err(text),
+            Redis::Docker(r) => r.kill().await.map_err(text),
+        }
+    }
+
+    /// Starts it again after a kill, waited for.
+    pub async fn start_again(&self) -> Result<(), String> {
+        match self {
+            Redis::Local(r) => r.start_again().await.map_err(text),
+            Redis::Docker(r) => r.start_again().await.map_err(text),
+        }
+    }
+
+    /// Freezes it.
+    pub async fn pause(&self) -> Result<(), String> {
+        match self {
+            Redis::Local(r) => r.pause().await.map_err(text),
+            Redis::Docker(r) => r.pause().await.map_err(text),
+        }
+    }
+
+    /// Thaws it.
+    pub async fn resume(&self) -> Result<(), String> {
+        match self {
+            Redis::Local(r) => r.resume().await.map_err(text),
+            Redis::Docker(r) => r.resume().await.map_err(text),
+        }
+    }
+
+    /// Graceful stop and start, waited for.
+    pub async fn restart(&self) -> Result<(), String> {
+        match self {
+            Redis::Local(r) => r.restart().await.map_err(text),
+            Redis::Docker(r) => r.restart().await.map_err(text),
+        }
+    }
+
+    /// Stops it for good at the run's end, after its state was read. On
+    /// Docker this also removes its container (and the run's network, being
+    /// the last handle); what that could not remove is left to `gauntlet
+    /// gc`, with a warning, since the evidence is already read.
+    pub async fn stop(self) {
+        match self {
+            Redis::Local(r) => r.stop().await,
+            Redis::Docker(r) => {
+                if let Err(e) = (*r).stop().await {
+                    tracing::warn!("redis: {e}");
+                }
+            }
+        }
+    }
+
+    /// Tears it down after an interrupted run: the watchdog removes a
+    /// container (see [`DockerRedis::abandon`]).
+    pub async fn abandon(self) {
+        match self {
+            Redis::Local(r) => r.stop().await,
+            Redis::Docker(r) => (*r).abandon(),
+        }
     }
 }
 

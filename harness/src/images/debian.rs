@@ -78,6 +78,53 @@ pub async fn debootstrap(
     }
 }
 
+/// Empties each of `dirs` (paths relative to `rootfs`, inside it) and keeps
+/// the directory itself; a missing one is fine. Links are removed, never
+/// followed: a root filesystem's absolute links point into the host.
+/// Blocking.
+pub fn prune(rootfs: &Path, dirs: &[String]) -> Result<(), ImageError> {
+    let failed = |reason: String| ImageError::Rootfs {
+        dir: rootfs.to_owned(),
+        reason,
+    };
+    for relative in dirs {
+        let inside = Path::new(relative)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if relative.is_empty() || !inside {
+            return Err(ImageError::InvalidRecipe {
+                reason: format!(
+                    "the pruned path {relative:?} must be a relative path inside the root filesystem"
+                ),
+            });
+        }
+        let dir = rootfs.join(relative);
+        match std::fs::symlink_metadata(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(failed(format!("cannot inspect {relative}: {e}"))),
+            // Only a real directory is emptied: a link could lead outside.
+            Ok(meta) if !meta.is_dir() => {
+                return Err(failed(format!("{relative} is not a directory")));
+            }
+            Ok(_) => {}
+        }
+        let entries =
+            std::fs::read_dir(&dir).map_err(|e| failed(format!("cannot list {relative}: {e}")))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| failed(format!("cannot list {relative}: {e}")))?;
+            let path = entry.path();
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            let removed = if is_dir {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.map_err(|e| failed(format!("cannot remove {}: {e}", path.display())))?;
+        }
+    }
+    Ok(())
+}
+
 /// The last lines a pipe carries, read to its end.
 async fn tail_of(pipe: Option<impl AsyncRead + Unpin>) -> String {
     let mut tail = Tail::default();

@@ -3,7 +3,7 @@
 //!
 //! Our images are `FROM scratch` with static binaries, built by the
 //! engine's legacy builder from a tar context (no BuildKit session, nothing
-//! pulled). Third-party services will be Debian root filesystems made by
+//! pulled). Third-party services (Redis) are Debian root filesystems made by
 //! debootstrap and imported ([`Recipe::DebianRootfs`]). Each image carries
 //! the hash of what it was made from (`gauntlet.inputs`), so an unchanged
 //! image is not rebuilt.
@@ -27,12 +27,12 @@ use testcontainers::bollard::{
 };
 
 pub use binaries::{BINARIES, TARGET, build_static_binaries, find_workspace};
-pub use debian::{MAX_ROOTFS_BYTES, debootstrap, import_dir};
+pub use debian::{MAX_ROOTFS_BYTES, debootstrap, import_dir, prune};
 pub use elf::check_static_binary;
-pub use names::{HARNESS_IMAGE_ENV, ImageNames, ImageRef, ORCHESTRATOR_IMAGE_ENV};
+pub use names::{HARNESS_IMAGE_ENV, ImageNames, ImageRef, ORCHESTRATOR_IMAGE_ENV, REDIS_IMAGE_ENV};
 pub use recipe::{
-    ContextFile, HARNESS_DOCKERFILE, ImageSpec, Inputs, MAX_FILE_BYTES, ORCHESTRATOR_DOCKERFILE,
-    Recipe, inputs,
+    ContextFile, DEBIAN_MIRROR, HARNESS_DOCKERFILE, ImageSpec, Inputs, MAX_FILE_BYTES,
+    ORCHESTRATOR_DOCKERFILE, REDIS_SERVER_PATH, REDIS_SUITE, Recipe, inputs,
 };
 
 use tail::Tail;
@@ -382,10 +382,11 @@ impl Labels {
     }
 }
 
-/// Makes the orchestrator and harness images (`gauntlet images build`):
-/// builds the static binaries first for [`Binaries::Cargo`], checks both
-/// are static, then builds each image whose inputs changed (every one with
-/// `force`). `report` gets one line per image (`built: ...` or `up to date:
+/// Makes the orchestrator, harness and Redis images (`gauntlet images
+/// build`): builds the static binaries first for [`Binaries::Cargo`], checks
+/// both are static, then builds each image whose inputs changed (every one
+/// with `force`); the Redis image needs root and `debootstrap` only when it
+/// is (re)built. `report` gets one line per image (`built: ...` or `up to date:
 /// ...`); the engine's output is shown only in the error of a failed build.
 pub async fn build(
     docker: &Docker,
@@ -416,6 +417,11 @@ pub async fn build(
             image: options.names.harness.clone(),
             role: "harness".to_owned(),
             recipe: Recipe::harness(&dir),
+        },
+        ImageSpec {
+            image: options.names.redis.clone(),
+            role: "redis".to_owned(),
+            recipe: Recipe::redis(),
         },
     ];
     let mut built = Vec::new();
@@ -472,6 +478,7 @@ pub async fn build_recipe(
             mirror,
             packages,
             changes,
+            prune: pruned,
         } => {
             let dir = tempfile::tempdir().map_err(|e| ImageError::Rootfs {
                 dir: std::env::temp_dir(),
@@ -479,6 +486,8 @@ pub async fn build_recipe(
             })?;
             let rootfs = dir.path().join("rootfs");
             debootstrap(suite, mirror, packages, &rootfs).await?;
+            let (owned_rootfs, owned_pruned) = (rootfs.clone(), pruned.clone());
+            blocking(move || prune(&owned_rootfs, &owned_pruned)).await?;
             import_dir(docker, &rootfs, &spec.image, changes, &labels).await?;
         }
     }

@@ -9,6 +9,8 @@ use super::{ImageError, VERSION};
 pub const ORCHESTRATOR_IMAGE_ENV: &str = "GAUNTLET_ORCHESTRATOR_IMAGE";
 /// Environment variable naming the harness image.
 pub const HARNESS_IMAGE_ENV: &str = "GAUNTLET_HARNESS_IMAGE";
+/// Environment variable naming the Redis image.
+pub const REDIS_IMAGE_ENV: &str = "GAUNTLET_REDIS_IMAGE";
 
 /// Docker's limit on a reference's repository part.
 const MAX_NAME_CHARS: usize = 255;
@@ -139,16 +141,21 @@ pub struct ImageNames {
     pub orchestrator: ImageRef,
     /// The harness: the fault proxy and the mock LLM provider.
     pub harness: ImageRef,
+    /// Redis, for scenarios on the Redis store: Debian's `redis-server` on a
+    /// Debian root filesystem ([`super::Recipe::redis`]).
+    pub redis: ImageRef,
 }
 
 impl ImageNames {
-    /// `gauntlet/orchestrator:<VERSION>` and `gauntlet/harness:<VERSION>`.
+    /// `gauntlet/orchestrator:<VERSION>`, `gauntlet/harness:<VERSION>` and
+    /// `gauntlet/redis:<VERSION>`.
     pub fn defaults() -> Result<ImageNames, ImageError> {
         ImageNames::resolve_with(None, None, |_| None)
     }
 
     /// Each name from its flag, else from `GAUNTLET_ORCHESTRATOR_IMAGE` /
-    /// `GAUNTLET_HARNESS_IMAGE`, else the default.
+    /// `GAUNTLET_HARNESS_IMAGE`, else the default. The Redis image has no
+    /// flag: `GAUNTLET_REDIS_IMAGE`, else the default.
     pub fn resolve(
         orchestrator: Option<&str>,
         harness: Option<&str>,
@@ -178,12 +185,13 @@ impl ImageNames {
                 "gauntlet/harness",
                 &env,
             )?,
+            redis: pick(None, "", REDIS_IMAGE_ENV, "gauntlet/redis", &env)?,
         })
     }
 
-    /// Both images, orchestrator first.
-    pub fn all(&self) -> [&ImageRef; 2] {
-        [&self.orchestrator, &self.harness]
+    /// Every image: orchestrator, harness, Redis.
+    pub fn all(&self) -> [&ImageRef; 3] {
+        [&self.orchestrator, &self.harness, &self.redis]
     }
 }
 

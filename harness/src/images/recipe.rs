@@ -42,6 +42,10 @@ pub enum Recipe {
         /// Dockerfile instructions applied on import, e.g.
         /// `ENTRYPOINT ["/usr/bin/redis-server"]`.
         changes: Vec<String>,
+        /// Directories of the root filesystem (relative paths) emptied
+        /// before the import: caches and documentation the service never
+        /// reads, which would only make the image larger.
+        prune: Vec<String>,
     },
 }
 
@@ -60,6 +64,26 @@ pub struct ContextFile {
 /// and a scratch image has none of its own.
 pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
+/// The Debian suite of the Redis image: pinned, so that its inputs (and
+/// whether it is up to date) do not depend on the build machine.
+pub const REDIS_SUITE: &str = "bookworm";
+/// Debian's mirror (reachable where no registry is).
+pub const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
+/// Where Debian's `redis-server` package puts the server.
+pub const REDIS_SERVER_PATH: &str = "/usr/bin/redis-server";
+
+/// What the Redis image leaves out of its root filesystem: the packages'
+/// downloaded archives and apt's lists (about 80 MiB), documentation and
+/// translations.
+const DEBIAN_PRUNE: [&str; 6] = [
+    "var/cache/apt/archives",
+    "var/lib/apt/lists",
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/locale",
+];
+
 impl Recipe {
     /// The orchestrator image from the static binaries in `binaries` and
     /// the machine's [`CA_BUNDLE`].
@@ -76,6 +100,21 @@ impl Recipe {
             });
         }
         recipe
+    }
+
+    /// The Redis image: Debian's `redis-server` on a minbase root filesystem
+    /// of [`REDIS_SUITE`], the server its entrypoint (the Docker backend
+    /// passes its arguments).
+    pub fn redis() -> Recipe {
+        Recipe::DebianRootfs {
+            suite: REDIS_SUITE.to_owned(),
+            mirror: DEBIAN_MIRROR.to_owned(),
+            packages: vec!["redis-server".to_owned()],
+            // No EXPOSE: the Docker backend runs it in another container's
+            // network namespace, where a container may not expose ports.
+            changes: vec![format!(r#"ENTRYPOINT ["{REDIS_SERVER_PATH}"]"#)],
+            prune: DEBIAN_PRUNE.map(str::to_owned).to_vec(),
+        }
     }
 
     /// The harness image from the static `gauntlet` binary in `binaries`.
@@ -167,6 +206,7 @@ pub(crate) fn load(recipe: &Recipe) -> Result<Loaded, ImageError> {
             mirror,
             packages,
             changes,
+            prune,
         } => {
             field(b"debian-rootfs");
             field(suite.as_bytes());
@@ -174,6 +214,11 @@ pub(crate) fn load(recipe: &Recipe) -> Result<Loaded, ImageError> {
             field(packages.join(",").as_bytes());
             for change in changes {
                 field(change.as_bytes());
+            }
+            // Counted, so that a change cannot pass for a pruned path.
+            field(&(prune.len() as u64).to_le_bytes());
+            for path in prune {
+                field(path.as_bytes());
             }
         }
     }
