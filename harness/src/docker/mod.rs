@@ -1477,7 +1477,7 @@ impl DockerRedis {
         let ready_timeout = self.shared.ready_timeout;
         let deadline = tokio::time::Instant::now() + ready_timeout;
         loop {
-            if ping(self.addr()).await {
+            if crate::local::redis_ping(self.addr()).await {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
@@ -1540,23 +1540,6 @@ impl DockerRedis {
             std::mem::forget(container);
         }
     }
-}
-
-/// Whether a Redis server answers `PING` on `addr` within a short bound.
-async fn ping(addr: SocketAddr) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let attempt = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        stream.write_all(b"PING\r\n").await.ok()?;
-        let mut answer = [0u8; 7];
-        stream.read_exact(&mut answer).await.ok()?;
-        Some(&answer == b"+PONG\r\n")
-    };
-    tokio::time::timeout(Duration::from_millis(500), attempt)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(false)
 }
 
 /// The state of the container `id` (named `name` in errors).

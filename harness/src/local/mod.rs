@@ -48,6 +48,7 @@ use tokio::sync::watch;
 
 pub use error::{GcError, LocalError, UnmetNeed};
 pub use gc::{GcReport, gc, gc_in};
+pub(crate) use redis_server::ping as redis_ping;
 pub use redis_server::{REDIS_SERVER, RedisServer, RedisServerError};
 pub use state::{DEFAULT_STATE_DIR, default_state_dir};
 

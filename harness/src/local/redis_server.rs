@@ -236,8 +236,9 @@ impl RedisServer {
     }
 }
 
-/// Whether a Redis server answers `PING` on `addr` within a short bound.
-async fn ping(addr: SocketAddr) -> bool {
+/// Whether a Redis server answers `PING` on `addr` within a short bound
+/// (the Docker backend's Redis container is probed the same way).
+pub(crate) async fn ping(addr: SocketAddr) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let attempt = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
