@@ -15,7 +15,7 @@ mod requests;
 mod run;
 mod slo;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::evidence::Evidence;
 use crate::scenario::{Invariant, Scenario};
@@ -28,7 +28,7 @@ pub const MAX_EVIDENCE_LINES: usize = 20;
 
 /// Whether a check is an SLO, an invariant the scenario lists, or one the
 /// harness makes on every run.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckKind {
     /// A service-level objective.
@@ -41,7 +41,7 @@ pub enum CheckKind {
 }
 
 /// What a check concluded.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     /// It held, on the evidence it needs.
@@ -65,7 +65,7 @@ impl Verdict {
 }
 
 /// The judgement of one check.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct CheckResult {
     /// SLO, invariant or run check.
     pub kind: CheckKind,
@@ -87,6 +87,57 @@ pub struct CheckResult {
     /// For a failure: the evidence (request ids, keys, entries), at most
     /// [`MAX_EVIDENCE_LINES`] lines; for a vacuous check, what was missing.
     pub evidence: Vec<String>,
+    /// For an SLO: its threshold as a number and each position of its window
+    /// as judged, so that a report can draw them. `None` for other checks
+    /// and for an SLO whose window could not be resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo: Option<SloPlot>,
+}
+
+/// An SLO's threshold and judged spans, in the units of its metric.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SloPlot {
+    /// What the threshold measures: `latency_ms`, `error_rate`,
+    /// `availability`, `throughput_rps` or `recovery_ms`.
+    pub unit: SloUnit,
+    /// The threshold, in `unit`.
+    pub threshold: f64,
+    /// Whether a value above the threshold is a violation (latency, error
+    /// rate, recovery time) rather than one below it.
+    pub upper_bound: bool,
+    /// Each position of the window, in order.
+    pub spans: Vec<JudgedSpan>,
+}
+
+/// The unit an SLO's threshold is in.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SloUnit {
+    /// A latency quantile, in milliseconds.
+    LatencyMs,
+    /// A share of requests, in [0, 1].
+    ErrorRate,
+    /// A share of seconds, in [0, 1].
+    Availability,
+    /// 2xx answers per second.
+    ThroughputRps,
+    /// Milliseconds until the error rate settled.
+    RecoveryMs,
+}
+
+/// One position of an SLO's window as judged: `[from_ms, to_ms)` from the
+/// load's epoch, the value measured there (none without traffic) and
+/// whether it met the threshold.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct JudgedSpan {
+    /// Start, from the load's epoch.
+    pub from_ms: f64,
+    /// End (exclusive).
+    pub to_ms: f64,
+    /// What was measured, in the plot's unit.
+    pub value: Option<f64>,
+    /// Whether it met the threshold.
+    pub passed: bool,
 }
 
 impl CheckResult {
@@ -101,6 +152,7 @@ impl CheckResult {
             observed: String::new(),
             exercised: 0,
             evidence: Vec::new(),
+            slo: None,
         }
     }
 

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use super::{CheckKind, CheckResult, Evidence, MAX_EVIDENCE_LINES, Verdict};
+use super::{
+    CheckKind, CheckResult, Evidence, JudgedSpan, MAX_EVIDENCE_LINES, SloPlot, SloUnit, Verdict,
+};
 use crate::load::{Op, Outcome};
 use crate::scenario::{Objective, Slo, Window};
 
@@ -313,6 +315,19 @@ fn describe(objective: &Objective) -> (String, String) {
     (objective.metric(), threshold)
 }
 
+/// The objective's threshold as a number in its unit, and whether it bounds
+/// from above.
+fn threshold(objective: &Objective) -> (SloUnit, f64, bool) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    match objective {
+        Objective::Latency { max, .. } => (SloUnit::LatencyMs, ms(*max), true),
+        Objective::ErrorRate { max } => (SloUnit::ErrorRate, *max, true),
+        Objective::Availability { min } => (SloUnit::Availability, *min, false),
+        Objective::Throughput { min_rps } => (SloUnit::ThroughputRps, *min_rps, false),
+        Objective::RecoveryTime { max, .. } => (SloUnit::RecoveryMs, ms(*max), true),
+    }
+}
+
 /// Judges one SLO. A sliding window must hold in every position; its
 /// observed value is the worst position's.
 pub(super) fn check(slo: &Slo, evidence: &Evidence) -> CheckResult {
@@ -334,12 +349,21 @@ pub(super) fn check(slo: &Slo, evidence: &Evidence) -> CheckResult {
     let mut window_lines = Vec::new();
     let mut failed_spans = Vec::new();
     let mut worst: Option<(f64, String)> = None;
-    let higher_is_worse = matches!(
-        slo.objective,
-        Objective::Latency { .. } | Objective::ErrorRate { .. } | Objective::RecoveryTime { .. }
-    );
+    let (unit, bound, higher_is_worse) = threshold(&slo.objective);
+    let mut plot = SloPlot {
+        unit,
+        threshold: bound,
+        upper_bound: higher_is_worse,
+        spans: Vec::with_capacity(spans.len()),
+    };
     for span in &spans {
         let m = measure(&slo.objective, evidence, *span);
+        plot.spans.push(JudgedSpan {
+            from_ms: span.from_ms,
+            to_ms: span.to_ms,
+            value: m.value,
+            passed: m.passed,
+        });
         judged += m.judged;
         if m.judged == 0 {
             empty.push(span.label());
@@ -363,6 +387,7 @@ pub(super) fn check(slo: &Slo, evidence: &Evidence) -> CheckResult {
             }
         }
     }
+    result.slo = Some(plot);
     if result.passed() {
         result.observed = worst
             .map(|(_, o)| o)

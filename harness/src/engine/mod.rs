@@ -234,6 +234,7 @@ pub async fn run_with_timeline(
     options: &RunOptions,
     cancel: &Cancel,
 ) -> Result<Report, RunError> {
+    let timeline_from_file = timeline == scenario.faults.as_slice();
     let scenario = scaled(
         &Scenario {
             faults: timeline.to_vec(),
@@ -315,6 +316,7 @@ pub async fn run_with_timeline(
             .map(report::ProcessRecord::from)
             .collect(),
         backend: options.backend.name(),
+        timeline_from_file,
     });
     bar.finish_and_clear();
     report::write(

@@ -107,7 +107,7 @@ impl Evidence {
 }
 
 /// What happened to one fault of the timeline.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct FaultRecord {
     /// The fault's name.
     pub name: String,
@@ -147,7 +147,7 @@ pub struct FaultSpan {
 }
 
 /// One probe of `/health/live` and `/health/ready`.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct HealthSample {
     /// When, from the load's epoch.
     pub at_ms: f64,
@@ -158,7 +158,7 @@ pub struct HealthSample {
 }
 
 /// A tenant's budget as the service reported it during the run.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct BudgetSample {
     /// When, from the load's epoch.
     pub at_ms: f64,
@@ -188,7 +188,7 @@ pub struct AuditAnswer {
 }
 
 /// How the wait for jobs to settle ended.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case")]
 pub enum Settle {
     /// No job was queued or running any more.

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::history::Op;
+use super::history::{Op, Outcome};
 
 /// The largest latency recorded as itself, in microseconds (one hour); longer
 /// ones are recorded as this (the exact maximum is still reported).
@@ -22,7 +22,7 @@ const HISTOGRAM_DIGITS: u8 = 3;
 
 /// Latency quantiles in milliseconds, counted from intended send times.
 /// All zero when `count` is 0.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct LatencySummary {
     /// Operations counted.
     pub count: u64,
@@ -59,7 +59,7 @@ impl LatencySummary {
 }
 
 /// Counts and latencies of one second of the run (by intended time).
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct WindowStats {
     /// The second, from 0 at the epoch: operations intended in
     /// `[second, second + 1)` seconds.
@@ -74,6 +74,13 @@ pub struct WindowStats {
     pub statuses: BTreeMap<u16, u64>,
     /// Latencies of the operations sent.
     pub latency: LatencySummary,
+    /// Latencies of the 2xx answers alone.
+    #[serde(default)]
+    pub ok_latency: LatencySummary,
+    /// Latencies of the errors alone (5xx, and no answer up to when it was
+    /// given up on).
+    #[serde(default)]
+    pub error_latency: LatencySummary,
 }
 
 /// Counts and latencies over a stretch of the run.
@@ -287,8 +294,14 @@ fn count_into(op: &Op, summary: &mut Summary) {
 /// One [`WindowStats`] per second `0..seconds`, by intended time. Operations
 /// intended at or after `seconds` are in no window.
 pub fn per_second(history: &[Op], seconds: u32) -> Vec<WindowStats> {
-    let mut windows: Vec<(Summary, Recorder)> = (0..seconds)
-        .map(|_| (Summary::default(), Recorder::new()))
+    // Per second: the counts, and latencies of all, of 2xx and of errors.
+    let mut windows: Vec<(Summary, [Recorder; 3])> = (0..seconds)
+        .map(|_| {
+            (
+                Summary::default(),
+                [Recorder::new(), Recorder::new(), Recorder::new()],
+            )
+        })
         .collect();
     for op in history {
         if op.intended_ms.is_nan() || op.intended_ms < 0.0 {
@@ -296,24 +309,31 @@ pub fn per_second(history: &[Op], seconds: u32) -> Vec<WindowStats> {
         }
         // Truncation is the point: the second the op was intended in.
         let second = (op.intended_ms / 1000.0) as usize;
-        let Some((summary, recorder)) = windows.get_mut(second) else {
+        let Some((summary, [all, ok, errors])) = windows.get_mut(second) else {
             continue;
         };
         count_into(op, summary);
         if let Some(latency_ms) = op.latency_ms() {
-            recorder.record(latency_ms);
+            all.record(latency_ms);
+            if matches!(op.outcome, Outcome::Status(s) if (200..300).contains(&s)) {
+                ok.record(latency_ms);
+            } else if op.outcome.is_error() {
+                errors.record(latency_ms);
+            }
         }
     }
     windows
         .into_iter()
         .zip(0u32..)
-        .map(|((summary, recorder), second)| WindowStats {
+        .map(|((summary, [all, ok, errors]), second)| WindowStats {
             second,
             sent: summary.sent,
             ok: summary.ok,
             errors: summary.errors,
             statuses: summary.statuses,
-            latency: recorder.summary(),
+            latency: all.summary(),
+            ok_latency: ok.summary(),
+            error_latency: errors.summary(),
         })
         .collect()
 }

@@ -3,6 +3,8 @@
 //! timings, ports or ids, so that it is stable across runs and insta can
 //! snapshot it), the terminal summary and the progress bar.
 
+pub mod junit;
+pub mod markdown;
 mod terminal;
 
 use std::collections::BTreeMap;
@@ -22,10 +24,10 @@ use crate::scenario::Scenario;
 pub use terminal::{summary, use_colour};
 
 /// The version of report.json's shape; bumped on any incompatible change.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Everything a run found. Serialized as report.json.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Report {
     /// [`SCHEMA_VERSION`].
     pub schema_version: u32,
@@ -43,6 +45,14 @@ pub struct Report {
     pub seed: u64,
     /// The duration multiplier.
     pub scale: f64,
+    /// SHA-256 (first 16 hex digits) of the scenario as run, its system
+    /// config included: two runs with the same digest and seed ran the same
+    /// test, whatever their ports and paths.
+    pub config_digest: String,
+    /// The command that replays this run, from the directory it was started
+    /// in; `None` when the run's faults were not its file's (an explored
+    /// schedule, which explore.json and minimal.yaml replay instead).
+    pub replay_command: Option<String>,
     /// A unique id of this run.
     pub run_id: String,
     /// Start, in Unix milliseconds.
@@ -74,7 +84,7 @@ pub struct Report {
 }
 
 /// The load part of the report.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct LoadSection {
     /// Operations planned.
     pub planned: u64,
@@ -94,7 +104,7 @@ pub struct LoadSection {
 }
 
 /// The ledger part of the report, as the database left it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct LedgerSection {
     /// Why the database could not be read, if it could not.
     pub database_error: Option<String>,
@@ -136,10 +146,13 @@ pub struct ReportInput<'a> {
     pub process_events: Vec<ProcessRecord>,
     /// The backend that ran the system (`local`, `docker`).
     pub backend: &'static str,
+    /// Whether the run's faults were its file's own (else no replay command
+    /// can be printed for it).
+    pub timeline_from_file: bool,
 }
 
 /// Something that happened to the orchestrator's process.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct ProcessRecord {
     /// Since the backend started it, in milliseconds.
     pub elapsed_ms: f64,
@@ -153,6 +166,47 @@ impl From<&ProcessEvent> for ProcessRecord {
             elapsed_ms: e.elapsed.as_secs_f64() * 1000.0,
             event: format!("{:?}", e.kind),
         }
+    }
+}
+
+/// The digest of a scenario as run: its canonical rendering (load, faults,
+/// checks) and its system config, hashed together.
+fn config_digest(scenario: &Scenario) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(crate::scenario::render(scenario, "config.yaml"));
+    hasher.update(b"\n---\n");
+    hasher.update(&scenario.system.config_yaml);
+    hex::encode(&hasher.finalize()[..8])
+}
+
+/// `gauntlet run FILE --seed N`, with `--backend` and `--scale` when they
+/// are not the defaults; the file is shell-quoted when it needs to be.
+pub fn replay_command(source: &Path, seed: u64, backend: &str, scale: f64) -> String {
+    let mut command = format!(
+        "gauntlet run {} --seed {seed}",
+        shell_quote(&source.display().to_string())
+    );
+    if backend != "local" {
+        command.push_str(&format!(" --backend {backend}"));
+    }
+    if scale != 1.0 {
+        command.push_str(&format!(" --scale {scale}"));
+    }
+    command
+}
+
+/// Quotes `word` for a POSIX shell when it holds anything but the
+/// characters paths usually have.
+fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@".contains(c));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
     }
 }
 
@@ -212,6 +266,10 @@ impl Report {
             source: input.scenario.source.display().to_string(),
             seed: input.seed,
             scale: input.scale,
+            config_digest: config_digest(input.scenario),
+            replay_command: input.timeline_from_file.then(|| {
+                replay_command(&input.scenario.source, input.seed, input.backend, input.scale)
+            }),
             run_id: input.run_id,
             started_unix_ms: unix_ms(input.started),
             duration_ms: input
@@ -251,6 +309,11 @@ impl Report {
                 provider_calls_dropped: input.evidence.journal_dropped,
             },
         }
+    }
+
+    /// Reads a report.json back (as written by [`write`]).
+    pub fn from_json(text: &str) -> serde_json::Result<Report> {
+        serde_json::from_str(text)
     }
 
     /// The redacted verdict: what passed and failed, without timings, ports,
