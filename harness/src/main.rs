@@ -60,8 +60,10 @@ enum Command {
     },
     /// Run scenarios on the local or Docker backend: brings the orchestrator up behind
     /// the fault proxy, drives the load, injects the faults, checks every SLO
-    /// and invariant, prints a summary and writes report.json, history.jsonl
-    /// and verdict.yaml under `--report-dir/<scenario>/`. Exits 0 when every
+    /// and invariant, prints a summary (ending, on a failure, with the
+    /// command that replays it) and writes report.html, report.json,
+    /// history.jsonl and verdict.yaml under `--report-dir/<scenario>/`, and
+    /// `--report-dir/index.html` for the whole run. Exits 0 when every
     /// check passed, 1 when one failed, 2 on bad input or an environment that
     /// cannot run a scenario (each scenario is validated before any runs).
     Run(RunArgs),
@@ -302,6 +304,30 @@ struct RunArgs {
     /// Must be positive (a negative value is taken as one, and refused).
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     scale: f64,
+    #[command(flatten)]
+    outputs: OutputArgs,
+}
+
+/// The files a whole run writes besides its reports and index.html.
+#[derive(clap::Args)]
+struct OutputArgs {
+    /// Also write JUnit XML here: a testsuite per scenario run, a testcase
+    /// per check, failures with their evidence.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Also write a Markdown summary here (a table per scenario, failed
+    /// checks first), e.g. for `$GITHUB_STEP_SUMMARY`.
+    #[arg(long, value_name = "FILE")]
+    summary_md: Option<PathBuf>,
+}
+
+impl OutputArgs {
+    fn outputs(self) -> gauntlet::report::Outputs {
+        gauntlet::report::Outputs {
+            junit: self.junit,
+            summary_md: self.summary_md,
+        }
+    }
 }
 
 /// The arguments of `gauntlet explore`.
@@ -328,6 +354,8 @@ struct ExploreArgs {
     /// Where the output goes: `<DIR>/<scenario>/`.
     #[arg(long, default_value = "target/gauntlet-explore")]
     report_dir: PathBuf,
+    #[command(flatten)]
+    outputs: OutputArgs,
 }
 
 /// Logs of warnings and worse on stderr (`RUST_LOG` overrides), so that the
@@ -393,6 +421,7 @@ fn explore(args: ExploreArgs) -> ExitCode {
         report_dir: args.report_dir,
         backend: engine::Backend::Local(launcher),
         progress: true,
+        outputs: args.outputs.outputs(),
     };
     let code = gauntlet::explore::explore(
         &args.scenario,
@@ -458,7 +487,9 @@ fn run_scenarios(args: RunArgs) -> ExitCode {
         backend,
         progress: true,
         label: None,
+        index_href: Some("../index.html".to_owned()),
     };
+    let outputs = args.outputs.outputs();
     let code = runtime.block_on(async {
         let cancel = Cancel::new();
         let on_signal = cancel.clone();
@@ -482,6 +513,7 @@ fn run_scenarios(args: RunArgs) -> ExitCode {
         engine::run_paths(
             &paths,
             &options,
+            &outputs,
             &cancel,
             &mut std::io::stdout(),
             &mut std::io::stderr(),

@@ -57,6 +57,7 @@ fn run_one(path: &Path, backend: &Backend) -> Result<(), Failed> {
         backend: backend.clone(),
         progress: false,
         label: None,
+        index_href: None,
     };
     // A need this machine lacks was found when the tests were listed (the
     // test is ignored then); met or not, here it is a failure.

@@ -53,6 +53,17 @@ pub enum Verdict {
     Vacuous,
 }
 
+impl CheckKind {
+    /// The kind as reports write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::Slo => "slo",
+            CheckKind::Invariant => "invariant",
+            CheckKind::Run => "run",
+        }
+    }
+}
+
 impl Verdict {
     /// The verdict as report.json and verdict.yaml write it.
     pub fn as_str(self) -> &'static str {

@@ -54,6 +54,9 @@ pub struct RunOptions {
     pub progress: bool,
     /// The progress bar's prefix, instead of the scenario's name.
     pub label: Option<String>,
+    /// The run's index page, relative to each scenario's report.html, for
+    /// the page's link back (none when no index is written).
+    pub index_href: Option<String>,
 }
 
 /// Where the system runs.
@@ -324,6 +327,7 @@ pub async fn run_with_timeline(
         &collected.evidence.history,
         &collected.log_path,
         &report_dir,
+        options.index_href.as_deref(),
     )
     .map_err(|e| {
         env_err(format!(
@@ -365,6 +369,7 @@ fn run_id_of(name: &str, seed: u64, started: std::time::SystemTime) -> String {
 pub async fn run_paths(
     paths: &[PathBuf],
     options: &RunOptions,
+    outputs: &report::Outputs,
     cancel: &Cancel,
     out: &mut dyn std::io::Write,
     err: &mut dyn std::io::Write,
@@ -422,6 +427,7 @@ pub async fn run_paths(
         );
         return Exit::BadInput;
     }
+    let mut reports = Vec::new();
     for scenario in runnable {
         if cancel.is_cancelled() {
             break;
@@ -435,18 +441,39 @@ pub async fn run_paths(
                     options
                         .report_dir
                         .join(&scenario.name)
-                        .join("report.json")
+                        .join("report.html")
                         .display()
                 );
                 if !report.passed {
                     code = code.worst(Exit::CheckFailed);
                 }
+                reports.push(report);
             }
             Err(e) => {
                 let _ = writeln!(err, "error: {e}");
                 code = code.worst(Exit::BadInput);
             }
         }
+    }
+    // Written even when a run could not be made, so that CI always has the
+    // index and summaries of what did run.
+    let entries: Vec<report::html::IndexEntry<'_>> = reports
+        .iter()
+        .map(|report| report::html::IndexEntry {
+            report,
+            href: format!("{}/report.html", report.scenario),
+        })
+        .collect();
+    if let Err(e) = outputs.write(&options.report_dir, "gauntlet run", &entries) {
+        let _ = writeln!(err, "error: {e}");
+        return code.worst(Exit::BadInput);
+    }
+    if !reports.is_empty() {
+        let _ = writeln!(
+            out,
+            "index: {}",
+            options.report_dir.join("index.html").display()
+        );
     }
     code
 }

@@ -61,6 +61,9 @@ pub struct ExploreOptions {
     pub backend: Backend,
     /// Whether to draw each run's progress bar.
     pub progress: bool,
+    /// The JUnit and Markdown files to write over every run, beside the
+    /// index.html of the runs.
+    pub outputs: crate::report::Outputs,
 }
 
 /// A check, as runs are compared by: the same kind, name and window.
@@ -263,6 +266,7 @@ pub fn explore(
         started: Instant::now(),
         longest_run: Duration::ZERO,
         runs: Vec::new(),
+        reports: Vec::new(),
         err,
     };
     let report = explorer.explore(&scenario);
@@ -278,6 +282,19 @@ pub fn explore(
     let _ = write!(out, "{}", summary(&report, &explorer.space, &dir, options));
     if let Err(e) = written {
         let _ = writeln!(explorer.err, "error: cannot write explore.json: {e}");
+        return code.worst(Exit::BadInput);
+    }
+    let entries: Vec<crate::report::html::IndexEntry<'_>> = explorer
+        .reports
+        .iter()
+        .map(|(report, href)| crate::report::html::IndexEntry {
+            report,
+            href: href.clone(),
+        })
+        .collect();
+    let title = format!("gauntlet explore {}", scenario.name);
+    if let Err(e) = options.outputs.write(&dir, &title, &entries) {
+        let _ = writeln!(explorer.err, "error: {e}");
         return code.worst(Exit::BadInput);
     }
     code
@@ -342,6 +359,8 @@ struct Explorer<'a> {
     started: Instant,
     longest_run: Duration,
     runs: Vec<RunRecord>,
+    /// Each judged run's report and its page, relative to `dir`.
+    reports: Vec<(crate::report::Report, String)>,
     err: &'a mut dyn Write,
 }
 
@@ -518,7 +537,7 @@ impl Explorer<'_> {
             report: None,
             error: None,
         };
-        let scenario = match schedule::to_scenario(&self.base, &self.space, schedule) {
+        let mut scenario = match schedule::to_scenario(&self.base, &self.space, schedule) {
             Ok(s) => s,
             Err(e) => {
                 // A schedule of valid templates that is not a valid timeline
@@ -542,6 +561,23 @@ impl Explorer<'_> {
             }
         );
         let run_dir = format!("runs/{number:03}");
+        // The run's own scenario file, beside its report: the report's
+        // replay command names it, so every explored run replays as it ran.
+        let file = self.dir.join(&run_dir).join("scenario.yaml");
+        let written = std::fs::create_dir_all(self.dir.join(&run_dir)).and_then(|()| {
+            std::fs::write(
+                &file,
+                scenario::render(&scenario, &format!("../../{CONFIG_FILE}")),
+            )
+        });
+        if let Err(e) = written {
+            let message = format!("cannot write {}: {e}", file.display());
+            let _ = writeln!(self.err, "explore: {label}: {message}");
+            record.error = Some(message.clone());
+            self.runs.push(record);
+            return Ran::Error(message);
+        }
+        scenario.source = file;
         let options = RunOptions {
             seed: Some(self.seed),
             scale: self.options.scale,
@@ -549,6 +585,7 @@ impl Explorer<'_> {
             backend: self.options.backend.clone(),
             progress: self.options.progress,
             label: Some(format!("{} {label}", scenario.name)),
+            index_href: Some("../../../index.html".to_owned()),
         };
         let started = Instant::now();
         let result = self
@@ -579,6 +616,8 @@ impl Explorer<'_> {
                     }
                 );
                 record.failed = failed.clone();
+                self.reports
+                    .push((report, format!("{run_dir}/{}/report.html", scenario.name)));
                 Ran::Judged(failed)
             }
             Err(RunError::Interrupted { .. }) => Ran::Interrupted,
@@ -758,6 +797,7 @@ mod tests {
                 crate::images::ImageNames::resolve(None, None).expect("names"),
             ),
             progress: false,
+            outputs: crate::report::Outputs::default(),
         }
     }
 

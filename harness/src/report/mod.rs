@@ -3,8 +3,10 @@
 //! timings, ports or ids, so that it is stable across runs and insta can
 //! snapshot it), the terminal summary and the progress bar.
 
+pub mod html;
 pub mod junit;
 pub mod markdown;
+mod svg;
 mod terminal;
 
 use std::collections::BTreeMap;
@@ -268,7 +270,12 @@ impl Report {
             scale: input.scale,
             config_digest: config_digest(input.scenario),
             replay_command: input.timeline_from_file.then(|| {
-                replay_command(&input.scenario.source, input.seed, input.backend, input.scale)
+                replay_command(
+                    &input.scenario.source,
+                    input.seed,
+                    input.backend,
+                    input.scale,
+                )
             }),
             run_id: input.run_id,
             started_unix_ms: unix_ms(input.started),
@@ -405,12 +412,23 @@ impl VerdictFile {
     }
 }
 
-/// Writes report.json, history.jsonl, verdict.yaml and a copy of the
-/// orchestrator's log into `dir`.
-pub fn write(report: &Report, history: &[Op], log: &Path, dir: &Path) -> std::io::Result<()> {
+/// Writes report.json, report.html, history.jsonl, verdict.yaml and a copy
+/// of the orchestrator's log into `dir`.
+/// The page links back to the index at `index_href` (relative to it).
+pub fn write(
+    report: &Report,
+    history: &[Op],
+    log: &Path,
+    dir: &Path,
+    index_href: Option<&str>,
+) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let json = serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?;
     std::fs::write(dir.join("report.json"), json)?;
+    std::fs::write(
+        dir.join("report.html"),
+        html::scenario_page(report, index_href),
+    )?;
     let mut out = std::io::BufWriter::new(std::fs::File::create(dir.join("history.jsonl"))?);
     for op in history {
         serde_json::to_writer(&mut out, op).map_err(std::io::Error::other)?;
@@ -422,6 +440,43 @@ pub fn write(report: &Report, history: &[Op], log: &Path, dir: &Path) -> std::io
         std::fs::copy(log, dir.join("orchestrator.log"))?;
     }
     Ok(())
+}
+
+/// What a whole run writes besides each scenario's report: `index.html`
+/// always, JUnit XML and a Markdown summary when asked.
+#[derive(Clone, Debug, Default)]
+pub struct Outputs {
+    /// Where to write the JUnit XML (`--junit`).
+    pub junit: Option<std::path::PathBuf>,
+    /// Where to write the Markdown summary (`--summary-md`).
+    pub summary_md: Option<std::path::PathBuf>,
+}
+
+impl Outputs {
+    /// Writes `dir/index.html` (a row per entry, titled `title`) and the
+    /// files asked for; says which file could not be written.
+    pub fn write(
+        &self,
+        dir: &Path,
+        title: &str,
+        entries: &[html::IndexEntry<'_>],
+    ) -> Result<(), String> {
+        let index = dir.join("index.html");
+        std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&index, html::index_page(title, entries)))
+            .map_err(|e| format!("cannot write {}: {e}", index.display()))?;
+        let reports: Vec<Report> = entries.iter().map(|e| e.report.clone()).collect();
+        if let Some(path) = &self.junit {
+            std::fs::write(path, junit::render(title, &reports))
+                .map_err(|e| format!("cannot write the JUnit file {}: {e}", path.display()))?;
+        }
+        if let Some(path) = &self.summary_md {
+            std::fs::write(path, markdown::render(&reports)).map_err(|e| {
+                format!("cannot write the Markdown summary {}: {e}", path.display())
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// The progress bar of a run, drawn on stderr when `enabled` and stderr is
