@@ -75,6 +75,19 @@ enum Command {
     /// and explore.json under `--report-dir/<scenario>/`. Exits 0 when no
     /// failure was found within the budget, 1 when one was, 2 on bad input.
     Explore(ExploreArgs),
+    /// Render reports again from their report.json files: every report.json
+    /// below DIR (four levels down at most) gets its report.html rewritten
+    /// beside it, and DIR/index.html links them all; `--junit` and
+    /// `--summary-md` summarise them as `gauntlet run` does. For reports that
+    /// the scenario tests wrote (the nightly workflow's summary comes from
+    /// here). Exits 0 once written, 2 when DIR holds no report or one cannot
+    /// be read; the verdicts inside do not change the exit code.
+    Report {
+        /// The directory to search, e.g. `target/gauntlet`.
+        dir: PathBuf,
+        #[command(flatten)]
+        outputs: OutputArgs,
+    },
     /// Check scenario files: prints every finding as
     /// `FILE:LINE:COL: error[CODE]: path: message` and `ok: FILE (NAME)` for
     /// each valid file. Exits 0 when all are valid, 2 otherwise.
@@ -219,7 +232,7 @@ fn main() -> ExitCode {
             } => run_proxy(listen, seed, config).await,
             Command::MockLlm { listen, seed } => run_mock_llm(listen, seed).await,
             // Handled by `run_offline`, before the runtime starts.
-            Command::Validate { .. } | Command::List { .. } => Ok(()),
+            Command::Validate { .. } | Command::List { .. } | Command::Report { .. } => Ok(()),
             Command::Gc { .. }
             | Command::Hog { .. }
             | Command::ServeOrchestrator { .. }
@@ -247,6 +260,9 @@ fn run_offline(command: &Command) -> Option<ExitCode> {
     let result = match command {
         Command::Validate { paths } => gauntlet::cli::validate(paths, &mut out, &mut err),
         Command::List { paths } => gauntlet::cli::list(paths, &mut out, &mut err),
+        Command::Report { dir, outputs } => {
+            gauntlet::cli::report(dir, &outputs.outputs(), &mut out, &mut err)
+        }
         _ => return None,
     };
     Some(match result {
@@ -322,10 +338,10 @@ struct OutputArgs {
 }
 
 impl OutputArgs {
-    fn outputs(self) -> gauntlet::report::Outputs {
+    fn outputs(&self) -> gauntlet::report::Outputs {
         gauntlet::report::Outputs {
-            junit: self.junit,
-            summary_md: self.summary_md,
+            junit: self.junit.clone(),
+            summary_md: self.summary_md.clone(),
         }
     }
 }

@@ -90,9 +90,42 @@ fn retries_off_is_found_and_shrunk_to_a_minimal_file_that_replays() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let scenario = weakened(dir.path());
     let reports = dir.path().join("out");
-    let (output, context) = explore(&scenario, &reports, &["--runs", "5", "--budget", "8m"]);
+    let junit = dir.path().join("explore.xml");
+    let summary_md = dir.path().join("explore.md");
+    let (output, context) = explore(
+        &scenario,
+        &reports,
+        &[
+            "--runs",
+            "5",
+            "--budget",
+            "8m",
+            "--junit",
+            junit.to_str().expect("a UTF-8 path"),
+            "--summary-md",
+            summary_md.to_str().expect("a UTF-8 path"),
+        ],
+    );
     assert_eq!(output.status.code(), Some(1), "expected exit 1\n{context}");
     let out = reports.join("explore-retries");
+    // Every run is a row of the index, a testsuite of the JUnit file and a
+    // table of the summary; the failing ones fail there too.
+    let runs = read_json(&out.join("explore.json"), &context)["runs"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert!(
+        runs >= 4,
+        "a run, three reruns and the shrink's: {runs}\n{context}"
+    );
+    let index = std::fs::read_to_string(out.join("index.html"))
+        .unwrap_or_else(|e| panic!("index.html: {e}\n{context}"));
+    assert_eq!(index.matches("/report.html\"").count(), runs, "{index}");
+    let junit = std::fs::read_to_string(&junit).unwrap_or_else(|e| panic!("{e}\n{context}"));
+    assert_eq!(junit.matches("<testsuite ").count(), runs, "{junit}");
+    assert!(junit.contains("<failure"), "{junit}");
+    let summary_md =
+        std::fs::read_to_string(&summary_md).unwrap_or_else(|e| panic!("{e}\n{context}"));
+    assert!(summary_md.contains(": FAILED"), "{summary_md}");
     let report = read_json(&out.join("explore.json"), &context);
     assert_eq!(report["outcome"], "failure", "{context}");
     let check = &report["found"]["check"];

@@ -209,6 +209,21 @@ fn threshold_values(report: &Report, unit: SloUnit, factor: f64) -> Vec<f64> {
         .collect()
 }
 
+/// How much higher than the run's p99 the top of the latency plot may be
+/// before the linear scale flattens the data into its bottom tenth.
+const LOG_SCALE_RATIO: f64 = 10.0;
+
+/// Whether the page opens on the log scale: when a threshold or an outlier
+/// (a 5 s SLO over 5 ms answers, a timeout among fast errors) would leave
+/// the linear plot's series flat along the axis.
+fn log_by_default(report: &Report) -> bool {
+    let top = threshold_values(report, SloUnit::LatencyMs, 1.0)
+        .into_iter()
+        .chain([report.load.overall.max_ms])
+        .fold(0.0_f64, f64::max);
+    top > LOG_SCALE_RATIO * report.load.overall.p99_ms.max(1.0)
+}
+
 /// Latency per second: p50, p99 and max of the successes, the slowest error
 /// of each second as a red marker, fault windows and latency SLOs.
 fn latency_plot(report: &Report, log: bool) -> String {
@@ -532,8 +547,8 @@ pub fn scenario_page(report: &Report, index_href: Option<&str>) -> String {
         escape(&report.gauntlet_version),
         escape(&report.run_id),
     );
-    body.push_str("<h2>Checks</h2>\n");
-    body.push_str(&checks_table(report));
+    // The picture first: a spike two seconds after a fault is what a reader
+    // comes for, and the checks table below says which check it broke.
     body.push_str("<h2>Latency</h2>\n");
     body.push_str(&legend(&[
         ("--p50", "p50 of successes"),
@@ -544,8 +559,14 @@ pub fn scenario_page(report: &Report, index_href: Option<&str>) -> String {
         ("--ok", "SLO threshold, held"),
         ("--err", "SLO threshold, failed"),
     ]));
-    body.push_str(
-        "<input type=\"checkbox\" id=\"log-scale\" class=\"scale-switch\"><label for=\"log-scale\"> log scale</label>\n<div class=\"latency\">\n",
+    let _ = writeln!(
+        body,
+        "<input type=\"checkbox\" id=\"log-scale\" class=\"scale-switch\"{}><label for=\"log-scale\"> log scale</label>\n<div class=\"latency\">",
+        if log_by_default(report) {
+            " checked"
+        } else {
+            ""
+        }
     );
     body.push_str(&latency_plot(report, false));
     body.push('\n');
@@ -574,6 +595,8 @@ pub fn scenario_page(report: &Report, index_href: Option<&str>) -> String {
         ]));
         body.push_str(&strip);
     }
+    body.push_str("\n<h2>Checks</h2>\n");
+    body.push_str(&checks_table(report));
     body.push_str("\n<h2>Faults</h2>\n");
     body.push_str(&faults_table(report));
     if !report.process_events.is_empty() {
