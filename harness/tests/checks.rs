@@ -203,6 +203,8 @@ fn contract() -> Contract {
             duration: Duration::from_secs(1),
         },
         rotation_overlap: Duration::from_secs(1),
+        tasks_in_flight: 2,
+        jobs_in_flight: 4,
     }
 }
 
@@ -2990,5 +2992,92 @@ fn leases_fenced() {
         "no lease was ever taken over",
         &invariant(Invariant::LeasesFenced, &trail(&calm)),
         &["was ever taken over"],
+    );
+}
+
+#[test]
+fn shed_fast() {
+    let inv = Invariant::ShedFast { within: ms(100) };
+    // Two tasks hold the contract's bound of 2 over [0, 500ms).
+    let held = || {
+        vec![
+            op(1, OpKind::Task, "a", 0.0, 500.0, Outcome::Status(200)),
+            op(2, OpKind::Task, "b", 0.0, 500.0, Outcome::Status(200)),
+        ]
+    };
+    let shed = |index: u64, kind: OpKind, at_ms: f64, took_ms: f64, status: u16| {
+        let mut o = op(index, kind, "a", at_ms, took_ms, Outcome::Status(status));
+        o.problem = Some("overloaded".to_owned());
+        o.retry_after = Some("1".to_owned());
+        o
+    };
+    let with = |extra: Vec<Op>| evidence(concat([held(), extra]));
+    check(
+        "shed at once while the bound is held",
+        &invariant(
+            inv.clone(),
+            &with(vec![shed(3, OpKind::Task, 100.0, 2.0, 503)]),
+        ),
+        true,
+        &[],
+    );
+    check(
+        "shed slowly",
+        &invariant(
+            inv.clone(),
+            &with(vec![shed(3, OpKind::Task, 100.0, 300.0, 503)]),
+        ),
+        false,
+        &["shed after 300ms: op 3"],
+    );
+    let mut no_retry_after = shed(3, OpKind::Task, 100.0, 2.0, 503);
+    no_retry_after.retry_after = None;
+    check(
+        "shed without Retry-After",
+        &invariant(inv.clone(), &with(vec![no_retry_after])),
+        false,
+        &["overloaded without a Retry-After of whole seconds (None): op 3"],
+    );
+    check(
+        "overloaded but 500",
+        &invariant(
+            inv.clone(),
+            &with(vec![shed(3, OpKind::Task, 100.0, 2.0, 500)]),
+        ),
+        false,
+        &["overloaded but not 503: op 3"],
+    );
+    check(
+        "shed after the bound was released",
+        &invariant(
+            inv.clone(),
+            &with(vec![shed(3, OpKind::Task, 600.0, 2.0, 503)]),
+        ),
+        false,
+        &["shed with at most 0 others in flight, under the bound of 2: op 3"],
+    );
+    // Two tasks in flight do not fill the jobs route's bound of 4.
+    check(
+        "a job shed while only tasks were in flight",
+        &invariant(
+            inv.clone(),
+            &with(vec![shed(3, OpKind::Job, 100.0, 2.0, 503)]),
+        ),
+        false,
+        &["shed with at most 0 others in flight, under the bound of 4: op 3"],
+    );
+    check(
+        "shed on a read",
+        &invariant(
+            inv.clone(),
+            &with(vec![shed(3, OpKind::ListJobs, 100.0, 2.0, 503)]),
+        ),
+        false,
+        &["shed on a route without admission control: op 3"],
+    );
+    check_vacuous(
+        "nothing shed",
+        &invariant(inv, &evidence(held())),
+        &["no request was shed"],
     );
 }

@@ -40,6 +40,9 @@ pub struct Metrics {
     pub idempotent_replays: IntCounter,
     /// `rate_limited_total{key}`: requests refused with 429.
     pub rate_limited: IntCounterVec,
+    /// `requests_shed_total{route}`: requests refused 503 `overloaded` by
+    /// admission control (`tasks`, `jobs`).
+    pub requests_shed: IntCounterVec,
     /// `auth_failures_total{reason}`: 401 and 403 responses.
     pub auth_failures: IntCounterVec,
     /// `auth_lockouts_total{scope}`: addresses and key ids locked.
@@ -234,6 +237,11 @@ impl Metrics {
                 "rate_limited_total",
                 "Requests refused by the per-key rate limit, by key id.",
                 &["key"],
+            ),
+            requests_shed: counter(
+                "requests_shed_total",
+                "Requests refused 503 overloaded by admission control, by route.",
+                &["route"],
             ),
             auth_failures: counter(
                 "auth_failures_total",

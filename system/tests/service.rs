@@ -798,3 +798,78 @@ async fn failed_authentications_lock_the_address_and_the_key_id_even_for_a_valid
         assert!(metrics.contains(line), "{line} missing from\n{metrics}");
     }
 }
+
+/// Admission control: with room for one task, a second one while the first
+/// waits on the provider is refused at once, 503 `overloaded` with
+/// `Retry-After`, without reaching the provider; reads are not held back,
+/// and the freed room admits the next task.
+#[tokio::test]
+async fn beyond_the_admitted_tasks_in_flight_a_task_is_shed_at_once() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let provider = Provider::start().await;
+    provider.script([Reply::Delay(
+        Duration::from_secs(2),
+        Box::new(Reply::plan()),
+    )]);
+    let mut config = base_config(&provider, "admission");
+    config.server.admission.tasks_in_flight = 1;
+    config.server.admission.retry_after = Duration::from_secs(3);
+    let service = Service::start(config);
+    let first_done = AtomicBool::new(false);
+    let first = async {
+        let answer = service.task(Some("first"), prompt()).await;
+        first_done.store(true, Ordering::SeqCst);
+        answer
+    };
+    let second = async {
+        eventually(
+            "the first task reaches the provider",
+            Duration::from_secs(5),
+            async || provider.calls().len() == 1,
+        )
+        .await;
+        let shed = service.task(Some("second"), prompt()).await;
+        let read = service.get("/v1/jobs", Some(DEV_KEY)).await;
+        // Answered while the first still held the only room: nothing waited.
+        assert!(
+            !first_done.load(Ordering::SeqCst),
+            "the second task waited for the first"
+        );
+        (shed, read)
+    };
+    let (first, (shed, read)) = tokio::join!(first, second);
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    assert_eq!(
+        shed.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        shed.text
+    );
+    assert_eq!(
+        shed.json["type"],
+        problem_type("overloaded"),
+        "{}",
+        shed.text
+    );
+    assert_eq!(shed.header("retry-after"), Some("3"));
+    assert_eq!(read.status, StatusCode::OK, "{}", read.text);
+    assert_eq!(
+        provider.calls().len(),
+        1,
+        "the shed task never reached the provider"
+    );
+
+    let after = service.task(Some("third"), prompt()).await;
+    assert_eq!(after.status, StatusCode::OK, "{}", after.text);
+    let metrics = service.get("/metrics", None).await;
+    assert!(
+        metrics
+            .text
+            .contains("requests_shed_total{route=\"tasks\"} 1"),
+        "{}",
+        metrics.text
+    );
+    // The shed task was never charged nor reserved.
+    let budget = service.budget();
+    assert_eq!((budget.used_tokens, budget.reserved_tokens), (60, 0));
+}

@@ -261,5 +261,6 @@ pub fn check_invariant(invariant: &Invariant, evidence: &Evidence) -> CheckResul
         Invariant::WebhooksDelivered => data::webhooks_delivered(evidence),
         Invariant::SsrfRefused => data::ssrf_refused(evidence),
         Invariant::LeasesFenced => invariants::leases_fenced(evidence),
+        Invariant::ShedFast { within } => requests::shed_fast(evidence, *within),
     }
 }

@@ -2,14 +2,17 @@
 //! configuration's contract: who may do what (`access_enforced`), the
 //! body and time limits (`limits_enforced`), the headers every answer
 //! carries (`security_headers`), the brute-force lockout
-//! (`lockout_effective`) and key rotation (`rotation_seamless`).
+//! (`lockout_effective`), key rotation (`rotation_seamless`) and load
+//! shedding (`shed_fast`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 
 use super::slo::describe_op;
 use super::{CheckResult, Evidence};
-use crate::load::{Credential, HSTS_HEADER, Op, OpKind, Outcome, SECURITY_HEADERS, VICTIM_KEY_ID};
+use crate::load::{
+    Credential, HSTS_HEADER, OVERLOADED, Op, OpKind, Outcome, SECURITY_HEADERS, VICTIM_KEY_ID,
+};
 
 /// How much later than `server.request_timeout` a slow request's 504 may
 /// come: the service's timer, the proxy and the scheduler on a loaded
@@ -730,4 +733,99 @@ fn audit_of_rotation(
         }
     }
     violations
+}
+
+/// Every request admission control shed (problem `overloaded`) was answered
+/// 503 with a `Retry-After` of whole seconds, within `within` of being
+/// sent, and only when the service could have been full: at least the
+/// route's `server.admission` bound of its other requests were on the wire
+/// during it. The client's count of its own requests in flight is never
+/// below the service's (a request is in flight at the service only while
+/// the client waits for it), so a shed with fewer is one the bound did not
+/// call for.
+pub(super) fn shed_fast(evidence: &Evidence, within: std::time::Duration) -> CheckResult {
+    let within_ms = within.as_secs_f64() * 1000.0;
+    let contract = &evidence.contract;
+    let mut r = CheckResult::invariant(
+        "shed_fast",
+        format!(
+            "every 503 overloaded has Retry-After, comes within {}, and only with at least {} tasks or {} jobs in flight",
+            orchestrator::config::format_duration(within),
+            contract.tasks_in_flight,
+            contract.jobs_in_flight
+        ),
+    );
+    // The routes under admission control, and their bounds.
+    let route = |kind: OpKind| match kind {
+        OpKind::Task | OpKind::OversizedTask | OpKind::SlowTask => Some(contract.tasks_in_flight),
+        OpKind::Job => Some(contract.jobs_in_flight),
+        _ => None,
+    };
+    let same_route = |a: OpKind, b: OpKind| {
+        let tasks = |k| matches!(k, OpKind::Task | OpKind::OversizedTask | OpKind::SlowTask);
+        tasks(a) == tasks(b) && route(a).is_some() && route(b).is_some()
+    };
+    let mut violations = 0;
+    let mut shed = 0u64;
+    let mut slowest_ms = 0.0_f64;
+    for op in evidence
+        .history
+        .iter()
+        .filter(|op| op.problem.as_deref() == Some(OVERLOADED))
+    {
+        shed += 1;
+        let took_ms = op.end_ms - op.start_ms;
+        slowest_ms = slowest_ms.max(took_ms);
+        if op.outcome != Outcome::Status(503) {
+            violations += 1;
+            r.violation(format!("overloaded but not 503: {}", describe_op(op)));
+        }
+        if op
+            .retry_after
+            .as_deref()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_none_or(|s| s == 0)
+        {
+            violations += 1;
+            r.violation(format!(
+                "overloaded without a Retry-After of whole seconds ({:?}): {}",
+                op.retry_after,
+                describe_op(op)
+            ));
+        }
+        if took_ms > within_ms {
+            violations += 1;
+            r.violation(format!("shed after {took_ms:.0}ms: {}", describe_op(op)));
+        }
+        let Some(bound) = route(op.kind) else {
+            violations += 1;
+            r.violation(format!(
+                "shed on a route without admission control: {}",
+                describe_op(op)
+            ));
+            continue;
+        };
+        let in_flight = evidence
+            .history
+            .iter()
+            .filter(|other| {
+                other.index != op.index
+                    && same_route(other.kind, op.kind)
+                    && other.outcome.was_sent()
+                    && other.start_ms < op.end_ms
+                    && other.end_ms > op.start_ms
+            })
+            .count();
+        if (in_flight as u64) < u64::from(bound) {
+            violations += 1;
+            r.violation(format!(
+                "shed with at most {in_flight} others in flight, under the bound of {bound}: {}",
+                describe_op(op)
+            ));
+        }
+    }
+    r.observed = format!("{shed} shed, the slowest answered after {slowest_ms:.0}ms");
+    r.finish(violations).exercised(shed, || {
+        "no request was shed: the load never went beyond server.admission".to_owned()
+    })
 }

@@ -318,6 +318,9 @@ pub const SECURITY_HEADERS: [(&str, Option<&str>); 8] = [
 /// The problem type of a lockout's refusal.
 pub const AUTH_LOCKED: &str = "auth-locked";
 
+/// The problem type of admission control's refusal.
+pub const OVERLOADED: &str = "overloaded";
+
 /// The client address of ordinary operation `index`: each its own, in
 /// `198.18.0.0/16` (of the benchmarking range, RFC 2544), so that one
 /// client's bad key never locks out another. Wraps after 65536.

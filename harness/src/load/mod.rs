@@ -27,7 +27,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 pub use history::{
-    ATTACKER_ADDRESS, AUTH_LOCKED, Credential, HSTS_HEADER, Op, OpKind, Outcome,
+    ATTACKER_ADDRESS, AUTH_LOCKED, Credential, HSTS_HEADER, OVERLOADED, Op, OpKind, Outcome,
     ROTATED_KEY_ADDRESS, ROTATOR_ADDRESS, SECURITY_HEADERS, SLOW_MARKER, SUCCESSOR_KEY_ADDRESS,
     VICTIM_KEY_ID, WebhookTarget, client_address, probe_address,
 };

@@ -43,6 +43,11 @@ pub struct Contract {
     /// `security.keys.rotation_overlap`: how long a rotated key keeps
     /// working beside its successor.
     pub rotation_overlap: Duration,
+    /// `server.admission.tasks_in_flight`: below this many tasks in flight
+    /// the service has room, so a task shed then was shed wrongly.
+    pub tasks_in_flight: u32,
+    /// `server.admission.jobs_in_flight`, the same for job submissions.
+    pub jobs_in_flight: u32,
 }
 
 /// When failed authentications lock an address or a key id out.
@@ -204,6 +209,8 @@ impl Contract {
                 duration: config.security.lockout.duration,
             },
             rotation_overlap: config.security.keys.rotation_overlap,
+            tasks_in_flight: config.server.admission.tasks_in_flight,
+            jobs_in_flight: config.server.admission.jobs_in_flight,
         }
     }
 

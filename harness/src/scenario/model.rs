@@ -705,12 +705,19 @@ pub enum Invariant {
     /// another worker holds it: a worker whose lease was taken over changes
     /// nothing.
     LeasesFenced,
+    /// Every request admission control shed is answered 503 `overloaded`
+    /// with `Retry-After` within `within`, and only when the route's bound
+    /// could have been reached (as many others in flight).
+    ShedFast {
+        /// How long a shed answer may take, from sending to its end.
+        within: Duration,
+    },
 }
 
 impl Invariant {
     /// Every invariant's name, as scenario files write them: the bare ones
     /// ([`Invariant::BARE`]) and those with parameters.
-    pub const NAMES: [&'static str; 23] = [
+    pub const NAMES: [&'static str; 24] = [
         "no_lost_jobs",
         "exactly_once_charge",
         "budget_never_overdrawn",
@@ -734,6 +741,7 @@ impl Invariant {
         "webhooks_delivered",
         "ssrf_refused",
         "leases_fenced",
+        "shed_fast",
     ];
 
     /// The invariants that take no parameters, written as a bare name.
@@ -795,6 +803,7 @@ impl Invariant {
             Invariant::WebhooksDelivered => "webhooks_delivered",
             Invariant::SsrfRefused => "ssrf_refused",
             Invariant::LeasesFenced => "leases_fenced",
+            Invariant::ShedFast { .. } => "shed_fast",
         }
     }
 }

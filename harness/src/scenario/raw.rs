@@ -306,6 +306,7 @@ pub(crate) enum RawInvariantParams {
     NoLostJobs(RawNoLostJobs),
     AllowedStatuses(RawAllowedStatuses),
     ReadyReflectsFaults(RawReadyReflectsFaults),
+    ShedFast(RawShedFast),
     /// Any other name: whatever was written (null or `{}` when nothing was).
     Other(Value),
 }
@@ -336,6 +337,14 @@ pub(crate) struct RawReadyReflectsFaults {
     pub within: Option<String>,
 }
 
+/// `shed_fast`'s parameters.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawShedFast {
+    #[serde(default)]
+    pub within: Option<String>,
+}
+
 impl RawInvariantParams {
     fn none(name: &str) -> RawInvariantParams {
         match name {
@@ -346,6 +355,7 @@ impl RawInvariantParams {
             "ready_reflects_faults" => {
                 RawInvariantParams::ReadyReflectsFaults(RawReadyReflectsFaults::default())
             }
+            "shed_fast" => RawInvariantParams::ShedFast(RawShedFast::default()),
             _ => RawInvariantParams::Other(Value::Null),
         }
     }
@@ -401,6 +411,9 @@ impl<'de> Deserialize<'de> for RawInvariant {
                     "ready_reflects_faults" => RawInvariantParams::ReadyReflectsFaults(
                         map.next_value::<Option<RawReadyReflectsFaults>>()?
                             .unwrap_or_default(),
+                    ),
+                    "shed_fast" => RawInvariantParams::ShedFast(
+                        map.next_value::<Option<RawShedFast>>()?.unwrap_or_default(),
                     ),
                     _ => RawInvariantParams::Other(map.next_value::<Value>()?),
                 };

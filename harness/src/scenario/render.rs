@@ -332,6 +332,7 @@ fn invariant(i: &Invariant) -> Value {
         Invariant::ReadyReflectsFaults { faults, within } => {
             json!({"faults": faults, "within": duration(*within)})
         }
+        Invariant::ShedFast { within } => json!({"within": duration(*within)}),
         _ => return Value::from(i.name()),
     };
     let mut out = Map::new();

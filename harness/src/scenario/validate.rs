@@ -116,6 +116,9 @@ const DEFAULT_MAX_TOKENS: u32 = 512;
 const DEFAULT_PROBE_EVERY: Duration = Duration::from_millis(250);
 const DEFAULT_SETTLE: Duration = Duration::from_secs(30);
 const DEFAULT_READY_WITHIN: Duration = Duration::from_secs(15);
+/// How long a shed answer may take when `shed_fast` does not say: shedding
+/// is a semaphore's refusal, and this leaves room for a loaded machine.
+const DEFAULT_SHED_WITHIN: Duration = Duration::from_millis(100);
 const DEFAULT_RECOVERY_ERROR_RATE: f64 = 0.05;
 const DEFAULT_ROLE: &str = "admin";
 /// The shortest `every` window: availability is counted per second.
@@ -557,6 +560,10 @@ impl<'a> Validator<'a> {
                 Invariant::NoLostJobs { .. } | Invariant::LeasesFenced if mix.jobs == 0 => {
                     Some("the mix sends no jobs (`load.mix.jobs` is 0)".to_owned())
                 }
+                Invariant::ShedFast { .. } if mix.tasks == 0 && mix.jobs == 0 => Some(
+                    "the mix sends no tasks or jobs, the routes admission control sheds"
+                        .to_owned(),
+                ),
                 Invariant::ExactlyOnceCharge | Invariant::BudgetConserved
                     if mix.tasks == 0 && mix.jobs == 0 =>
                 {
@@ -2101,6 +2108,18 @@ impl<'a> Validator<'a> {
                     faults: names.clone(),
                     within,
                 })
+            }
+            RawInvariantParams::ShedFast(p) => {
+                let within = match p.within.as_deref() {
+                    None => DEFAULT_SHED_WITHIN,
+                    Some(text) => self.duration(
+                        &child_path(path, "within"),
+                        text,
+                        Duration::from_millis(1),
+                        MAX_WAIT,
+                    )?,
+                };
+                Some(Invariant::ShedFast { within })
             }
             RawInvariantParams::Other(value) => {
                 let empty = match value {

@@ -125,6 +125,11 @@ impl<'a> Arbitrary<'a> for Config {
             request_timeout: millis(u, 1, 600_000)?,
             body_limit_bytes: u.int_in_range(1..=64 << 20)?,
             shutdown_timeout: millis(u, 1, 300_000)?,
+            admission: AdmissionConfig {
+                tasks_in_flight: u.int_in_range(1..=100_000)?,
+                jobs_in_flight: u.int_in_range(1..=100_000)?,
+                retry_after: Duration::from_secs(u.int_in_range(1..=60)?),
+            },
         };
         let providers = names(u, 1, 3)?
             .into_iter()

@@ -86,6 +86,19 @@ pub struct ServerConfig {
     pub body_limit_bytes: u64,
     /// Grace period for in-flight requests on shutdown.
     pub shutdown_timeout: Duration,
+    /// Admission control of the routes that do work.
+    pub admission: AdmissionConfig,
+}
+
+/// Admission control: see [`crate::server::admission`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdmissionConfig {
+    /// `POST /v1/tasks` in flight at once, 1 to 100000.
+    pub tasks_in_flight: u32,
+    /// `POST /v1/jobs` in flight at once, 1 to 100000.
+    pub jobs_in_flight: u32,
+    /// The `Retry-After` of a shed request, up to 1m (sent in whole seconds, rounded up).
+    pub retry_after: Duration,
 }
 
 /// LLM providers.
@@ -416,6 +429,11 @@ pub(super) fn to_raw(c: &Config) -> super::raw::RawConfig {
             request_timeout: duration(c.server.request_timeout),
             body_limit: size(c.server.body_limit_bytes),
             shutdown_timeout: duration(c.server.shutdown_timeout),
+            admission: Some(RawAdmission {
+                tasks_in_flight: Some(c.server.admission.tasks_in_flight),
+                jobs_in_flight: Some(c.server.admission.jobs_in_flight),
+                retry_after: duration(c.server.admission.retry_after),
+            }),
         }),
         llm: Some(RawLlm {
             providers: Some(providers),

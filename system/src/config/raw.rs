@@ -138,6 +138,27 @@ pub struct RawServer {
     /// On SIGTERM, in-flight requests get this long to finish. Default `10s`, at most `5m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shutdown_timeout: Option<DurationText>,
+    /// Admission control: how many tasks and job submissions run at once; beyond that a
+    /// request is answered 503 `overloaded` with `Retry-After` at once instead of waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission: Option<RawAdmission>,
+}
+
+/// Admission control of the routes that do work.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmission {
+    /// `POST /v1/tasks` requests in flight at once (each holds a provider call): 1 to
+    /// 100000. Default 256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks_in_flight: Option<u32>,
+    /// `POST /v1/jobs` requests in flight at once: 1 to 100000. Default 512.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs_in_flight: Option<u32>,
+    /// The `Retry-After` of a shed request, up to 1m, sent in whole seconds rounded up
+    /// (at least 1). Default `1s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<DurationText>,
 }
 
 /// The LLM providers.

@@ -496,6 +496,33 @@ impl<'a> Validator<'a> {
                 Duration::from_secs(10),
                 Duration::from_secs(300),
             ),
+            admission: self.admission(raw.admission.as_ref().unwrap_or(&RawAdmission::default())),
+        }
+    }
+
+    fn admission(&mut self, raw: &RawAdmission) -> AdmissionConfig {
+        let retry_after = self.duration(
+            "server.admission.retry_after",
+            raw.retry_after.as_ref(),
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        );
+        AdmissionConfig {
+            tasks_in_flight: self.range(
+                "server.admission.tasks_in_flight",
+                raw.tasks_in_flight,
+                1,
+                100_000,
+                256,
+            ),
+            jobs_in_flight: self.range(
+                "server.admission.jobs_in_flight",
+                raw.jobs_in_flight,
+                1,
+                100_000,
+                512,
+            ),
+            retry_after,
         }
     }
 

@@ -1,5 +1,6 @@
 //! The HTTP service: state, routes, middleware and the serve loop.
 
+pub mod admission;
 mod audit;
 mod jobs;
 mod keys;
@@ -240,10 +241,27 @@ fn max_response_bytes(max_output_bytes: u64) -> usize {
 /// The service's routes and middleware, ready to serve or to call in-process
 /// with `tower::ServiceExt::oneshot`.
 pub fn app(state: Arc<AppState>) -> Router {
+    // Admission control sits inside authorisation: a request is
+    // authenticated (and counted by the lockout) before it can be shed.
+    let admit = |route| {
+        admission::layer(
+            route,
+            &state.config.server.admission,
+            state.metrics.as_ref(),
+        )
+    };
     let api = Router::new()
-        .route("/v1/tasks", post(tasks::create))
+        .route(
+            "/v1/tasks",
+            post(tasks::create).layer(admit(admission::Route::Tasks)),
+        )
         .route("/v1/budgets/{tenant}", get(ops::budget))
-        .route("/v1/jobs", post(jobs::create).get(jobs::list))
+        .route(
+            "/v1/jobs",
+            post(jobs::create)
+                .layer(admit(admission::Route::Jobs))
+                .get(jobs::list),
+        )
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/dlq", get(jobs::dlq))
         .route("/v1/dlq/{id}/replay", post(jobs::replay))
