@@ -7,6 +7,7 @@ pub mod auth;
 pub mod breaker;
 pub mod cli;
 pub mod config;
+pub mod degradation;
 pub mod exit;
 pub mod llm;
 pub mod lockout;

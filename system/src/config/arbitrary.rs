@@ -308,6 +308,9 @@ impl<'a> Arbitrary<'a> for Config {
                 degraded_error_rate: f64::from(degraded) / 100.0,
                 unhealthy_error_rate: f64::from(unhealthy) / 100.0,
                 window: millis(u, 1, 3_600_000)?,
+                enter_after: millis(u, 1, 600_000)?,
+                leave_after: millis(u, 600_001, 3_600_000)?,
+                slow_store: millis(u, 1, 60_000)?,
             },
             webhooks: {
                 let backoff = millis(u, 1, 3_600_000)?;

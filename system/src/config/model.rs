@@ -370,6 +370,13 @@ pub struct DegradationConfig {
     pub unhealthy_error_rate: f64,
     /// Measurement window, greater than zero.
     pub window: Duration,
+    /// How long a higher level must be called for before the service rises one level.
+    pub enter_after: Duration,
+    /// How long a lower level must be called for before it falls one level, longer
+    /// than `enter_after`.
+    pub leave_after: Duration,
+    /// A store probe at least this slow calls for level 2.
+    pub slow_store: Duration,
 }
 
 /// The raw form of a config, which validates back to it.
@@ -539,6 +546,9 @@ pub(super) fn to_raw(c: &Config) -> super::raw::RawConfig {
             degraded_error_rate: Some(c.degradation.degraded_error_rate),
             unhealthy_error_rate: Some(c.degradation.unhealthy_error_rate),
             window: duration(c.degradation.window),
+            enter_after: duration(c.degradation.enter_after),
+            leave_after: duration(c.degradation.leave_after),
+            slow_store: duration(c.degradation.slow_store),
         }),
         webhooks: Some(RawWebhooks {
             secret_env: c.webhooks.secret_env.clone(),

@@ -790,4 +790,16 @@ pub struct RawDegradation {
     /// The sliding window error rates are measured over. Default `30s`, at most `1h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<DurationText>,
+    /// How long the health signals must ask for a higher level before the service rises
+    /// one level. Default `2s`, at most `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enter_after: Option<DurationText>,
+    /// How long they must ask for a lower level before it falls one level: longer than
+    /// `enter_after`, so that a recovering service does not flap. Default `10s`, at most `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leave_after: Option<DurationText>,
+    /// A store probe at least this slow puts the service at level 2. Default `1s`, at most
+    /// `1m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_store: Option<DurationText>,
 }

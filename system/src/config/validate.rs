@@ -1476,6 +1476,34 @@ impl<'a> Validator<'a> {
             );
             unhealthy_error_rate = degraded_error_rate;
         }
+        let enter_after = self.duration(
+            "degradation.enter_after",
+            raw.enter_after.as_ref(),
+            Duration::from_secs(2),
+            Duration::from_secs(600),
+        );
+        let mut leave_after = self.duration(
+            "degradation.leave_after",
+            raw.leave_after.as_ref(),
+            Duration::from_secs(10),
+            Duration::from_secs(3600),
+        );
+        if leave_after <= enter_after {
+            // Five times enter_after, the defaults' ratio.
+            let corrected = enter_after.saturating_mul(5);
+            self.report(
+                Rule::Constraint,
+                Code::Conflict,
+                "degradation.leave_after",
+                format!(
+                    "leave_after {} must be longer than enter_after {}, or a recovering service flaps between levels{}",
+                    format_duration(leave_after),
+                    format_duration(enter_after),
+                    self.fallback(format_duration(corrected)),
+                ),
+            );
+            leave_after = corrected;
+        }
         DegradationConfig {
             degraded_error_rate,
             unhealthy_error_rate,
@@ -1484,6 +1512,14 @@ impl<'a> Validator<'a> {
                 raw.window.as_ref(),
                 Duration::from_secs(30),
                 Duration::from_secs(3600),
+            ),
+            enter_after,
+            leave_after,
+            slow_store: self.duration(
+                "degradation.slow_store",
+                raw.slow_store.as_ref(),
+                Duration::from_secs(1),
+                Duration::from_secs(60),
             ),
         }
     }
