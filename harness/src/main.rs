@@ -688,8 +688,9 @@ async fn run_proxy(listen: SocketAddr, seed: u64, config: Option<PathBuf>) -> an
             .await
             .context("cannot create the proxies of --config")?;
     }
+    let stop = shutdown_signals()?;
     println!("listening on http://{}", server.addr());
-    shutdown_signal().await?;
+    stop.await;
     server.shutdown().await;
     Ok(())
 }
@@ -702,19 +703,24 @@ async fn run_mock_llm(listen: SocketAddr, seed: u64) -> anyhow::Result<()> {
     })
     .await
     .with_context(|| format!("cannot start the mock LLM provider on {listen}"))?;
+    let stop = shutdown_signals()?;
     println!("listening on http://{}", server.addr());
-    shutdown_signal().await?;
+    stop.await;
     server.shutdown().await;
     Ok(())
 }
 
-/// Waits for SIGINT or SIGTERM.
-async fn shutdown_signal() -> anyhow::Result<()> {
+/// SIGINT and SIGTERM, watched from the moment this returns: call it before
+/// announcing readiness, so that a signal sent as soon as the `listening`
+/// line appears finds the handlers installed instead of the default action.
+fn shutdown_signals() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("cannot watch SIGINT")?,
-        _ = terminate.recv() => {}
-    }
-    Ok(())
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }
