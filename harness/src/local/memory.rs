@@ -24,6 +24,8 @@ const V1_ROOT: &str = "/sys/fs/cgroup/memory";
 /// How long `remove` retries a busy cgroup (its last process may still be
 /// exiting after SIGKILL).
 const REMOVE_RETRY_MS: u64 = 5_000;
+/// How long a v1 limit write is retried while the kernel answers EBUSY.
+const LIMIT_RETRY_MS: u64 = 2_000;
 
 /// Which cgroup interface the memory controller has here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,7 +151,7 @@ impl Cgroup {
             }
             Version::V1 => {
                 let value = limit_bytes.map_or_else(|| "-1".to_owned(), |b| b.to_string());
-                write(&self.path.join("memory.limit_in_bytes"), &value)?;
+                write_retrying_busy(&self.path.join("memory.limit_in_bytes"), &value)?;
                 if limit_bytes.is_some() {
                     // Best effort: without swap configured the file may refuse.
                     let _ = fs::write(self.path.join("memory.swappiness"), "0");
@@ -167,6 +169,26 @@ impl Cgroup {
             path: self.path.clone(),
             source,
         })
+    }
+}
+
+/// A v1 limit write, retried on EBUSY for [`LIMIT_RETRY_MS`]: the kernel
+/// answers EBUSY when it could not reclaim the cgroup's usage (page cache
+/// under write load) down to the new limit at once: dirty pages must be
+/// written back before they can be dropped. Each retry first flushes dirty
+/// pages (`sync`), and then the reclaim usually succeeds. There is nothing to
+/// await: reclaim has no event.
+fn write_retrying_busy(path: &Path, value: &str) -> Result<(), LocalError> {
+    let deadline = Instant::now() + Duration::from_millis(LIMIT_RETRY_MS);
+    loop {
+        match fs::write(path, value) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) && Instant::now() < deadline => {
+                nix::unistd::sync();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(_) => return write(path, value),
+        }
     }
 }
 
