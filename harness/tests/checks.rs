@@ -135,6 +135,7 @@ fn evidence(history: Vec<Op>) -> Evidence {
     Evidence {
         history,
         load_end_ms: 10_000.0,
+        epoch_unix_ms: EPOCH_UNIX_MS,
         faults: Vec::new(),
         health: Vec::new(),
         budgets: Vec::new(),
@@ -205,8 +206,13 @@ fn contract() -> Contract {
         rotation_overlap: Duration::from_secs(1),
         tasks_in_flight: 2,
         jobs_in_flight: 4,
+        enter_after: Duration::from_secs(1),
+        leave_after: Duration::from_secs(3),
     }
 }
+
+/// The hand-made evidence's load epoch on the wall clock.
+const EPOCH_UNIX_MS: f64 = 1_700_000_000_000.0;
 
 /// The database of `e`, to edit.
 fn db(e: &mut Evidence) -> &mut Database {
@@ -3079,5 +3085,231 @@ fn shed_fast() {
         "nothing shed",
         &invariant(inv, &evidence(held())),
         &["no request was shed"],
+    );
+}
+
+// ----------------------------------------------------- degradation_graceful
+
+#[test]
+fn degradation_graceful() {
+    let inv = |reaches: usize, within_ms: u64| Invariant::DegradationGraceful {
+        reaches,
+        within: ms(within_ms),
+    };
+    // Level changes appended after the chain: (load ms, from, to).
+    let levels = |steps: &[(f64, &str, &str)], history: Vec<Op>| {
+        let mut e = evidence(history);
+        let db = e.database.as_mut().expect("the hand-made database");
+        for (seq, (at_ms, from, to)) in (11..).zip(steps) {
+            let at_unix_ms = EPOCH_UNIX_MS + at_ms;
+            db.audit.push(AuditRow {
+                seq,
+                ts_ms: at_unix_ms as i64,
+                actor: b"system".to_vec(),
+                action: b"degradation.changed".to_vec(),
+                subject: b"orchestrator".to_vec(),
+                details: format!(r#"{{"from":"{from}","to":"{to}","at_ms":{at_unix_ms}}}"#)
+                    .into_bytes(),
+                prev_hash: Vec::new(),
+                hash: Vec::new(),
+            });
+        }
+        e
+    };
+    // Up to level 3 a second apart, down again three seconds apart.
+    let graceful: &[(f64, &str, &str)] = &[
+        (1_000.0, "normal", "level_1"),
+        (2_000.0, "level_1", "level_2"),
+        (3_000.0, "level_2", "level_3"),
+        (6_000.0, "level_3", "level_2"),
+        (9_000.0, "level_2", "level_1"),
+        (12_000.0, "level_1", "normal"),
+    ];
+    let degraded = |index: u64, kind: OpKind, at_ms: f64| {
+        let mut o = op(index, kind, "a", at_ms, 2.0, Outcome::Status(503));
+        o.problem = Some("degraded".to_owned());
+        o.retry_after = Some("3".to_owned());
+        o
+    };
+    let calm = || {
+        vec![
+            op(1, OpKind::Task, "a", 500.0, 50.0, Outcome::Status(200)),
+            op(2, OpKind::ListJobs, "a", 3_500.0, 5.0, Outcome::Status(200)),
+            op(3, OpKind::Job, "a", 2_500.0, 5.0, Outcome::Status(202)),
+        ]
+    };
+    check(
+        "up step by step, tasks refused at level 3 only, back to normal",
+        &invariant(
+            inv(3, 60_000),
+            &levels(
+                graceful,
+                concat([calm(), vec![degraded(4, OpKind::Task, 3_500.0)]]),
+            ),
+        ),
+        true,
+        &[],
+    );
+    check(
+        "a jump of two levels",
+        &invariant(
+            inv(1, 60_000),
+            &levels(
+                &[
+                    (1_000.0, "normal", "level_2"),
+                    (5_000.0, "level_2", "normal"),
+                ],
+                calm(),
+            ),
+        ),
+        false,
+        &[
+            "jumped from normal to level_2",
+            "jumped from level_2 to normal",
+        ],
+    );
+    check(
+        "a rise sooner than enter_after",
+        &invariant(
+            inv(1, 60_000),
+            &levels(
+                &[
+                    (1_000.0, "normal", "level_1"),
+                    (1_500.0, "level_1", "level_2"),
+                    (5_000.0, "level_2", "level_1"),
+                    (8_000.0, "level_1", "normal"),
+                ],
+                calm(),
+            ),
+        ),
+        false,
+        &[
+            "level_1 to level_2 at 1500ms, 500ms after the change before, under enter_after (1000ms)",
+        ],
+    );
+    check(
+        "a fall sooner than leave_after",
+        &invariant(
+            inv(1, 60_000),
+            &levels(
+                &[
+                    (1_000.0, "normal", "level_1"),
+                    (2_000.0, "level_1", "normal"),
+                ],
+                calm(),
+            ),
+        ),
+        false,
+        &["under leave_after (3000ms)"],
+    );
+    check(
+        "a level left from one it was not at",
+        &invariant(
+            inv(1, 60_000),
+            &levels(
+                &[
+                    (1_000.0, "normal", "level_1"),
+                    (5_000.0, "level_2", "level_1"),
+                ],
+                calm(),
+            ),
+        ),
+        false,
+        &["left level_2 at 5000ms, but the level was level_1"],
+    );
+    check(
+        "never back to normal",
+        &invariant(inv(1, 60_000), &levels(&graceful[..5], calm())),
+        false,
+        &["the level was still level_1 when the run ended"],
+    );
+    let mut late = levels(graceful, calm());
+    late.faults
+        .push(fault_record("outage", "llm", 0.0, 1_000.0));
+    check(
+        "back to normal later than `within` after the last fault",
+        &invariant(inv(1, 5_000), &late),
+        false,
+        &["back to normal at 12000ms, later than 5s after the last fault ended (1000ms)"],
+    );
+    check(
+        "short of the level it must reach",
+        &invariant(inv(4, 60_000), &levels(graceful, calm())),
+        false,
+        &["the level rose no higher than level_3, short of emergency"],
+    );
+    check(
+        "a task refused at level 1",
+        &invariant(
+            inv(1, 60_000),
+            &levels(
+                graceful,
+                concat([calm(), vec![degraded(4, OpKind::Task, 1_400.0)]]),
+            ),
+        ),
+        false,
+        &["refused as degraded at level_1, which does not shed Task: op 4"],
+    );
+    check(
+        "a job refused at level 2 (half the queue) is documented",
+        &invariant(
+            inv(1, 60_000),
+            &levels(
+                graceful,
+                concat([calm(), vec![degraded(4, OpKind::Job, 2_400.0)]]),
+            ),
+        ),
+        true,
+        &[],
+    );
+    check(
+        "a read refused",
+        &invariant(
+            inv(1, 60_000),
+            &levels(
+                graceful,
+                concat([calm(), vec![degraded(4, OpKind::ListJobs, 3_500.0)]]),
+            ),
+        ),
+        false,
+        &["refused as degraded, but no level sheds ListJobs: op 4"],
+    );
+    check(
+        "a task served while level 3 refused tasks",
+        &invariant(
+            inv(1, 60_000),
+            &levels(
+                graceful,
+                concat([
+                    calm(),
+                    vec![op(
+                        4,
+                        OpKind::Task,
+                        "a",
+                        4_000.0,
+                        50.0,
+                        Outcome::Status(200),
+                    )],
+                ]),
+            ),
+        ),
+        false,
+        &["served 200 at level_3, which refuses Task: op 4"],
+    );
+    let mut no_retry_after = degraded(4, OpKind::Task, 3_500.0);
+    no_retry_after.retry_after = None;
+    check(
+        "refused without Retry-After",
+        &invariant(
+            inv(1, 60_000),
+            &levels(graceful, concat([calm(), vec![no_retry_after]])),
+        ),
+        false,
+        &["degraded without 503 and a Retry-After of whole seconds: op 4"],
+    );
+    check_vacuous(
+        "the level never moved",
+        &invariant(inv(1, 60_000), &levels(&[], calm())),
+        &["the level never left normal"],
     );
 }

@@ -102,6 +102,7 @@ fn evidence(history: Vec<Op>, database: Result<db::Database, String>) -> Evidenc
     Evidence {
         history,
         load_end_ms: 1000.0,
+        epoch_unix_ms: 0.0,
         faults: Vec::new(),
         health: Vec::new(),
         budgets: Vec::new(),

@@ -23,10 +23,13 @@ pub enum Level {
     /// Everything is served.
     Normal,
     /// Background work pauses (webhook retries).
+    #[serde(rename = "level_1")]
     Level1,
     /// Jobs are accepted only up to half the queue.
+    #[serde(rename = "level_2")]
     Level2,
     /// New jobs and tasks are refused with 503 and `Retry-After`.
+    #[serde(rename = "level_3")]
     Level3,
     /// Only reads and health are served.
     Emergency,
@@ -115,8 +118,11 @@ pub fn target(signals: &Signals, thresholds: &Thresholds) -> Level {
             Level::Normal
         }
     };
+    // Every breaker open calls for level 2, not 3: the breakers already fail
+    // tasks fast, and refusing tasks would keep the half-open probe that
+    // closes a breaker from ever being sent.
     let breakers = if signals.providers > 0 && signals.open_breakers >= signals.providers {
-        Level::Level3
+        Level::Level2
     } else if signals.open_breakers > 0 {
         Level::Level1
     } else {
@@ -142,6 +148,115 @@ pub fn target(signals: &Signals, thresholds: &Thresholds) -> Level {
         Some(_) => Level::Normal,
     };
     errors.max(breakers).max(queue).max(store)
+}
+
+/// What a request asks of the service, as far as shedding goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Work {
+    /// `POST /v1/tasks`.
+    Task,
+    /// `POST /v1/jobs`.
+    Job,
+    /// Any other write: replays, key changes.
+    Write,
+    /// Reads (`GET`) and health.
+    Read,
+}
+
+/// Whether `level` refuses `work` outright (503 `degraded`). Level 2's
+/// partial refusal of jobs is [`job_capacity`]; level 1 sheds only
+/// background work ([`pauses_retries`]).
+pub fn sheds(level: Level, work: Work) -> bool {
+    match work {
+        Work::Task | Work::Job => level >= Level::Level3,
+        Work::Write => level >= Level::Emergency,
+        Work::Read => false,
+    }
+}
+
+/// How many jobs may be queued or running at `level`: all of
+/// `queue_capacity`, or half of it (at least one) from level 2.
+pub fn job_capacity(level: Level, queue_capacity: u32) -> u32 {
+    if level >= Level::Level2 {
+        (queue_capacity / 2).max(1)
+    } else {
+        queue_capacity
+    }
+}
+
+/// Whether webhook retries (background work) wait at `level`. First
+/// deliveries still go: a job's result is not held back, only re-sends.
+pub fn pauses_retries(level: Level) -> bool {
+    level >= Level::Level1
+}
+
+/// Fewer requests than this in the window say nothing about the error rate:
+/// one failure among three requests is not a 33% failing service.
+pub const MIN_REQUESTS: u64 = 20;
+
+/// The most one-second buckets an [`ErrorWindow`] keeps (the longest
+/// `degradation.window`, one hour).
+const MAX_BUCKETS: u64 = 3_600;
+
+/// Requests and failures per second over the last `window`, for the error
+/// rate signal. Memory is bounded by the window (one bucket per second).
+#[derive(Clone, Debug)]
+pub struct ErrorWindow {
+    window_s: u64,
+    /// (second, requests, failures), oldest first, one per second seen.
+    buckets: std::collections::VecDeque<(u64, u64, u64)>,
+}
+
+impl ErrorWindow {
+    /// An empty window of `window` (rounded up to whole seconds, at most an
+    /// hour).
+    pub fn new(window: Duration) -> ErrorWindow {
+        let window_s = window
+            .as_millis()
+            .div_ceil(1_000)
+            .clamp(1, u128::from(MAX_BUCKETS));
+        ErrorWindow {
+            window_s: u64::try_from(window_s).unwrap_or(MAX_BUCKETS),
+            buckets: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Counts one answered request at `now_ms` (time order).
+    pub fn record(&mut self, now_ms: u64, failed: bool) {
+        let second = now_ms / 1_000;
+        match self.buckets.back_mut() {
+            Some((s, requests, failures)) if *s == second => {
+                *requests += 1;
+                *failures += u64::from(failed);
+            }
+            _ => self.buckets.push_back((second, 1, u64::from(failed))),
+        }
+        self.expire(second);
+    }
+
+    /// The share of failed requests in the window ending at `now_ms`; 0 below
+    /// [`MIN_REQUESTS`].
+    pub fn rate(&mut self, now_ms: u64) -> f64 {
+        self.expire(now_ms / 1_000);
+        let (requests, failures) = self
+            .buckets
+            .iter()
+            .fold((0u64, 0u64), |(r, f), &(_, br, bf)| (r + br, f + bf));
+        if requests < MIN_REQUESTS {
+            return 0.0;
+        }
+        failures as f64 / requests as f64
+    }
+
+    fn expire(&mut self, second: u64) {
+        while let Some(&(s, _, _)) = self.buckets.front() {
+            if s + self.window_s <= second {
+                self.buckets.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
 }
 
 /// How long a signal must hold before the level follows it.
@@ -296,7 +411,7 @@ mod tests {
                     open_breakers: 2,
                     ..healthy()
                 },
-                Level::Level3,
+                Level::Level2,
             ),
             (
                 "queue half full",
@@ -339,10 +454,11 @@ mod tests {
                 Level::Emergency,
             ),
             (
-                "a slow store and every breaker open",
+                "a slow store, every breaker open and the queue nine tenths full",
                 Signals {
                     store_latency_ms: Some(2_000),
                     open_breakers: 2,
+                    queue_depth: 900,
                     ..healthy()
                 },
                 Level::Level3,
@@ -398,6 +514,49 @@ mod tests {
             now - recovered_from <= 2 * 10_000 + 1_000,
             "{now} {recovered_from}"
         );
+    }
+
+    #[test]
+    fn the_error_window_counts_the_last_window_and_needs_enough_requests() {
+        let mut w = ErrorWindow::new(Duration::from_secs(5));
+        for i in 0..(MIN_REQUESTS - 1) {
+            w.record(i * 10, true);
+        }
+        assert_eq!(w.rate(200), 0.0, "too few requests to judge");
+        w.record(300, false);
+        assert!((w.rate(300) - 19.0 / 20.0).abs() < 1e-9);
+        // Healthy requests in seconds 1 to 4 dilute the failures of second 0.
+        for second in 1..5u64 {
+            for i in 0..20u64 {
+                w.record(second * 1_000 + i, false);
+            }
+        }
+        assert!((w.rate(4_999) - 19.0 / 100.0).abs() < 1e-9);
+        // Second 0 leaves the window at 5 s.
+        assert!(w.rate(5_000).abs() < 1e-9);
+        // And everything leaves it 5 s after the last request.
+        assert_eq!(w.rate(10_000), 0.0);
+        assert!(w.buckets.is_empty());
+    }
+
+    #[test]
+    fn each_level_sheds_its_documented_class_of_work_and_what_the_levels_below_shed() {
+        let table: Vec<(Level, [bool; 4], u32, bool)> = vec![
+            // (level, sheds [task, job, write, read], job capacity of 100, pauses retries)
+            (Level::Normal, [false, false, false, false], 100, false),
+            (Level::Level1, [false, false, false, false], 100, true),
+            (Level::Level2, [false, false, false, false], 50, true),
+            (Level::Level3, [true, true, false, false], 50, true),
+            (Level::Emergency, [true, true, true, false], 50, true),
+        ];
+        for (level, shed, capacity, pauses) in table {
+            let works = [Work::Task, Work::Job, Work::Write, Work::Read];
+            let got = works.map(|w| sheds(level, w));
+            assert_eq!(got, shed, "{level:?}");
+            assert_eq!(job_capacity(level, 100), capacity, "{level:?}");
+            assert_eq!(pauses_retries(level), pauses, "{level:?}");
+        }
+        assert_eq!(job_capacity(Level::Level2, 1), 1, "never zero");
     }
 
     fn level() -> impl Strategy<Value = Level> {

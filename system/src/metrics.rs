@@ -79,6 +79,12 @@ pub struct Metrics {
     /// `webhook_deliveries_total{outcome}`: webhook attempts (`delivered`,
     /// `retried`, `failed`, `refused`).
     pub webhook_deliveries: IntCounterVec,
+    /// `degradation_level`: the degradation level, 0 (normal) to 4
+    /// (emergency).
+    pub degradation_level: IntGauge,
+    /// `degradation_shed_total{work}`: requests refused 503 `degraded` by
+    /// the level (`task`, `job`, `write`).
+    pub degradation_shed: IntCounterVec,
 }
 
 /// Job latency buckets in seconds: jobs queue and retry, so they span minutes.
@@ -154,6 +160,15 @@ impl Metrics {
         Metrics {
             jobs: gauge("jobs", "Jobs by state.", &["state"]),
             jobs_queue_depth: plain_gauge("jobs_queue_depth", "Jobs waiting for a worker."),
+            degradation_level: plain_gauge(
+                "degradation_level",
+                "The degradation level: 0 normal, 1 to 3, 4 emergency.",
+            ),
+            degradation_shed: counter(
+                "degradation_shed_total",
+                "Requests refused 503 degraded by the degradation level, by the work asked.",
+                &["work"],
+            ),
             dlq_size: plain_gauge("dlq_size", "Jobs in the dead-letter queue."),
             jobs_submitted: plain_counter("jobs_submitted_total", "Jobs accepted."),
             jobs_rejected: counter(

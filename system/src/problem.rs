@@ -135,10 +135,17 @@ pub fn retry_after_seconds(wait: Duration) -> u64 {
     whole.max(1)
 }
 
+/// The problem's `kind`, carried on its response's extensions so that the
+/// middleware can tell a shed request from a failed one without parsing the
+/// body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProblemKind(pub &'static str);
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let body = self.body().to_string();
         let mut response = (self.status, body).into_response();
+        response.extensions_mut().insert(ProblemKind(self.kind));
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));

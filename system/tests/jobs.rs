@@ -423,3 +423,122 @@ async fn a_denied_request_is_audited_and_jobs_are_scoped_to_the_tenant() {
     assert_eq!(denial["subject"], "POST /v1/jobs");
     assert_eq!(denial["details"]["role"], "analyst");
 }
+
+/// Degradation levels, end to end in-process: a queue filled to nine tenths
+/// (no worker runs) calls for level 3; the level climbs one step per
+/// `enter_after`, and at level 3 new tasks and jobs are refused 503
+/// `degraded` with `Retry-After` while reads are served. Once workers drain
+/// the queue the level falls back to normal one step per `leave_after`.
+/// `/health`, the gauge and the audit log say the same.
+#[tokio::test]
+async fn a_full_queue_raises_the_level_step_by_step_and_a_drained_one_brings_it_back() {
+    let provider = Provider::start().await;
+    let mut config = base_config(&provider, "job-degradation");
+    config.jobs.queue_capacity = 10;
+    config.degradation.enter_after = Duration::from_millis(200);
+    config.degradation.leave_after = Duration::from_millis(600);
+    let service = Service::start(config);
+    let sampler = tokio::spawn(orchestrator::server::degradation::sampler(
+        service.state.clone(),
+    ));
+    for i in 0..9 {
+        submit(&service, Some(&format!("fill-{i}"))).await;
+    }
+    let level = async || {
+        let r = service.get("/health", None).await;
+        r.json["degradation"]["level"].as_str().unwrap().to_owned()
+    };
+    eventually("the level reaches 3", Duration::from_secs(10), async || {
+        level().await == "level_3"
+    })
+    .await;
+    let task = service.task(None, json!({"prompt": "plan a trip"})).await;
+    assert_eq!(
+        task.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        task.text
+    );
+    assert_eq!(
+        task.json["type"], "urn:orchestrator:problem:degraded",
+        "{}",
+        task.text
+    );
+    assert_eq!(task.json["level"], "level_3");
+    assert_eq!(task.header("retry-after"), Some("1"));
+    let refused = service.post("/v1/jobs", None, job()).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.json["type"], "urn:orchestrator:problem:degraded");
+    let read = service.get("/v1/jobs", Some(DEV_KEY)).await;
+    assert_eq!(read.status, StatusCode::OK, "reads are never shed");
+    assert_eq!(provider.calls().len(), 0, "the refused task reached nobody");
+    let metrics = service.get("/metrics", None).await;
+    assert!(
+        metrics.text.contains("degradation_level 3"),
+        "{}",
+        metrics.text
+    );
+    assert!(
+        metrics
+            .text
+            .contains("degradation_shed_total{work=\"task\"} 1"),
+        "{}",
+        metrics.text
+    );
+
+    let workers = worker::spawn(service.state.clone());
+    eventually(
+        "the level returns to normal",
+        Duration::from_secs(20),
+        async || level().await == "normal",
+    )
+    .await;
+    workers.shutdown(Duration::from_secs(5)).await;
+    sampler.abort();
+    let r = service.get("/v1/audit?limit=1000", Some(DEV_KEY)).await;
+    let steps: Vec<(String, String, i64)> = r.json["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "degradation.changed")
+        .map(|e| {
+            let d = &e["details"];
+            (
+                d["from"].as_str().unwrap().to_owned(),
+                d["to"].as_str().unwrap().to_owned(),
+                d["at_ms"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let path: Vec<(&str, &str)> = steps
+        .iter()
+        .map(|(f, t, _)| (f.as_str(), t.as_str()))
+        .collect();
+    assert_eq!(
+        path,
+        [
+            ("normal", "level_1"),
+            ("level_1", "level_2"),
+            ("level_2", "level_3"),
+            ("level_3", "level_2"),
+            ("level_2", "level_1"),
+            ("level_1", "normal"),
+        ]
+    );
+    // Each step waited its hysteresis: rises enter_after apart, falls
+    // leave_after apart.
+    let rank = |l: &str| {
+        ["normal", "level_1", "level_2", "level_3"]
+            .iter()
+            .position(|x| *x == l)
+    };
+    for pair in steps.windows(2) {
+        let gap_ms = pair[1].2 - pair[0].2;
+        let rising = rank(&pair[1].1) > rank(&pair[1].0);
+        let wait_ms = if rising { 200 } else { 600 };
+        assert!(
+            gap_ms >= wait_ms - 5,
+            "{pair:?}: {gap_ms}ms apart, less than {wait_ms}ms"
+        );
+    }
+}

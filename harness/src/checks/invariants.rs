@@ -17,7 +17,7 @@ use crate::load::{Credential, Op, OpKind, Outcome};
 const RATE_LIMIT_SLACK_MS: f64 = 250.0;
 
 /// The database, or a violation saying why it could not be read.
-fn database<'e>(r: &mut CheckResult, evidence: &'e Evidence) -> Option<&'e Database> {
+pub(super) fn database<'e>(r: &mut CheckResult, evidence: &'e Evidence) -> Option<&'e Database> {
     match &evidence.database {
         Ok(db) => Some(db),
         Err(why) => {

@@ -8,6 +8,7 @@
 //! which fails the run like a violation does.
 
 mod data;
+mod degradation;
 mod invariants;
 mod output;
 mod provider;
@@ -262,5 +263,8 @@ pub fn check_invariant(invariant: &Invariant, evidence: &Evidence) -> CheckResul
         Invariant::SsrfRefused => data::ssrf_refused(evidence),
         Invariant::LeasesFenced => invariants::leases_fenced(evidence),
         Invariant::ShedFast { within } => requests::shed_fast(evidence, *within),
+        Invariant::DegradationGraceful { reaches, within } => {
+            degradation::degradation_graceful(evidence, *reaches, *within)
+        }
     }
 }

@@ -135,6 +135,7 @@ pub async fn collect(
         // Moved, not copied: a run's history can hold 200,000 operations.
         history: std::mem::take(&mut driven.load.history),
         load_end_ms: scenario.load.duration().as_secs_f64() * 1000.0,
+        epoch_unix_ms: driven.epoch_unix_ms,
         faults: driven.faults,
         health: driven.health,
         budgets: driven.budgets,

@@ -29,6 +29,8 @@ pub struct Driven {
     pub health: Vec<HealthSample>,
     /// Budget samples.
     pub budgets: Vec<BudgetSample>,
+    /// The load's epoch on the wall clock, Unix milliseconds.
+    pub epoch_unix_ms: f64,
 }
 
 /// The load's plan, made before anything is driven so that a bad plan costs
@@ -89,7 +91,11 @@ pub async fn drive(
     target.validate(&plan).map_err(|e| e.to_string())?;
     let probe = observe::client()?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let epoch = Instant::now() + Duration::from_millis(200);
+    let epoch_lead = Duration::from_millis(200);
+    let epoch = Instant::now() + epoch_lead;
+    let epoch_unix_ms = (std::time::SystemTime::now() + epoch_lead)
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
     let hands = Arc::new(faults::Hands {
         proxy: rig.proxy_client.clone(),
         mock: rig.mock.clone(),
@@ -143,5 +149,6 @@ pub async fn drive(
         faults,
         health: health_task.await.unwrap_or_default(),
         budgets: budget_task.await.unwrap_or_default(),
+        epoch_unix_ms,
     })
 }

@@ -32,6 +32,9 @@ pub struct Evidence {
     pub history: Vec<Op>,
     /// How long the load ran, in milliseconds from its epoch.
     pub load_end_ms: f64,
+    /// The load's epoch on the wall clock, Unix milliseconds: what puts the
+    /// system's own timestamps (audit entries) on the load's time axis.
+    pub epoch_unix_ms: f64,
     /// The fault timeline as it happened, in timeline order.
     pub faults: Vec<FaultRecord>,
     /// Health probe samples, in time order.

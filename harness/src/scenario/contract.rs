@@ -48,6 +48,12 @@ pub struct Contract {
     pub tasks_in_flight: u32,
     /// `server.admission.jobs_in_flight`, the same for job submissions.
     pub jobs_in_flight: u32,
+    /// `degradation.enter_after`: the least time between a level change and
+    /// the next rise.
+    pub enter_after: Duration,
+    /// `degradation.leave_after`: the least time between a level change and
+    /// the next fall.
+    pub leave_after: Duration,
 }
 
 /// When failed authentications lock an address or a key id out.
@@ -211,6 +217,8 @@ impl Contract {
             rotation_overlap: config.security.keys.rotation_overlap,
             tasks_in_flight: config.server.admission.tasks_in_flight,
             jobs_in_flight: config.server.admission.jobs_in_flight,
+            enter_after: config.degradation.enter_after,
+            leave_after: config.degradation.leave_after,
         }
     }
 

@@ -712,12 +712,29 @@ pub enum Invariant {
         /// How long a shed answer may take, from sending to its end.
         within: Duration,
     },
+    /// The degradation level, as the audit log records its transitions,
+    /// moves one step at a time, each rise at least `degradation.enter_after`
+    /// and each fall at least `leave_after` after the step before; it
+    /// reaches `reaches` and is back to normal within `within` of the last
+    /// fault's end; every 503 `degraded` answer is work its level documents
+    /// shedding, and no such work was served while its level shed it.
+    DegradationGraceful {
+        /// The least level the run must reach, an index into
+        /// [`DEGRADATION_LEVELS`] (1 to 4).
+        reaches: usize,
+        /// How long after the last fault ends the level must be normal.
+        within: Duration,
+    },
 }
+
+/// The service's degradation levels, as its audit log and `/health` name
+/// them, in order.
+pub const DEGRADATION_LEVELS: [&str; 5] = ["normal", "level_1", "level_2", "level_3", "emergency"];
 
 impl Invariant {
     /// Every invariant's name, as scenario files write them: the bare ones
     /// ([`Invariant::BARE`]) and those with parameters.
-    pub const NAMES: [&'static str; 24] = [
+    pub const NAMES: [&'static str; 25] = [
         "no_lost_jobs",
         "exactly_once_charge",
         "budget_never_overdrawn",
@@ -742,6 +759,7 @@ impl Invariant {
         "ssrf_refused",
         "leases_fenced",
         "shed_fast",
+        "degradation_graceful",
     ];
 
     /// The invariants that take no parameters, written as a bare name.
@@ -804,6 +822,7 @@ impl Invariant {
             Invariant::SsrfRefused => "ssrf_refused",
             Invariant::LeasesFenced => "leases_fenced",
             Invariant::ShedFast { .. } => "shed_fast",
+            Invariant::DegradationGraceful { .. } => "degradation_graceful",
         }
     }
 }

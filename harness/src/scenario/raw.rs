@@ -307,6 +307,7 @@ pub(crate) enum RawInvariantParams {
     AllowedStatuses(RawAllowedStatuses),
     ReadyReflectsFaults(RawReadyReflectsFaults),
     ShedFast(RawShedFast),
+    DegradationGraceful(RawDegradationGraceful),
     /// Any other name: whatever was written (null or `{}` when nothing was).
     Other(Value),
 }
@@ -345,6 +346,16 @@ pub(crate) struct RawShedFast {
     pub within: Option<String>,
 }
 
+/// `degradation_graceful`'s parameters.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDegradationGraceful {
+    #[serde(default)]
+    pub reaches: Option<String>,
+    #[serde(default)]
+    pub within: Option<String>,
+}
+
 impl RawInvariantParams {
     fn none(name: &str) -> RawInvariantParams {
         match name {
@@ -356,6 +367,9 @@ impl RawInvariantParams {
                 RawInvariantParams::ReadyReflectsFaults(RawReadyReflectsFaults::default())
             }
             "shed_fast" => RawInvariantParams::ShedFast(RawShedFast::default()),
+            "degradation_graceful" => {
+                RawInvariantParams::DegradationGraceful(RawDegradationGraceful::default())
+            }
             _ => RawInvariantParams::Other(Value::Null),
         }
     }
@@ -414,6 +428,10 @@ impl<'de> Deserialize<'de> for RawInvariant {
                     ),
                     "shed_fast" => RawInvariantParams::ShedFast(
                         map.next_value::<Option<RawShedFast>>()?.unwrap_or_default(),
+                    ),
+                    "degradation_graceful" => RawInvariantParams::DegradationGraceful(
+                        map.next_value::<Option<RawDegradationGraceful>>()?
+                            .unwrap_or_default(),
                     ),
                     _ => RawInvariantParams::Other(map.next_value::<Value>()?),
                 };

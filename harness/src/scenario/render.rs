@@ -333,6 +333,10 @@ fn invariant(i: &Invariant) -> Value {
             json!({"faults": faults, "within": duration(*within)})
         }
         Invariant::ShedFast { within } => json!({"within": duration(*within)}),
+        Invariant::DegradationGraceful { reaches, within } => json!({
+            "reaches": super::model::DEGRADATION_LEVELS[*reaches],
+            "within": duration(*within),
+        }),
         _ => return Value::from(i.name()),
     };
     let mut out = Map::new();

@@ -119,6 +119,10 @@ const DEFAULT_READY_WITHIN: Duration = Duration::from_secs(15);
 /// How long a shed answer may take when `shed_fast` does not say: shedding
 /// is a semaphore's refusal, and this leaves room for a loaded machine.
 const DEFAULT_SHED_WITHIN: Duration = Duration::from_millis(100);
+/// How long after the last fault the level must be normal when
+/// `degradation_graceful` does not say: four falls of the default
+/// `leave_after` (10s), and room for the error window to empty.
+const DEFAULT_DEGRADATION_WITHIN: Duration = Duration::from_secs(60);
 const DEFAULT_RECOVERY_ERROR_RATE: f64 = 0.05;
 const DEFAULT_ROLE: &str = "admin";
 /// The shortest `every` window: availability is counted per second.
@@ -560,6 +564,9 @@ impl<'a> Validator<'a> {
                 Invariant::NoLostJobs { .. } | Invariant::LeasesFenced if mix.jobs == 0 => {
                     Some("the mix sends no jobs (`load.mix.jobs` is 0)".to_owned())
                 }
+                Invariant::DegradationGraceful { .. } if faults.is_empty() => Some(
+                    "the scenario has no faults, so nothing pushes the level up".to_owned(),
+                ),
                 Invariant::ShedFast { .. } if mix.tasks == 0 && mix.jobs == 0 => Some(
                     "the mix sends no tasks or jobs, the routes admission control sheds"
                         .to_owned(),
@@ -2120,6 +2127,35 @@ impl<'a> Validator<'a> {
                     )?,
                 };
                 Some(Invariant::ShedFast { within })
+            }
+            RawInvariantParams::DegradationGraceful(p) => {
+                let reaches = match p.reaches.as_deref() {
+                    None => 1,
+                    Some(text) => match DEGRADATION_LEVELS[1..].iter().position(|l| *l == text) {
+                        Some(i) => i + 1,
+                        None => {
+                            self.error(
+                                Code::Format,
+                                &child_path(path, "reaches"),
+                                format!(
+                                    "unknown degradation level `{text}`: expected one of {}",
+                                    DEGRADATION_LEVELS[1..].join(", ")
+                                ),
+                            );
+                            return None;
+                        }
+                    },
+                };
+                let within = match p.within.as_deref() {
+                    None => DEFAULT_DEGRADATION_WITHIN,
+                    Some(text) => self.duration(
+                        &child_path(path, "within"),
+                        text,
+                        Duration::from_millis(1),
+                        MAX_WAIT,
+                    )?,
+                };
+                Some(Invariant::DegradationGraceful { reaches, within })
             }
             RawInvariantParams::Other(value) => {
                 let empty = match value {

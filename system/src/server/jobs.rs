@@ -56,6 +56,9 @@ pub async fn create(
     let key = idempotency_key(&headers)?;
     let fingerprint = fingerprint(&request.prompt, max_tokens, webhook.as_deref());
     let jobs = &state.config.jobs;
+    // From level 2 jobs may fill only half the queue.
+    let level = state.degradation.level();
+    let queue_capacity = crate::degradation::job_capacity(level, jobs.queue_capacity);
     let job = NewJob {
         id: uuid::Uuid::now_v7().to_string(),
         tenant: principal.tenant.to_string(),
@@ -65,7 +68,7 @@ pub async fn create(
         max_tokens,
         webhook,
         max_attempts: jobs.max_attempts,
-        queue_capacity: jobs.queue_capacity,
+        queue_capacity,
     };
     let submitted = state
         .store
@@ -91,6 +94,14 @@ pub async fn create(
             "Idempotency key reused",
             "this Idempotency-Key was used for a different job",
         )),
+        // Full only for the level: refused as degraded, not as a full queue.
+        Submit::QueueFull { depth, .. } if depth < u64::from(state.config.jobs.queue_capacity) => {
+            Err(super::degradation::refusal(
+                &state,
+                level,
+                crate::degradation::Work::Job,
+            ))
+        }
         Submit::QueueFull { depth, capacity } => Err(queue_full(&state, depth, capacity)),
     }
 }

@@ -193,6 +193,11 @@ async fn observe(State(state): State<Arc<AppState>>, mut req: Request, next: Nex
     let mut response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
     let elapsed = started.elapsed();
     let status = response.status();
+    if super::degradation::counts(&route) {
+        state
+            .degradation
+            .record(super::degradation::is_failure(&response));
+    }
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(X_REQUEST_ID.clone(), v);
     }

@@ -2,6 +2,7 @@
 
 pub mod admission;
 mod audit;
+pub mod degradation;
 mod jobs;
 mod keys;
 mod middleware;
@@ -69,6 +70,8 @@ pub struct AppState {
     pub webhook_client: reqwest::Client,
     /// The webhook signing secrets.
     pub webhook_secrets: Secrets,
+    /// The degradation level and the error-rate window behind it.
+    pub degradation: degradation::Degradation,
 }
 
 /// Options of a service instance beyond its configuration.
@@ -226,6 +229,7 @@ impl AppState {
             outbound,
             webhook_client,
             webhook_secrets,
+            degradation: degradation::Degradation::new(&config.degradation),
             config,
         }))
     }
@@ -271,6 +275,11 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/{id}/rotate", post(keys::rotate))
         .route("/v1/keys/{id}", delete(keys::revoke))
+        // Shedding by degradation level, inside authorisation like admission.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            degradation::shed,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::authorize,
@@ -316,6 +325,7 @@ pub async fn serve(
         .map_err(|source| StartError::Bind { addr, source })?;
     let local = listener.local_addr().map_err(StartError::Serve)?;
     let workers = worker::spawn(state.clone());
+    let sampler = AbortOnDrop(tokio::spawn(degradation::sampler(state.clone())));
     // Signal handlers register when the shutdown future is first polled. Poll
     // it once before announcing readiness: a SIGTERM sent the moment the line
     // appears must find them installed, or its default action kills us.
@@ -365,6 +375,7 @@ pub async fn serve(
         workers.shutdown(grace).await;
     };
     let (result, ()) = tokio::join!(requests, jobs);
+    drop(sampler);
     settle_releases(&last).await;
     result
 }
@@ -399,6 +410,15 @@ struct StopOnDrop(Arc<tokio::sync::watch::Sender<bool>>);
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.0.send_replace(true);
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -138,6 +138,7 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
         "status": status,
         "components": components_json(&components),
         "keys": rotation(&state),
+        "degradation": {"level": state.degradation.level().as_str()},
     }))
 }
 

@@ -158,13 +158,17 @@ pub(super) async fn deliverer(state: Arc<AppState>, mut phase: watch::Receiver<P
             .store
             .run(|s| s.due_deliveries(now_ms(), CONCURRENT_DELIVERIES))
             .await;
-        let batch = match due {
+        let mut batch = match due {
             Ok(batch) => batch,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the webhook outbox");
                 Vec::new()
             }
         };
+        // Retries are background work, paused from degradation level 1.
+        if crate::degradation::pauses_retries(state.degradation.level()) {
+            batch.retain(|d| d.attempts == 0);
+        }
         let idle = batch.is_empty();
         let sends = batch.into_iter().map(|d| deliver(&state, d));
         tokio::select! {
