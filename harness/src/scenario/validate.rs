@@ -659,6 +659,23 @@ impl<'a> Validator<'a> {
                 );
             }
         }
+        // Each replica keeps its own level, and their transitions interleave
+        // in the one audit chain with nothing saying whose they are: a
+        // timeline read from it would be wrong, not just weak.
+        let replicas = raw.system.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        if replicas > 1
+            && let Some(index) = raw_invariants
+                .iter()
+                .position(|r| r.name == "degradation_graceful")
+        {
+            self.error(
+                Code::Conflict,
+                &format!("invariants[{index}]"),
+                format!(
+                    "`degradation_graceful` judges one replica's level, and this system runs {replicas}: their audited transitions interleave in one chain"
+                ),
+            );
+        }
     }
 
     /// Refuses a mix the configuration makes impossible to send as meant:
