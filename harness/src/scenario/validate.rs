@@ -347,6 +347,26 @@ impl<'a> Validator<'a> {
     }
 
     /// A duration like `20s`, from `min` to `max`.
+    /// An invariant's optional wait parameter `field`: `default` when not
+    /// written, else a duration from 1ms to [`MAX_WAIT`].
+    fn wait(
+        &mut self,
+        path: &str,
+        field: &str,
+        text: Option<&str>,
+        default: Duration,
+    ) -> Option<Duration> {
+        match text {
+            None => Some(default),
+            Some(text) => self.duration(
+                &child_path(path, field),
+                text,
+                Duration::from_millis(1),
+                MAX_WAIT,
+            ),
+        }
+    }
+
     fn duration(
         &mut self,
         path: &str,
@@ -2060,15 +2080,7 @@ impl<'a> Validator<'a> {
     ) -> Option<Invariant> {
         match params {
             RawInvariantParams::NoLostJobs(p) => {
-                let settle = match p.settle.as_deref() {
-                    None => DEFAULT_SETTLE,
-                    Some(text) => self.duration(
-                        &child_path(path, "settle"),
-                        text,
-                        Duration::from_millis(1),
-                        MAX_WAIT,
-                    )?,
-                };
+                let settle = self.wait(path, "settle", p.settle.as_deref(), DEFAULT_SETTLE)?;
                 Some(Invariant::NoLostJobs { settle })
             }
             RawInvariantParams::AllowedStatuses(p) => {
@@ -2119,30 +2131,15 @@ impl<'a> Validator<'a> {
                         .fault_ref(&format!("{faults_path}[{i}]"), name, faults)
                         .is_some();
                 }
-                let within = match p.within.as_deref() {
-                    None => DEFAULT_READY_WITHIN,
-                    Some(text) => self.duration(
-                        &child_path(path, "within"),
-                        text,
-                        Duration::from_millis(1),
-                        MAX_WAIT,
-                    )?,
-                };
+                let within =
+                    self.wait(path, "within", p.within.as_deref(), DEFAULT_READY_WITHIN)?;
                 ok.then(|| Invariant::ReadyReflectsFaults {
                     faults: names.clone(),
                     within,
                 })
             }
             RawInvariantParams::ShedFast(p) => {
-                let within = match p.within.as_deref() {
-                    None => DEFAULT_SHED_WITHIN,
-                    Some(text) => self.duration(
-                        &child_path(path, "within"),
-                        text,
-                        Duration::from_millis(1),
-                        MAX_WAIT,
-                    )?,
-                };
+                let within = self.wait(path, "within", p.within.as_deref(), DEFAULT_SHED_WITHIN)?;
                 Some(Invariant::ShedFast { within })
             }
             RawInvariantParams::DegradationGraceful(p) => {
@@ -2163,15 +2160,12 @@ impl<'a> Validator<'a> {
                         }
                     },
                 };
-                let within = match p.within.as_deref() {
-                    None => DEFAULT_DEGRADATION_WITHIN,
-                    Some(text) => self.duration(
-                        &child_path(path, "within"),
-                        text,
-                        Duration::from_millis(1),
-                        MAX_WAIT,
-                    )?,
-                };
+                let within = self.wait(
+                    path,
+                    "within",
+                    p.within.as_deref(),
+                    DEFAULT_DEGRADATION_WITHIN,
+                )?;
                 Some(Invariant::DegradationGraceful { reaches, within })
             }
             RawInvariantParams::Other(value) => {
