@@ -5,10 +5,11 @@
 //! shed.
 
 use super::invariants::database;
+use super::requests::retry_after_whole_seconds;
 use super::slo::describe_op;
 use super::{CheckResult, Evidence};
 use crate::evidence::db::AuditRow;
-use crate::load::{Op, OpKind, Outcome};
+use crate::load::{OpKind, Outcome};
 use crate::scenario::DEGRADATION_LEVELS;
 
 /// The problem type of a refusal by degradation level.
@@ -244,7 +245,7 @@ fn judge_requests(
         let refused = refused_from(op.kind);
         if op.problem.as_deref() == Some(DEGRADED) {
             shed += 1;
-            if status != 503 || !whole_seconds(op) {
+            if status != 503 || !retry_after_whole_seconds(op) {
                 *violations += 1;
                 r.violation(format!(
                     "degraded without 503 and a Retry-After of whole seconds: {}",
@@ -287,11 +288,4 @@ fn judge_requests(
         }
     }
     (shed, served)
-}
-
-fn whole_seconds(op: &Op) -> bool {
-    op.retry_after
-        .as_deref()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .is_some_and(|s| s > 0)
 }

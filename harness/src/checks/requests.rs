@@ -780,12 +780,7 @@ pub(super) fn shed_fast(evidence: &Evidence, within: std::time::Duration) -> Che
             violations += 1;
             r.violation(format!("overloaded but not 503: {}", describe_op(op)));
         }
-        if op
-            .retry_after
-            .as_deref()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .is_none_or(|s| s == 0)
-        {
+        if !retry_after_whole_seconds(op) {
             violations += 1;
             r.violation(format!(
                 "overloaded without a Retry-After of whole seconds ({:?}): {}",
@@ -828,4 +823,13 @@ pub(super) fn shed_fast(evidence: &Evidence, within: std::time::Duration) -> Che
     r.finish(violations).exercised(shed, || {
         "no request was shed: the load never went beyond server.admission".to_owned()
     })
+}
+
+/// Whether an answer carried a `Retry-After` of whole seconds, at least one:
+/// what every refusal that asks a client to come back must say.
+pub(super) fn retry_after_whole_seconds(op: &Op) -> bool {
+    op.retry_after
+        .as_deref()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|s| s > 0)
 }
